@@ -1,0 +1,148 @@
+"""One backend-agnostic sampler loop: a diffusers scheduler plus ``denoiser(x, t, cond)``.
+
+Latents stay on ``device`` for the whole loop; initial noise is drawn on the CPU from ``seed`` so the same
+seed gives the same noise on every device and backend (needed for fidelity-to-FP comparisons).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from tqdm.auto import tqdm
+
+from .denoiser import Denoiser
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+
+
+def make_scheduler(kind: str = "ddim", **config) -> DDIMScheduler | DDPMScheduler:
+    """DDIM (eta=0, deterministic) by default. ``config`` is the model spec's scheduler dict."""
+    if kind not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {kind!r}; choose one of {sorted(SCHEDULERS)}.")
+    cfg = {"num_train_timesteps": 1000, "beta_schedule": "linear", "clip_sample": False, **config}
+    if kind == "ddim":
+        cfg.setdefault("set_alpha_to_one", False)
+        cfg.setdefault("timestep_spacing", "trailing")
+    else:
+        cfg.pop("set_alpha_to_one", None)
+        cfg.pop("timestep_spacing", None)
+    return SCHEDULERS[kind](**cfg)
+
+
+class StepTimer:
+    """Wall-clock on CPU; CUDA events on GPU so the timings are device time, not launch time."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def start(self):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def stop(self, mark) -> float:
+        """Milliseconds since ``mark``; synchronises the device."""
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            return float(mark.elapsed_time(end))
+        return (time.perf_counter() - mark) * 1e3
+
+
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class SampleResult:
+    images: torch.Tensor  # [B, C, H, W], model range (about [-1, 1]), on the sampler device
+    step_ms: list[float] = field(
+        default_factory=list
+    )  # denoiser call per step (sync'd per step only if timed)
+    total_ms: float = 0.0  # end to end: noise upload, every step, scheduler math
+
+    @property
+    def unet_ms(self) -> float:
+        return float(sum(self.step_ms))
+
+
+def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+
+
+def sample(
+    denoiser: Denoiser,
+    scheduler: DDIMScheduler | DDPMScheduler,
+    shape: tuple[int, ...],
+    steps: int = 50,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    cond: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    time_steps: bool = False,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+) -> SampleResult:
+    """Run ``steps`` denoising steps from seeded Gaussian noise of ``shape`` (B, C, H, W).
+
+    ``time_steps=True`` synchronises after each denoiser call to record per-step latency; leave it off for
+    throughput runs (the end-to-end time is measured either way).
+    """
+    device = torch.device(device)
+    scheduler.set_timesteps(steps, device=device)
+    timer = StepTimer(device)
+    x0 = noise if noise is not None else initial_noise(shape, seed)
+    gen = (
+        torch.Generator(device=device).manual_seed(seed + 1) if isinstance(scheduler, DDPMScheduler) else None
+    )
+    if cond is not None:
+        cond = cond.to(device)
+    t_all = timer.start()
+    x = x0.to(device) * scheduler.init_noise_sigma
+    step_ms: list[float] = []
+    batch = x.shape[0]
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
+        t_batch = t.reshape(1).expand(batch).to(device=device, dtype=torch.int64)
+        if time_steps:
+            mark = timer.start()
+            eps = denoiser(x, t_batch, cond)
+            step_ms.append(timer.stop(mark))
+        else:
+            eps = denoiser(x, t_batch, cond)
+        kwargs = {"generator": gen} if gen is not None else {"eta": 0.0}
+        x_next = scheduler.step(eps, t, x, **kwargs).prev_sample
+        if callback is not None:
+            callback(i, t_batch, x, eps, x_next)
+        x = x_next
+    total = timer.stop(t_all)
+    return SampleResult(images=x, step_ms=step_ms, total_ms=total)
+
+
+def sample_many(
+    denoiser: Denoiser,
+    scheduler_factory,
+    n: int,
+    shape: tuple[int, ...],
+    steps: int,
+    batch_size: int = 500,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> torch.Tensor:
+    """Generate ``n`` images in batches (batch i uses seed ``seed + i``); returns them on the CPU."""
+    out = []
+    n_batches = (n + batch_size - 1) // batch_size
+    for i in tqdm(range(n_batches), desc=f"sampling {n} images, {steps} steps", disable=not progress):
+        b = min(batch_size, n - i * batch_size)
+        res = sample(denoiser, scheduler_factory(), (b, *shape), steps=steps, seed=seed + i, device=device)
+        out.append(res.images.float().cpu())
+    return torch.cat(out)

@@ -1,0 +1,274 @@
+"""Named UNet configs built from diffusers classes (no hub access) and the shipped teacher.
+
+``fmnist-ddpm`` is the model the project trains and ships; ``cifar10-ddpm`` and ``sd15-unet`` reproduce
+published architectures with random weights for speed measurements (latency does not depend on values).
+The ``tiny-*`` configs exist for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel, UNet2DModel
+from safetensors.torch import load_file, save_file
+
+from .io import CheckpointError, atomic_json_save, atomic_write
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).parent / "assets"
+TEACHER_PATH = ASSETS / "fmnist_ddpm.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a sampler/exporter needs to know about a network besides its weights."""
+
+    name: str
+    cls: str  # "UNet2DModel" | "UNet2DConditionModel"
+    config: dict[str, Any]
+    sample_shape: tuple[int, int, int]  # C, H, W of one latent
+    cond_shape: tuple[int, ...] | None = None  # encoder_hidden_states per sample, e.g. (77, 768)
+    notes: str = ""
+    scheduler: dict[str, Any] = field(
+        default_factory=lambda: {"num_train_timesteps": 1000, "beta_schedule": "linear"}
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "cls": self.cls,
+            "config": self.config,
+            "sample_shape": list(self.sample_shape),
+            "cond_shape": list(self.cond_shape) if self.cond_shape else None,
+            "scheduler": self.scheduler,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        try:
+            return cls(
+                name=d["name"],
+                cls=d["cls"],
+                config=dict(d["config"]),
+                sample_shape=tuple(d["sample_shape"]),
+                cond_shape=tuple(d["cond_shape"]) if d.get("cond_shape") else None,
+                scheduler=dict(
+                    d.get("scheduler") or {"num_train_timesteps": 1000, "beta_schedule": "linear"}
+                ),
+            )
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(
+                f"Model spec is malformed ({e}); expected keys name, cls, config, sample_shape."
+            ) from e
+
+
+_FMNIST = dict(
+    sample_size=32,
+    in_channels=1,
+    out_channels=1,
+    layers_per_block=2,
+    block_out_channels=(64, 128, 128),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=32,
+    norm_num_groups=32,
+)
+# google/ddpm-cifar10-32 (Ho et al. 2020), 35.7M parameters.
+_CIFAR10 = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=2,
+    block_out_channels=(128, 256, 256, 256),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=None,
+    downsample_padding=0,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+    norm_eps=1e-6,
+    norm_num_groups=32,
+)
+# runwayml/stable-diffusion-v1-5 unet/config.json, 860M parameters.
+_SD15 = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    downsample_padding=1,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+)
+_TINY = dict(
+    sample_size=16,
+    in_channels=1,
+    out_channels=1,
+    layers_per_block=1,
+    block_out_channels=(32, 32),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=16,
+    norm_num_groups=8,
+)
+_TINY_COND = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=8,
+)
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "fmnist-ddpm": ModelSpec(
+        "fmnist-ddpm", "UNet2DModel", _FMNIST, (1, 32, 32), notes="shipped, trained by pqcad-train teacher"
+    ),
+    "cifar10-ddpm": ModelSpec(
+        "cifar10-ddpm", "UNet2DModel", _CIFAR10, (3, 32, 32), notes="DDPM CIFAR-10 arch, random weights"
+    ),
+    "sd15-unet": ModelSpec(
+        "sd15-unet",
+        "UNet2DConditionModel",
+        _SD15,
+        (4, 64, 64),
+        cond_shape=(77, 768),
+        notes="SD 1.5 UNet arch, random weights",
+        scheduler={
+            "num_train_timesteps": 1000,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+        },
+    ),
+    "tiny-unet": ModelSpec("tiny-unet", "UNet2DModel", _TINY, (1, 16, 16), notes="tests"),
+    "tiny-unet-cond": ModelSpec(
+        "tiny-unet-cond", "UNet2DConditionModel", _TINY_COND, (4, 16, 16), cond_shape=(8, 32), notes="tests"
+    ),
+}
+
+_CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in MODEL_SPECS:
+        raise KeyError(f"Unknown model {name!r}; choose one of {sorted(MODEL_SPECS)}.")
+    return MODEL_SPECS[name]
+
+
+def build_model(spec: ModelSpec | str, seed: int | None = 0) -> torch.nn.Module:
+    """Instantiate the diffusers class from the config; weights are random (seeded) until loaded."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    if spec.cls not in _CLASSES:
+        raise CheckpointError(f"Unsupported model class {spec.cls!r}; supported: {sorted(_CLASSES)}.")
+    if seed is not None:
+        torch.manual_seed(seed)
+    return _CLASSES[spec.cls](**spec.config)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_weights(
+    model: torch.nn.Module, spec: ModelSpec, path: str | os.PathLike, extra: dict | None = None
+) -> Path:
+    """safetensors weights + ``<path>.json`` sidecar with the model spec (and anything in ``extra``)."""
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"model": spec.name}))
+    atomic_json_save({"model": spec.to_dict(), **(extra or {})}, sidecar_path(path))
+    return path
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_suffix(".json")
+
+
+def load_spec_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise CheckpointError(
+            f"{path} has no JSON sidecar {side}; it holds the model config the weights belong to."
+        )
+    try:
+        return json.loads(side.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"Sidecar {side} is not valid JSON ({e}).") from e
+
+
+def load_model(path: str | os.PathLike = TEACHER_PATH) -> tuple[torch.nn.Module, ModelSpec]:
+    """Load an FP model from safetensors + JSON sidecar; refuse missing/extra keys or shape mismatches."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Model weights {path} do not exist.")
+    meta = load_spec_sidecar(path)
+    spec = ModelSpec.from_dict(meta["model"] if "model" in meta else meta)
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"Cannot read safetensors file {path}: {e}. It is corrupt or truncated.") from e
+    model = build_model(spec, seed=None)
+    check_state_dict(model, tensors, source=str(path))
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return model, spec
+
+
+def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse before loading anything, so a mismatched file is never half-loaded."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{source} does not match the model config: {len(missing)} missing keys {missing[:3]}, "
+            f"{len(extra)} unexpected keys {extra[:3]}."
+        )
+    bad = [
+        (k, tuple(tensors[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if tensors[k].shape != v.shape
+    ]
+    if bad:
+        k, got, want = bad[0]
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensors have the wrong shape, e.g. {k}: file {got}, config {want}."
+        )
+    nonfinite = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise CheckpointError(
+            f"{source}: non-finite values in {len(nonfinite)} tensors, e.g. {nonfinite[0]}."
+        )
+
+
+def example_inputs(
+    spec: ModelSpec, batch: int = 1, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Sampler-like inputs with the names the exporter and engines use."""
+    g = torch.Generator().manual_seed(0)
+    feed = {
+        "sample": torch.randn(batch, *spec.sample_shape, generator=g),
+        "timestep": torch.randint(0, 1000, (batch,), generator=g),
+    }
+    if spec.cond_shape:
+        feed["encoder_hidden_states"] = torch.randn(batch, *spec.cond_shape, generator=g)
+    return {k: v.to(device) for k, v in feed.items()}

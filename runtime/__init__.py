@@ -1,0 +1,1 @@
+"""Backends (torch, onnxruntime, tensorrt), engine builds, sampler benchmarks, Jetson demo."""

@@ -1,0 +1,1 @@
+"""Training stages: teacher, classifier, PTQ, calibration sets, PQCAD."""

@@ -1,0 +1,225 @@
+"""``pqcad-train teacher``: train the full-precision DDPM (eps-prediction) on Fashion-MNIST.
+
+AdamW + EMA, bf16 autocast on GPU, cosine or constant LR with warm-up, atomic resumable checkpoints.
+Resume is exact: data order and noise come from generators seeded by (seed, step, rank), and the
+checkpoint holds model, EMA, optimizer and step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
+
+from pqcad_deploy.data import load_fashion_mnist
+from pqcad_deploy.denoiser import TorchDenoiser
+from pqcad_deploy.images import save_grid
+from pqcad_deploy.io import CheckpointError, atomic_torch_save, safe_torch_load
+from pqcad_deploy.sampling import make_scheduler, sample
+from pqcad_deploy.zoo import build_model, count_parameters, get_spec, save_weights
+
+from . import distributed
+
+log = logging.getLogger(__name__)
+FORMAT = "pqcad-teacher-train/1"
+
+
+def lr_at(step: int, base: float, warmup: int, total: int, schedule: str) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "constant":
+        return base
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(pm.detach(), 1 - decay)
+
+
+def _near_limit(args, t0: float) -> bool:
+    return bool(args.time_limit) and time.perf_counter() - t0 > args.time_limit
+
+
+def _state(step, model, ema, opt, args) -> dict:
+    return {
+        "format": FORMAT,
+        "step": step,
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": opt.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))},
+    }
+
+
+def _load_resume(path: Path, model, ema, opt) -> int:
+    ck = safe_torch_load(path)
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a teacher training checkpoint (format {FORMAT!r}).")
+    for name, module in (("model", model), ("ema", ema)):
+        missing, unexpected = (
+            set(module.state_dict()) - set(ck[name]),
+            set(ck[name]) - set(module.state_dict()),
+        )
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}: {name} weights do not match the model config ({len(missing)} missing, {len(unexpected)} unexpected)."
+            )
+    model.load_state_dict(ck["model"])
+    ema.load_state_dict(ck["ema"])
+    opt.load_state_dict(ck["optimizer"])
+    torch.set_rng_state(ck["rng_cpu"])
+    return int(ck["step"])
+
+
+def train(args: argparse.Namespace) -> Path:
+    ctx = distributed.setup(args.device)
+    dev = ctx.device
+    spec = get_spec(args.model)
+    data = load_fashion_mnist("train", args.data_dir).as_model_input().to(dev)
+    model = build_model(spec, seed=args.seed).to(dev)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "teacher_train.pt"
+    step = 0
+    if args.resume:
+        resume_from = Path(args.resume) if args.resume != "auto" else ckpt_path
+        if resume_from.exists():
+            step = _load_resume(resume_from, model, ema, opt)
+            log.info("resumed from %s at step %d", resume_from, step)
+        elif args.resume != "auto":
+            raise CheckpointError(f"--resume {resume_from} does not exist.")
+    net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None) if ctx.enabled else model
+    alphas = make_scheduler("ddpm").alphas_cumprod.to(dev)
+    per_rank = args.batch_size // ctx.world_size
+    use_bf16 = dev.type == "cuda" and not args.no_bf16
+    if ctx.is_main:
+        log.info(
+            "teacher %s: %.2fM params, %d images, batch %d x %d ranks, %d steps, bf16=%s",
+            spec.name,
+            count_parameters(model) / 1e6,
+            len(data),
+            per_rank,
+            ctx.world_size,
+            args.steps,
+            use_bf16,
+        )
+    bar = tqdm(total=args.steps, initial=step, desc="teacher", disable=not ctx.is_main)
+    t0, seen = time.perf_counter(), 0
+    loss_ema = None
+    stopped_early = False
+    while step < args.steps:
+        if args.time_limit and time.perf_counter() - t0 > args.time_limit:
+            stopped_early = True
+            log.info(
+                "time limit %.0fs reached at step %d; checkpoint saved, continue with --resume",
+                args.time_limit,
+                step,
+            )
+            break
+        g = torch.Generator(device=dev).manual_seed(args.seed * 1_000_003 + step * 131 + ctx.rank)
+        idx = torch.randint(0, len(data), (per_rank,), device=dev, generator=g)
+        x0 = data[idx]
+        if args.hflip:
+            flip = torch.rand(per_rank, device=dev, generator=g) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        t = torch.randint(0, alphas.numel(), (per_rank,), device=dev, generator=g)
+        noise = torch.randn(x0.shape, device=dev, generator=g)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            pred = net(xt, t, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), noise)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt_path}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, model, args.ema_decay if step >= args.warmup else 0.0)
+        step += 1
+        seen += per_rank * ctx.world_size
+        if step % 50 == 0 or step == args.steps:
+            lv = distributed.all_reduce_mean(loss.detach(), ctx).item()
+            loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
+            rate = seen / (time.perf_counter() - t0)
+            bar.set_postfix(
+                loss=f"{loss_ema:.4f}", img_s=f"{rate:.0f}", lr=f"{opt.param_groups[0]['lr']:.2e}"
+            )
+            bar.update(50 if step % 50 == 0 else step % 50)
+        if ctx.is_main and (step % args.save_every == 0 or step == args.steps or _near_limit(args, t0)):
+            atomic_torch_save(_state(step, model, ema, opt, args), ckpt_path)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    weights = out / f"{spec.name}.safetensors"
+    if ctx.is_main:
+        stats = {
+            "steps": step,
+            "target_steps": args.steps,
+            "stopped_early": stopped_early,
+            "batch_size": args.batch_size,
+            "world_size": ctx.world_size,
+            "wall_s_this_run": round(elapsed, 1),
+            "img_per_s": round(seen / elapsed, 1),
+            "final_loss_ema": loss_ema,
+            "lr": args.lr,
+            "ema_decay": args.ema_decay,
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        }
+        save_weights(ema, spec, weights, extra={"training": stats})
+        log.info("saved EMA weights to %s (%s)", weights, stats)
+        res = sample(
+            TorchDenoiser(ema), make_scheduler("ddim"), (64, *spec.sample_shape), steps=50, seed=0, device=dev
+        )
+        save_grid(res.images, out / "teacher_grid.png", nrow=8)
+    distributed.teardown(ctx)
+    return weights
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "teacher",
+        help="train the full-precision teacher (DDPM eps-prediction) on Fashion-MNIST",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default="fmnist-ddpm", help="model zoo config")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--out", default="runs/teacher", help="output folder (checkpoint, weights, grid)")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch-size", type=int, default=256, help="global batch (split across DDP ranks)")
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine")
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--ema-decay", type=float, default=0.9995)
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    p.add_argument("--save-every", type=int, default=1000, help="atomic checkpoint interval (steps)")
+    p.add_argument(
+        "--resume", default=None, help="checkpoint to resume from, or 'auto' for <out>/teacher_train.pt"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=0,
+        help="stop after this many seconds (checkpoint kept; --resume continues)",
+    )
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast on GPU")
+    p.set_defaults(func=train)
