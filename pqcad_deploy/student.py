@@ -1,0 +1,167 @@
+"""Student checkpoints: a quantized UNet's tensors plus the JSON metadata needed to rebuild it exactly.
+
+``student.pt`` is ``{"format", "format_version", "meta" (JSON string), "state_dict"}``, readable with
+``torch.load(weights_only=True)``; ``*.safetensors`` + ``*.json`` sidecar holds the same content. ``meta``:
+format version, model spec, QuantConfig, ``history`` (calibration/training log) and ``sampling``
+(``{"scheduler": "ddim", "steps": N}``; N is the step count a step-halved student was trained for, None when
+any step count is fine).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .denoiser import UNetWrapper
+from .io import CheckpointError, atomic_json_save, atomic_torch_save, atomic_write, safe_torch_load
+from .quant import QuantConfig, QuantConfigError, get_quant_config, iter_quantizers, quantize_model
+from .quant.control import UncalibratedError, check_calibrated
+from .zoo import ModelSpec, build_model, check_state_dict, sidecar_path
+
+log = logging.getLogger(__name__)
+
+STUDENT_FORMAT = "pqcad-student"
+STUDENT_FORMAT_VERSION = 1
+DEFAULT_SAMPLING = {"scheduler": "ddim", "steps": None}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.unet if isinstance(model, UNetWrapper) else model
+
+
+def _is_safetensors(path: Path) -> bool:
+    return path.suffix == ".safetensors"
+
+
+def save_student(
+    path: str | os.PathLike,
+    model: nn.Module,
+    spec: ModelSpec,
+    qcfg: QuantConfig | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write atomically; ``.safetensors`` paths get a JSON sidecar, anything else is a torch tensor dict.
+
+    Refuses uncalibrated quantizers and metadata that is not JSON-serialisable.
+    """
+    path = Path(path)
+    unet = _unwrap(model)
+    qcfg = qcfg or get_quant_config(unet)
+    if qcfg is None:
+        raise CheckpointError("Model is not quantized (no QuantConfig); call quantize_model first.")
+    try:
+        check_calibrated(unet)
+    except UncalibratedError as e:
+        raise CheckpointError(f"Refusing to save {path}: {e}") from e
+    meta = dict(meta or {})
+    full_meta = {
+        **meta,
+        "format": STUDENT_FORMAT,
+        "format_version": STUDENT_FORMAT_VERSION,
+        "model": spec.to_dict(),
+        "quant": qcfg.to_dict(),
+        "history": meta.get("history", []),
+        "sampling": meta.get("sampling", DEFAULT_SAMPLING),
+    }
+    try:
+        meta_json = json.dumps(full_meta, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"Student metadata is not JSON-serialisable ({e}); pass plain values.") from e
+    # clone: shared q/k/v quantizers appear under several keys; safetensors refuses shared storage.
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in unet.state_dict().items()}
+    if _is_safetensors(path):
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": STUDENT_FORMAT}))
+        atomic_json_save(json.loads(meta_json), sidecar_path(path))
+    else:
+        atomic_torch_save(
+            {
+                "format": STUDENT_FORMAT,
+                "format_version": STUDENT_FORMAT_VERSION,
+                "meta": meta_json,
+                "state_dict": tensors,
+            },
+            path,
+        )
+    log.info("saved student %s (%s, W%d)", path, qcfg.target, qcfg.weight_bits)
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    if _is_safetensors(path):
+        if not path.is_file():
+            raise CheckpointError(f"Checkpoint {path} does not exist.")
+        side = sidecar_path(path)
+        if not side.is_file():
+            raise CheckpointError(f"{path} has no JSON sidecar {side}; it holds the model and quant config.")
+        try:
+            meta = json.loads(side.read_text())
+            tensors = load_file(str(path))
+        except Exception as e:
+            raise CheckpointError(f"Cannot read {path} / {side}: {e}. A file is corrupt or truncated.") from e
+        return meta, tensors
+    obj = safe_torch_load(path)
+    if not isinstance(obj, dict) or obj.get("format") != STUDENT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a student checkpoint (no format={STUDENT_FORMAT!r}); for a float teacher use "
+            "zoo.load_model."
+        )
+    if obj.get("format_version") != STUDENT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has student format version {obj.get('format_version')!r}; this code reads version "
+            f"{STUDENT_FORMAT_VERSION}. Re-export it with the matching pqcad-deploy release."
+        )
+    try:
+        meta = json.loads(obj["meta"])
+        tensors = obj["state_dict"]
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is missing or has malformed 'meta'/'state_dict' ({e}).") from e
+    return meta, tensors
+
+
+def _check_quantizer_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    for name, _ in iter_quantizers(model):
+        cal, amax, bits = (tensors.get(f"{name}.{k}") for k in ("calibrated", "amax", "num_bits"))
+        if cal is None or amax is None or bits is None:
+            continue  # reported as missing keys by check_state_dict
+        if not bool(cal):
+            raise CheckpointError(f"{source}: quantizer {name} is uncalibrated; the checkpoint is unusable.")
+        if not torch.isfinite(amax).all() or (amax <= 0).any():
+            raise CheckpointError(f"{source}: quantizer {name} has non-finite or non-positive scales.")
+        if not 2 <= int(bits) <= 8:
+            raise CheckpointError(f"{source}: quantizer {name} has num_bits={int(bits)}; allowed 2..8.")
+
+
+def load_student(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelSpec, QuantConfig, dict[str, Any]]:
+    """Rebuild model + quantizers from the stored configs, verify every tensor, then load (eval mode)."""
+    path = Path(path)
+    meta, tensors = _read(path)
+    if meta.get("format_version") != STUDENT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} metadata has format version {meta.get('format_version')!r}; expected "
+            f"{STUDENT_FORMAT_VERSION}."
+        )
+    if "model" not in meta or "quant" not in meta:
+        raise CheckpointError(f"{path} metadata lacks 'model' or 'quant'; it cannot be rebuilt.")
+    spec = ModelSpec.from_dict(meta["model"])
+    try:
+        qcfg = QuantConfig.from_dict(meta["quant"])
+    except QuantConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    model = build_model(spec, seed=None)
+    quantize_model(model, qcfg)
+    _check_quantizer_tensors(model, tensors, str(path))
+    check_state_dict(model, tensors, source=str(path))
+    model.load_state_dict(tensors, strict=True)
+    model.to(device).eval()
+    meta.setdefault("history", [])
+    meta.setdefault("sampling", dict(DEFAULT_SAMPLING))
+    return model, spec, qcfg, meta
