@@ -1,0 +1,224 @@
+"""ONNX Runtime runner: CPU EP everywhere; CUDA and TensorRT EPs when onnxruntime-gpu provides them.
+
+On GPU the runner uses IO binding, so torch CUDA tensors go in and come out without host round trips. An
+"ORT engine" (written by ``pqcad-build --backend onnxruntime``) is a JSON file naming an optimized model and
+the session settings it was built with; :meth:`OrtRunner.from_engine` reopens it with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import OUTPUT_NAME, MissingBackendError, Runner, require
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
+OPT_LEVELS["all"] = "ORT_ENABLE_ALL"
+ENGINE_FORMAT = "pqcad-ort-engine"
+
+_ORT_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+_TORCH = {np.float32: torch.float32, np.float16: torch.float16, np.float64: torch.float64}
+_TORCH.update({np.int64: torch.int64, np.int32: torch.int32})
+
+
+def resolve_providers(providers: list[str] | str | None, available: list[str]) -> list[str]:
+    """Map short names (cpu, cuda, tensorrt) to EP names, check they exist, always end with the CPU EP."""
+    if providers is None:
+        providers = ["cpu"]
+    if isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()]
+    out = []
+    for p in providers:
+        name = PROVIDERS.get(p.lower(), p)
+        if name not in available:
+            hint = (
+                "pip install onnxruntime-gpu" if name != "CPUExecutionProvider" else "pip install onnxruntime"
+            )
+            raise MissingBackendError(
+                f"ONNX Runtime has no {name} here (available: {', '.join(available)}); install it with: {hint}"
+            )
+        if name not in out:
+            out.append(name)
+    if "CPUExecutionProvider" not in out:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+def session_settings(
+    intra_op_threads: int | None = None,
+    inter_op_threads: int | None = 1,
+    optimization: str = "all",
+    providers: list[str] | str | None = None,
+) -> dict[str, Any]:
+    """The JSON-able session settings an ORT engine records (validated here, applied in ``activate``)."""
+    if optimization not in OPT_LEVELS:
+        raise ValueError(
+            f"Unknown ORT optimization level {optimization!r}; choose one of {sorted(OPT_LEVELS)}."
+        )
+    if isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()]
+    return {
+        "intra_op_num_threads": intra_op_threads,
+        "inter_op_num_threads": inter_op_threads,
+        "graph_optimization_level": optimization,
+        "providers": list(providers or ["cpu"]),
+    }
+
+
+class OrtRunner(Runner):
+    """``onnxruntime.InferenceSession`` behind the runner interface."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        providers: list[str] | str | None = None,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int | None = 1,
+        optimization: str = "all",
+        optimized_model_filepath: str | os.PathLike | None = None,
+        io_binding: bool | None = None,
+        provider_options: dict[str, dict[str, Any]] | None = None,
+        name: str | None = None,
+    ):
+        super().__init__()
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(
+                f"ONNX model {self.model_path} does not exist; export one with pqcad-export."
+            )
+        self.settings = session_settings(intra_op_threads, inter_op_threads, optimization, providers)
+        self.optimized_model_filepath = optimized_model_filepath
+        self.io_binding = io_binding
+        self.provider_options = provider_options or {}
+        self.name = name or f"ort:{self.model_path.name}"
+        self.session = None
+        self._inputs: dict[str, Any] = {}
+
+    @classmethod
+    def from_engine(cls, engine_json: str | os.PathLike, **overrides: Any) -> OrtRunner:
+        """Reopen an ORT engine written by ``pqcad-build --backend onnxruntime``."""
+        path = Path(engine_json)
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"Cannot read ORT engine file {path}: {e}.") from e
+        if meta.get("format") != ENGINE_FORMAT:
+            raise ValueError(
+                f"{path} is not an ORT engine file (format {meta.get('format')!r}, want {ENGINE_FORMAT!r})."
+            )
+        s = meta["session"]
+        kwargs = dict(
+            providers=s.get("providers"),
+            intra_op_threads=s.get("intra_op_num_threads"),
+            inter_op_threads=s.get("inter_op_num_threads"),
+            # The saved model is already optimized for this machine; re-running the optimizers is harmless.
+            optimization=s.get("graph_optimization_level", "all"),
+            name=f"ort:{path.name}",
+        )
+        kwargs.update(overrides)
+        return cls(path.parent / meta["model"], **kwargs)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def activate(self) -> None:
+        ort = require("onnxruntime")
+        so = ort.SessionOptions()
+        s = self.settings
+        if s["intra_op_num_threads"]:
+            so.intra_op_num_threads = int(s["intra_op_num_threads"])
+        if s["inter_op_num_threads"]:
+            so.inter_op_num_threads = int(s["inter_op_num_threads"])
+        so.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel, OPT_LEVELS[s["graph_optimization_level"]]
+        )
+        if self.optimized_model_filepath:
+            so.optimized_model_filepath = str(self.optimized_model_filepath)
+        providers = resolve_providers(s["providers"], ort.get_available_providers())
+        opts = [self.provider_options.get(p, {}) for p in providers]
+        self.session = ort.InferenceSession(
+            str(self.model_path), sess_options=so, providers=providers, provider_options=opts
+        )
+        self._inputs = {i.name: i for i in self.session.get_inputs()}
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        on_gpu = providers[0] != "CPUExecutionProvider"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+        if self.io_binding is None:
+            self.io_binding = on_gpu
+        log.info("%s: providers %s, inputs %s", self.name, providers, list(self._inputs))
+
+    def deactivate(self) -> None:
+        self.session = None
+
+    # -- inference -----------------------------------------------------------------------------------
+    def _np_dtype(self, name: str):
+        t = self._inputs[name].type
+        if t not in _ORT_TO_NUMPY:
+            raise TypeError(f"Input {name} has unsupported type {t}.")
+        return _ORT_TO_NUMPY[t]
+
+    def _select(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = [n for n in self._inputs if n not in feed]
+        if missing:
+            raise KeyError(f"{self.model_path.name} needs inputs {missing}; feed has {sorted(feed)}.")
+        return {n: feed[n] for n in self._inputs}
+
+    def infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self._check_active()
+        feed = self._select(feed)
+        if self.io_binding and self.device.type == "cuda":
+            return self._infer_bound(feed)
+        arrays = {n: v.detach().cpu().numpy().astype(self._np_dtype(n), copy=False) for n, v in feed.items()}
+        outs = self.session.run(self._outputs, arrays)
+        return {
+            n: torch.from_numpy(np.ascontiguousarray(o)) for n, o in zip(self._outputs, outs, strict=True)
+        }
+
+    def _infer_bound(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """IO binding with torch CUDA buffers; ``out_sample`` is preallocated with the sample's shape."""
+        binding = self.session.io_binding()
+        dev_id = self.device.index or 0
+        keep = []  # the bound tensors must outlive the run
+        for n, v in feed.items():
+            np_dt = self._np_dtype(n)
+            v = v.to(device=self.device, dtype=_TORCH[np_dt]).contiguous()
+            keep.append(v)
+            binding.bind_input(n, "cuda", dev_id, np_dt, tuple(v.shape), v.data_ptr())
+        outs: dict[str, torch.Tensor] = {}
+        for o in self.session.get_outputs():
+            if o.name == OUTPUT_NAME and o.type in ("tensor(float)", "tensor(float16)"):
+                np_dt = _ORT_TO_NUMPY[o.type]
+                buf = torch.empty(feed["sample"].shape, dtype=_TORCH[np_dt], device=self.device)
+                binding.bind_output(o.name, "cuda", dev_id, np_dt, tuple(buf.shape), buf.data_ptr())
+                outs[o.name] = buf
+            else:
+                binding.bind_output(o.name, "cpu")
+        torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch must be ready
+        self.session.run_with_iobinding(binding)
+        for o, val in zip(self.session.get_outputs(), binding.get_outputs(), strict=True):
+            if o.name not in outs:
+                outs[o.name] = torch.from_numpy(val.numpy())
+        return outs
+
+    def describe(self) -> dict[str, Any]:
+        d = {**super().describe(), "backend": "onnxruntime", "model": str(self.model_path), **self.settings}
+        if self.session is not None:
+            d["providers_active"] = self.session.get_providers()
+        return d

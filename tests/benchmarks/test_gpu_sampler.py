@@ -1,0 +1,47 @@
+"""benchmarks/gpu_sampler.py logic on CPU (the real run needs a GPU): rows, speed-ups, table, JSON-ability."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_sampler.py"
+
+
+@pytest.fixture(scope="module")
+def gs():
+    spec = importlib.util.spec_from_file_location("gpu_sampler", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_rows_speedups_and_table(gs, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 0)
+    args = gs.parse_args(["--steps", "2", "--repeats", "1", "--unet-iters", "1", "--warmup", "0"])
+    assert args.modes == ["fp32", "fp16", "fp16+graph"] and args.models[-1] == "sd15-unet"
+    spec = gs.get_spec("tiny-unet-cond")
+    model, weights = gs.load_for_speed("tiny-unet-cond")
+    rows = [gs.bench_config(model, spec, 2, m, args, torch.device("cpu")) for m in ("fp32", "bf16")]
+    rows.append({"model": "tiny-unet-cond", "batch": 2, "mode": "fp16+graph", "error": "RuntimeError: x"})
+    gs.add_speedups(rows)
+    assert rows[0]["speedup_vs_fp32"] == pytest.approx(1.0) and rows[1]["speedup_vs_fp16"] is None
+    r = rows[1]
+    assert r["step_ms"]["n"] == 2 and r["e2e_ms_per_image"] == pytest.approx(r["e2e_ms"]["median"] / 2)
+    assert -1.0 < r["sampler_overhead"] < 1.0 and r["runner"]["precision"] == "bf16"
+    json.dumps(rows)
+    gs.print_table(rows, "header")
+    out = capsys.readouterr().out
+    assert "ERROR: RuntimeError" in out and "TensorRT: not run" in out
+
+
+def test_refuses_without_gpu(gs, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert gs.main(["--models", "tiny-unet"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from pqcad_deploy.runtime.build_cli import build_parser
+from pqcad_deploy.runtime.build_config import (
+    BuildConfigError,
+    ShapeProfile,
+    format_shapes,
+    parse_mem_pool,
+    parse_shapes,
+    plan_from_args,
+    trt_settings,
+)
+from pqcad_deploy.runtime.trt_builder import dynamic_inputs_without_profile
+
+
+def plan(*flags: str):
+    return plan_from_args(build_parser().parse_args(["--onnx", "m.onnx", "--saveEngine", "m.plan", *flags]))
+
+
+def test_parse_shapes_roundtrip_and_errors():
+    s = parse_shapes("sample:1x4x64x64,timestep:1, encoder_hidden_states:1x77x768")
+    assert s == {"sample": (1, 4, 64, 64), "timestep": (1,), "encoder_hidden_states": (1, 77, 768)}
+    assert parse_shapes(format_shapes(s)) == s
+    assert parse_shapes("/unet/in:0:2x3") == {"/unet/in:0": (2, 3)}  # names may contain ':'
+    for bad, msg in [
+        ("sample", "name:dims"),
+        ("sample:1xAx3", "non-integer"),
+        ("sample:0x1", "<= 0"),
+        ("a:1,a:2", "twice"),
+        ("", "empty"),
+    ]:
+        with pytest.raises(BuildConfigError, match=msg):
+            parse_shapes(bad)
+
+
+def test_mem_pool_units():
+    assert parse_mem_pool("workspace:8G") == {"workspace": 8 << 30}
+    assert parse_mem_pool("workspace:512,tacticSharedMem:64K") == {
+        "workspace": 512 << 20,
+        "tacticSharedMem": 64 << 10,
+    }
+    with pytest.raises(BuildConfigError, match="unknown pool"):
+        parse_mem_pool("scratch:1G")
+    with pytest.raises(BuildConfigError, match="pool:size"):
+        parse_mem_pool("workspace:lots")
+
+
+def test_profile_fill_in_and_validation():
+    p = ShapeProfile.from_flags(None, "sample:2x1x8x8", None)
+    assert p.min == p.opt == p.max == {"sample": (2, 1, 8, 8)}
+    p = ShapeProfile.from_flags("sample:1x1x8x8", None, "sample:8x1x8x8")
+    assert p.opt == {"sample": (8, 1, 8, 8)}  # opt defaults to max
+    assert ShapeProfile.from_flags(None, None, None) is None
+    with pytest.raises(BuildConfigError, match="min <= opt <= max"):
+        ShapeProfile.from_flags("sample:4x1x8x8", "sample:2x1x8x8", "sample:8x1x8x8")
+    with pytest.raises(BuildConfigError, match="different inputs"):
+        ShapeProfile.from_flags("sample:1x1x8x8", "timestep:1", None)
+    with pytest.raises(BuildConfigError, match="ranks"):
+        ShapeProfile.from_flags("sample:1x1x8x8", "sample:1x1x8", None)
+
+
+def test_strongly_typed_default_and_conflicts():
+    p = plan()
+    assert p.strongly_typed and not p.fp16 and not p.int8
+    assert trt_settings(p)["network_flags"] == ["STRONGLY_TYPED"] and trt_settings(p)["builder_flags"] == []
+    weak = plan("--fp16", "--int8")
+    assert not weak.strongly_typed
+    assert trt_settings(weak) | {} and trt_settings(weak)["builder_flags"] == ["FP16", "INT8"]
+    assert trt_settings(weak)["network_flags"] == []
+    with pytest.raises(BuildConfigError, match="cannot be combined with --fp16 --int8"):
+        plan("--stronglyTyped", "--fp16", "--int8")
+    assert any("without --fp16" in n for n in plan("--int8").notes)
+
+
+def test_full_mapping_to_trt_settings():
+    p = plan(
+        "--minShapes",
+        "sample:1x1x32x32,timestep:1",
+        "--optShapes",
+        "sample:4x1x32x32,timestep:4",
+        "--maxShapes",
+        "sample:8x1x32x32,timestep:8",
+        "--timingCacheFile",
+        "tc.bin",
+        "--builderOptimizationLevel",
+        "4",
+        "--memPoolSize",
+        "workspace:2G",
+        "--exportLayerInfo",
+        "layers.json",
+        "--skipInference",
+    )
+    s = trt_settings(p)
+    assert s["profiles"] == [
+        {"sample": ((1, 1, 32, 32), (4, 1, 32, 32), (8, 1, 32, 32)), "timestep": ((1,), (4,), (8,))}
+    ]
+    assert s["memory_pool_limits"] == {"WORKSPACE": 2 << 30}
+    assert s["builder_optimization_level"] == 4 and s["timing_cache"] == "tc.bin"
+    assert s["profiling_verbosity"] == "DETAILED"  # implied by --exportLayerInfo
+    assert p.skip_inference and p.to_dict()["profile"]["opt"] == "sample:4x1x32x32,timestep:4"
+
+
+def test_bad_values_are_named():
+    with pytest.raises(BuildConfigError, match="0..5"):
+        plan("--builderOptimizationLevel", "7")
+    with pytest.raises(BuildConfigError, match="profilingVerbosity"):
+        plan("--profilingVerbosity", "loud")
+    with pytest.raises(BuildConfigError, match="needs --profilingVerbosity=detailed"):
+        plan("--exportLayerInfo", "l.json", "--profilingVerbosity", "layer_names_only")
+    with pytest.raises(BuildConfigError, match="--backend"):
+        plan_from_args(SimpleNamespace(backend="openvino", onnx="m", saveEngine="e"))
+
+
+def test_onnxruntime_plan_notes_ignored_trt_flags():
+    p = plan("--backend", "onnxruntime", "--fp16", "--timingCacheFile", "tc.bin", "--ortThreads", "2")
+    assert p.backend == "onnxruntime" and p.ort_threads == 2
+    assert any("--fp16" in n and "--timingCacheFile" in n for n in p.notes)
+    with pytest.raises(BuildConfigError, match="only for --backend tensorrt"):
+        trt_settings(p)
+
+
+def test_dynamic_inputs_need_a_profile():
+    inputs = {"sample": (-1, 1, 32, 32), "timestep": (-1,), "static": (1, 3)}
+    assert dynamic_inputs_without_profile(inputs, {"sample"}) == ["timestep"]
+    assert dynamic_inputs_without_profile(inputs, {"sample", "timestep"}) == []
