@@ -1,0 +1,123 @@
+"""Quantized drop-in layers and the type registry ``quantize_model`` swaps through.
+
+``QuantConv2d``/``QuantLinear`` subclass the float layers and reuse their ``weight``/``bias`` parameters, so
+state_dict keys of the float model are unchanged and only ``*_quantizer.*`` keys are added.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import QuantConfig
+from .quantizer import TensorQuantizer
+
+
+class _QuantMixin:
+    """Shared forward: input quantizer -> float op on fake-quantized weight -> optional output quantizer.
+
+    ``output_quantizer`` is the ORT output Q (DQ->op->Q unit) or, on a TensorRT ``conv_shortcut``, the Q on
+    the skip input of the residual Add.
+    """
+
+    weight_quantizer: TensorQuantizer
+    input_quantizer: TensorQuantizer
+    output_quantizer: TensorQuantizer | None
+
+    def _attach(self, cfg: QuantConfig, weight_quantizer: TensorQuantizer) -> None:
+        self.weight_quantizer = weight_quantizer
+        self.input_quantizer = TensorQuantizer(cfg.act_bits, uint8_export=cfg.act_uint8, kind="input")
+        self.output_quantizer = (
+            TensorQuantizer(cfg.act_bits, uint8_export=cfg.act_uint8, kind="output")
+            if cfg.output_quantizers
+            else None
+        )
+
+    def _quant_forward(self, x: torch.Tensor, op, skip_input_quant: bool) -> torch.Tensor:  # noqa: ANN001
+        if not skip_input_quant:
+            x = self.input_quantizer(x)
+        y = op(x, self.weight_quantizer(self.weight), self.bias)
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y)
+        return y
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    """Conv2d with per-output-channel (axis 0) weight and per-tensor input fake quantization."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, cfg: QuantConfig) -> QuantConv2d:
+        q = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        q.weight = conv.weight
+        q.bias = conv.bias
+        q.train(conv.training)
+        # Conv weights at 4 bits stay per-channel (INT8 container at export; TensorRT has no INT4 conv).
+        wq = TensorQuantizer(cfg.effective_weight_bits(), axis=0, channels=conv.out_channels, kind="weight")
+        q._attach(cfg, wq.to(conv.weight.device))
+        q.to(conv.weight.device)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._quant_forward(x, self._conv_forward, skip_input_quant=False)
+
+    def forward_prequantized(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward for an input already fake-quantized by this layer's (shared) input quantizer."""
+        return self._quant_forward(x, self._conv_forward, skip_input_quant=True)
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    """Linear with per-output-channel weight (or per-block along in_features at <=4 bits) quantization."""
+
+    @classmethod
+    def from_float(cls, lin: nn.Linear, cfg: QuantConfig) -> QuantLinear:
+        q = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
+        q.weight = lin.weight
+        q.bias = lin.bias
+        q.train(lin.training)
+        block = cfg.int4_block_size if cfg.weight_bits <= 4 else None
+        if block is not None and lin.in_features % block:
+            block = None  # cannot block this layer; per-channel is always valid
+        wq = TensorQuantizer(
+            cfg.effective_weight_bits(),
+            axis=0,
+            channels=lin.out_features,
+            block_size=block,
+            block_dim=lin.in_features if block else None,
+            kind="weight",
+        )
+        q._attach(cfg, wq)
+        q.to(lin.weight.device)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._quant_forward(x, nn.functional.linear, skip_input_quant=False)
+
+    def forward_prequantized(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward for an input already fake-quantized by this layer's (shared) input quantizer; the
+        attention processor uses it so q/k/v share one Q/DQ in the exported graph."""
+        return self._quant_forward(x, nn.functional.linear, skip_input_quant=True)
+
+
+# Float type -> quantized wrapper. Subclasses (e.g. diffusers' deprecated LoRACompatibleConv, unused by the
+# 0.42 UNets) resolve through their MRO; LoRA branches are not carried over.
+QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+
+
+def quant_class_for(module: nn.Module) -> type[nn.Module] | None:
+    if isinstance(module, tuple(set(QUANT_MODULES.values()))):
+        return None
+    for base in type(module).__mro__:
+        if base in QUANT_MODULES:
+            return QUANT_MODULES[base]
+    return None
