@@ -39,7 +39,7 @@ def test_callback_sees_every_step_and_ddim_is_deterministic():
         callback=lambda i, t, x, eps, xn: seen.append((i, int(t[0]))),
     )
     assert [i for i, _ in seen] == list(range(5))
-    assert seen[0][1] == 999 and all(a[1] > b[1] for a, b in zip(seen, seen[1:]))
+    assert seen[0][1] == 999 and all(a[1] > b[1] for a, b in zip(seen, seen[1:], strict=False))
     assert torch.isfinite(res.images).all()
 
 
