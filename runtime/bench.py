@@ -37,12 +37,22 @@ class EngineSpec:
     target: str
     label: str
     cuda_graph: bool = False
+    steps: int | None = None  # per-engine step count (a step-halved student runs half the FP steps)
 
 
 def parse_engine(text: str) -> EngineSpec:
+    """``[label=]kind:target[+graph][@steps]``."""
     label, sep, rest = text.partition("=")
     if not sep:
         label, rest = "", text
+    steps = None
+    if "@" in rest:
+        rest, _, steps_text = rest.rpartition("@")
+        if not steps_text.isdigit() or int(steps_text) < 1:
+            raise ValueError(
+                f"--engine {text!r}: '@{steps_text}' must be a positive step count, e.g. ort:x.onnx@25."
+            )
+        steps = int(steps_text)
     kind, sep, target = rest.partition(":")
     kind = {"onnxruntime": "ort", "tensorrt": "trt"}.get(kind.lower(), kind.lower())
     if not sep or kind not in KINDS or not target:
@@ -59,8 +69,9 @@ def parse_engine(text: str) -> EngineSpec:
     return EngineSpec(
         kind=kind,
         target=target,
-        label=label or f"{kind}:{target}{'+graph' if graph else ''}",
+        label=label or f"{kind}:{target}{'+graph' if graph else ''}{f'@{steps}' if steps else ''}",
         cuda_graph=graph,
+        steps=steps,
     )
 
 
@@ -116,6 +127,7 @@ class EngineResult:
     label: str
     kind: str
     describe: dict[str, Any]
+    steps: int
     e2e_ms: dict[str, float]
     step_ms: dict[str, float]
     e2e_ms_per_image: float
@@ -133,7 +145,7 @@ class EngineResult:
 
 
 def bench_engine(
-    runner: Runner, spec: ModelSpec, cfg: BenchConfig, cond: torch.Tensor | None
+    runner: Runner, spec: ModelSpec, cfg: BenchConfig, cond: torch.Tensor | None, steps: int | None = None
 ) -> dict[str, Any]:
     """Time one active runner with the shared sampler; returns timings and the per-step-timed images."""
     device = runner.device
@@ -142,7 +154,7 @@ def bench_engine(
     den = runner.denoiser()
     c = cond.to(device) if cond is not None else None
     run = lambda timed=False: sample(  # noqa: E731
-        den, sched(), shape, steps=cfg.steps, seed=cfg.seed, device=device, cond=c, time_steps=timed
+        den, sched(), shape, steps=steps or cfg.steps, seed=cfg.seed, device=device, cond=c, time_steps=timed
     )
     for _ in range(cfg.warmup):
         run()
@@ -156,14 +168,16 @@ def bench_engine(
     }
 
 
-def _quality_images(runner: Runner, spec: ModelSpec, cfg: BenchConfig) -> torch.Tensor:
+def _quality_images(
+    runner: Runner, spec: ModelSpec, cfg: BenchConfig, steps: int | None = None
+) -> torch.Tensor:
     factory = lambda: make_scheduler(cfg.scheduler, **spec.scheduler)  # noqa: E731
     return sample_many(
         runner.denoiser(),
         factory,
         cfg.quality_samples,
         spec.sample_shape,
-        cfg.steps,
+        steps or cfg.steps,
         batch_size=cfg.quality_batch,
         seed=cfg.seed + 1000,
         device=runner.device,
@@ -194,15 +208,16 @@ def run_bench(
         try:
             runner = make_runner(e, model, device, threads)
             with runner:
-                r = bench_engine(runner, spec, cfg, cond)
+                r = bench_engine(runner, spec, cfg, cond, e.steps)
                 fd = None
                 if metrics is not None and cfg.quality_samples and spec.name.startswith("fmnist"):
-                    fd = float(metrics.fd_fmnist(_quality_images(runner, spec, cfg)))
+                    fd = float(metrics.fd_fmnist(_quality_images(runner, spec, cfg, e.steps)))
                 describe = runner.describe()
             row = EngineResult(
                 label=e.label,
                 kind=e.kind,
                 describe=describe,
+                steps=e.steps or cfg.steps,
                 e2e_ms=r["e2e_ms"],
                 step_ms=r["step_ms"],
                 e2e_ms_per_image=r["e2e_ms"]["median"] / cfg.batch,
@@ -217,6 +232,7 @@ def run_bench(
                 label=e.label,
                 kind=e.kind,
                 describe={},
+                steps=e.steps or cfg.steps,
                 e2e_ms=nan,
                 step_ms=nan,
                 e2e_ms_per_image=math.nan,
@@ -263,7 +279,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"device {cfg['device']}, repeats {cfg['repeats']} (+{cfg['warmup']} warm-up)",
     ]
     width = max([len(r["label"]) for r in rows] + [6]) + 2
-    cols = f"{'engine':<{width}}{'step med':>10}{'p90':>9}{'e2e ms':>10}{'ms/img':>9}{'ovh%':>6}"
+    cols = f"{'engine':<{width}}{'steps':>6}{'step med':>10}{'p90':>9}{'e2e ms':>10}{'ms/img':>9}{'ovh%':>6}"
     cols += "".join(f"{'x ' + b:>{max(10, len(b) + 4)}}" for b in bases)
     cols += f"{'PSNR':>8}{'relL2':>8}{'FD':>8}"
     lines = [*head, cols, "-" * len(cols)]
@@ -273,7 +289,7 @@ def format_table(result: dict[str, Any]) -> str:
             continue
         fid = r["fidelity"] or {}
         line = (
-            f"{r['label']:<{width}}{r['step_ms']['median']:>10.3f}{r['step_ms']['p90']:>9.3f}"
+            f"{r['label']:<{width}}{r.get('steps', cfg['steps']):>6}{r['step_ms']['median']:>10.3f}{r['step_ms']['p90']:>9.3f}"
             f"{r['e2e_ms']['median']:>10.1f}{r['e2e_ms_per_image']:>9.1f}{100 * r['sampler_overhead']:>6.1f}"
         )
         line += "".join(f"{_f(r['speedups'].get(b), '.2f'):>{max(10, len(b) + 4)}}" for b in bases)

@@ -64,6 +64,11 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Modul
     n_skip = _place_residual_quantizers(model, cfg) if cfg.target == "tensorrt" else 0
     n_attn = _place_attention(model, cfg)
     setattr(model, CONFIG_ATTR, cfg)
+    # Quantizers are built on the CPU; put them where the model's weights live (a GPU teacher stays on the GPU).
+    ref = next(model.parameters(), None)
+    if ref is not None:
+        for _, q in iter_quantizers(model):
+            q.to(ref.device)
     log.info(
         "quantized %d layers for %s (W%dA%d), %d residual skip quantizers, %d attention blocks",
         swapped,

@@ -1,0 +1,285 @@
+"""Checkpoint -> verified ONNX file. Everything is written in a temporary folder beside the destination and
+moved into place only after every check passed, so a failed export never leaves a broken ``.onnx``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from pqcad_deploy.denoiser import UNetWrapper
+from pqcad_deploy.io import CheckpointError
+from pqcad_deploy.zoo import ModelSpec, build_model, get_spec, load_model
+
+from . import checks
+from .audit import audit_model
+from .int4 import rewrite_int4
+from .onnx_export import (
+    DTYPES,
+    ExportError,
+    check_opset,
+    fix_qdq_dtypes,
+    fold_constants,
+    fold_weight_quantizers,
+    inline_identities,
+    qdq_counts,
+    remove_qdq_casts,
+    set_opset,
+    tensor_types,
+    torch_to_onnx,
+)
+from .spec import export_spec_for
+
+log = logging.getLogger(__name__)
+
+TWO_GB = 2**31 - 2**20
+# Parameterised leaf layers the exporter knows how to place (everything else is refused by name).
+SUPPORTED_LEAVES = {
+    "Conv2d", "Linear", "GroupNorm", "LayerNorm", "ConvTranspose2d", "Embedding",
+    "QuantConv2d", "QuantLinear", "TensorQuantizer",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    target: str | None = None  # default: the checkpoint's
+    precision: str = "fp32"
+    opset: int | None = None  # default: 17 (fp32), 19 (fp16), 21 (INT4 weights)
+    batch: int = 1
+    dynamic_batch: bool = True
+    external_data: bool | None = None  # None: automatic above 2 GB
+    check: bool = True
+    parity_samples: int = 8
+    strict_audit: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in DTYPES:
+            raise ExportError(f"precision must be one of {sorted(DTYPES)}, got {self.precision!r}.")
+        if self.target not in (None, "tensorrt", "onnxruntime"):
+            raise ExportError(f"target must be tensorrt or onnxruntime, got {self.target!r}.")
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    spec: ModelSpec
+    qcfg: Any = None
+    meta: dict | None = None
+    source: str = ""
+
+
+def load_checkpoint(path: str | os.PathLike) -> Loaded:
+    """A student (``.pt``, or safetensors whose sidecar holds a quant config) or an FP teacher (safetensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    if path.suffix == ".safetensors":
+        side = path.with_suffix(".json")
+        try:
+            meta = json.loads(side.read_text()) if side.is_file() else {}
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"Sidecar {side} is not valid JSON ({e}).") from e
+        if not any(k in meta for k in ("quant", "qcfg", "quant_config")):
+            model, spec = load_model(path)
+            return Loaded(model, spec, source=str(path))
+    elif path.suffix not in (".pt", ".pth"):
+        raise CheckpointError(
+            f"Unsupported checkpoint type {path.suffix!r} ({path}); use a student .pt or a safetensors + JSON pair."
+        )
+    try:
+        from pqcad_deploy.student import load_student
+    except ImportError as e:
+        raise ExportError(f"Cannot load student checkpoints: the quantization core is missing ({e}).") from e
+    model, spec, qcfg, meta = load_student(path)
+    return Loaded(model, spec, qcfg, meta, str(path))
+
+
+def random_model(name: str, seed: int = 0) -> Loaded:
+    spec = get_spec(name)
+    return Loaded(build_model(spec, seed=seed).eval(), spec, source=f"{name} (random weights, seed {seed})")
+
+
+def check_supported_layers(model: nn.Module) -> None:
+    bad = [
+        (n, type(m).__name__)
+        for n, m in model.named_modules()
+        if not list(m.children())
+        and any(True for _ in m.parameters(recurse=False))
+        and type(m).__name__ not in SUPPORTED_LEAVES
+    ]
+    if bad:
+        raise ExportError(
+            f"Unsupported layer types: {sorted({t for _, t in bad})} (e.g. {bad[0][0]}). The exporter places "
+            f"Q/DQ on {sorted(SUPPORTED_LEAVES)} only; fuse or replace those layers before export."
+        )
+
+
+def _quant_ctx(loaded: Loaded, precision: str = "fp32"):
+    """The context the torch model is exported and compared under: the quantizers' export mode, with the
+    scales rounded to FP16 for FP16 graphs (the graph stores FP16 scales, so the reference must use them)."""
+    if loaded.qcfg is None:
+        return contextlib.nullcontext
+    from pqcad_deploy.quant import export_mode, iter_quantizers
+
+    @contextlib.contextmanager
+    def ctx():
+        with export_mode(loaded.model) as m:
+            if precision == "fp16":
+                for _, q in iter_quantizers(m):
+                    if q._export_scale is not None:
+                        q._export_scale = q._export_scale.half().float()
+            yield m
+
+    return ctx
+
+
+def _quant_facts(loaded: Loaded) -> tuple[bool, int, set[str]]:
+    """(quantized?, weight bits, module scopes that carry quantizers, as they appear in the wrapper)."""
+    if loaded.qcfg is None:
+        return False, 32, set()
+    from pqcad_deploy.quant import iter_quantizers
+
+    scopes, bits = set(), 8
+    for name, q in iter_quantizers(loaded.model):
+        mod = name.rsplit(".", 1)[0] if "." in name else ""
+        if name.endswith("weight_quantizer"):
+            scopes.add(f"unet.{mod}" if mod else "unet")
+            bits = min(bits, int(getattr(q, "num_bits", 8)))
+    return True, bits, scopes
+
+
+def default_opset(precision: str, quantized: bool, int4: bool) -> int:
+    if int4:
+        return 21
+    return 19 if (precision == "fp16" and quantized) else 17
+
+
+def export(loaded: Loaded, onnx_path: str | os.PathLike, opts: ExportOptions) -> dict:
+    """Export, post-process, check and move into place. Returns the report (also written as JSON)."""
+    final = Path(onnx_path)
+    parent = final.parent if str(final.parent) else Path(".")
+    if not parent.is_dir():
+        raise ExportError(f"Output folder {parent} does not exist; create it or choose another --onnx path.")
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"Output folder {parent} is not writable; choose another --onnx path.")
+    quantized, wbits, scopes = _quant_facts(loaded)
+    ckpt_target = getattr(loaded.qcfg, "target", None)
+    target = opts.target or ckpt_target or "tensorrt"
+    if quantized and opts.target and ckpt_target and opts.target != ckpt_target:
+        raise ExportError(
+            f"The checkpoint was quantized for target {ckpt_target!r}; its Q/DQ placement cannot be re-targeted "
+            f"to {opts.target!r} at export. Quantize for that target (pqcad-train ... --target {opts.target})."
+        )
+    int4 = quantized and wbits <= 4
+    opset = opts.opset or default_opset(opts.precision, quantized, int4)
+    check_opset(opset, opts.precision, quantized, int4)
+    check_supported_layers(loaded.model)
+    espec = export_spec_for(loaded.spec, opts.batch, opts.dynamic_batch)
+    wrapper = UNetWrapper(loaded.model).eval().to(DTYPES[opts.precision])
+    ctx = _quant_ctx(loaded, opts.precision)
+    report: dict[str, Any] = {
+        "source": loaded.source,
+        "model": loaded.spec.name,
+        "target": target,
+        "quantized": quantized,
+        "weight_bits": wbits if quantized else None,
+        "options": {**asdict(opts), "opset": opset, "target": target},
+        "export_spec": espec.to_dict(),
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
+    }
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=parent, prefix=f".{final.name}.") as tmpd:
+        tmp = Path(tmpd)
+        raw = tmp / "raw.onnx"
+        try:
+            with ctx(), torch.no_grad():
+                torch_to_onnx(wrapper, espec, raw, opset, opts.precision)
+        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:
+            raise ExportError(f"torch.onnx export failed: {str(e).splitlines()[0]}") from e
+        report["torch_export_s"] = round(time.perf_counter() - t0, 3)
+        model = onnx.load(str(raw))
+        g = model.graph
+        types = tensor_types(model) if opts.precision != "fp32" and model.ByteSize() < TWO_GB else {}
+        passes = {"identities_inlined": inline_identities(g), "constants_folded": fold_constants(g)}
+        if opts.precision != "fp32":
+            passes["qdq_casts_removed"] = remove_qdq_casts(g)
+        passes["weights_folded"] = fold_weight_quantizers(g)
+        if int4:
+            passes["int4"] = rewrite_int4(g)
+        set_opset(model, opset)
+        passes["scale_dtype_fixes"] = fix_qdq_dtypes(model, opts.precision, types)
+        report["passes"] = passes
+        out = tmp / final.name
+        size = model.ByteSize() if model.ByteSize() < TWO_GB else TWO_GB
+        external = opts.external_data if opts.external_data is not None else size >= TWO_GB
+        data_name = f"{final.name}.data"
+        onnx.save_model(
+            model, str(out), save_as_external_data=external, all_tensors_to_one_file=True, location=data_name
+        )
+        del model
+        report["export_s"] = round(time.perf_counter() - t0, 3)
+        report["files"] = {"onnx": final.name, "external_data": data_name if external else None}
+        report["file_bytes"] = out.stat().st_size + ((tmp / data_name).stat().st_size if external else 0)
+        report["counts"] = qdq_counts(onnx.load(str(out), load_external_data=False).graph)
+        if opts.check:
+            t1 = time.perf_counter()
+            checks.checker(out)
+            report["checker"] = "passed (full_check)"
+            report["audit"] = audit_model(
+                onnx.load(str(out), load_external_data=False), target, scopes or None
+            )
+            report["parity"] = checks.parity(
+                out, wrapper, espec, opts.precision, quantized, opts.parity_samples, ctx=ctx
+            )
+            report["check_s"] = round(time.perf_counter() - t1, 3)
+            blocked = report["audit"]["counts"]["float_blocked"]
+            if quantized and blocked and opts.strict_audit:
+                bad = [la for la in report["audit"]["layers"] if la["blocked"]][:3]
+                raise checks.CheckError(
+                    f"{blocked} layers meant to be quantized would run in float on {target}, e.g. "
+                    + "; ".join(f"{la['name']}: {', '.join(la['reasons'])}" for la in bad)
+                )
+        mode = 0o666 & ~_umask()
+        if external:
+            os.chmod(tmp / data_name, mode)
+            os.replace(tmp / data_name, parent / data_name)
+        os.chmod(out, mode)
+        os.replace(out, final)
+    report["total_s"] = round(time.perf_counter() - t0, 3)
+    from pqcad_deploy.io import atomic_json_save
+
+    atomic_json_save(report, report_path(final))
+    return report
+
+
+def _umask() -> int:
+    cur = os.umask(0)
+    os.umask(cur)
+    return cur
+
+
+def report_path(onnx_path: Path) -> Path:
+    return onnx_path.with_suffix(".report.json")
+
+
+def check_only(onnx_path: str | os.PathLike, target: str = "tensorrt") -> dict:
+    """``--check-only``: checker + audit (+ an ORT smoke run) on an existing file; no torch model is needed."""
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise ExportError(f"{path} does not exist.")
+    checks.checker(path)
+    model = onnx.load(str(path), load_external_data=False)
+    report = {"onnx": str(path), "checker": "passed (full_check)", "counts": qdq_counts(model.graph)}
+    report["audit"] = audit_model(model, target)
+    report["ort_smoke"] = checks.ort_smoke(path)
+    return report
