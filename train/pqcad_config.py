@@ -1,0 +1,128 @@
+"""``PQCADConfig``: every PQCAD knob in one frozen, versioned dataclass (stored in checkpoints and student meta)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+CONFIG_VERSION = 1
+
+# Knobs a run may change when it resumes or branches from another run's checkpoint (loss and budget only).
+BRANCHABLE = frozenset(
+    {
+        "steps",
+        "stage2_reinit",
+        "lambda_d",
+        "lambda_c",
+        "teacher_kind",
+        "halve_steps",
+        "lr",
+        "lr_quant",
+        "save_every",
+        "bits",
+    }
+)
+
+
+def parse_bits(spec: str) -> tuple[int, int]:
+    """``"w4a8"`` -> (4, 8)."""
+    s = spec.strip().lower()
+    try:
+        if not s.startswith("w") or "a" not in s:
+            raise ValueError
+        w, a = s[1:].split("a")
+        return int(w), int(a)
+    except ValueError:
+        raise ValueError(f"Bad bit-width {spec!r}; write it as wXaY, e.g. w8a8 or w4a8.") from None
+
+
+@dataclass(frozen=True)
+class PQCADConfig:
+    """Progressive quantization (stage 1 at ``bits[0]``, momentum switch, stage 2 at ``bits[1]``) + CAD loss.
+
+    ``schedule="fixed"`` trains straight at ``bits[-1]`` for the whole budget (the fixed-bit QAT baseline);
+    ``steps=0`` gives the PTQ baseline of ``ptq_method``.
+    """
+
+    bits: tuple[str, ...] = ("w8a8", "w4a8")
+    schedule: str = "progressive"  # "progressive" | "fixed"
+    target: str = "tensorrt"  # quantization target, see design.md section 3
+    ptq_method: str = "mse"  # PTQ initialisation of stage 1: maxabs | percentile | mse
+    steps: int = 2000  # total optimizer steps, both stages
+    stage1_cap: int = 1000  # switch at this stage-1 step at the latest
+    batch_size: int = 128  # global (split across DDP ranks)
+    lr: float = 1e-5  # weights
+    lr_quant: float = 1e-4  # quantizer step sizes (their own param group)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    beta: float = 0.9  # momentum of the loss decrease
+    eps: float = 5e-3  # plateau when |m| < eps * L_0 ...
+    patience: int = 5  # ... for this many consecutive checks
+    check_every: int = 20  # steps between checks of the transition rule
+    smoothing: float = 0.95  # EMA of the per-step loss fed to the rule (batch losses vary a lot with t)
+    stage2_reinit: str = "auto"  # low-bit weight step sizes: "mse", "rescale", or "auto" (lower probe loss)
+    lambda_d: float = 1.0  # CAD: weight of ||student - teacher||^2
+    lambda_c: float = 1.0  # CAD: weight of ||student - FP target||^2
+    teacher_kind: str = "quant"  # stage-2 teacher: "quant" (frozen stage-1 model) or "fp"
+    halve_steps: bool = False  # final stage learns two teacher DDIM steps in one
+    seed: int = 0
+    bf16: bool = False  # autocast on GPU (fake-quant rounding is then in bf16: off by default)
+    save_every: int = 200
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", tuple(self.bits))
+        if not self.bits or len(self.bits) > 2:
+            raise ValueError(f"bits takes one or two bit-widths (w8a8 or w8a8:w4a8), got {self.bits}.")
+        parsed = [parse_bits(b) for b in self.bits]
+        from pqcad_deploy.quant.config import ACT_BITS, WEIGHT_BITS
+
+        for (w, a), name in zip(parsed, self.bits, strict=True):
+            if w not in WEIGHT_BITS or a not in ACT_BITS:
+                raise ValueError(
+                    f"bits {name}: weights must be one of {list(WEIGHT_BITS)} and activations one of {list(ACT_BITS)}."
+                )
+        if self.schedule not in ("progressive", "fixed"):
+            raise ValueError(f"schedule must be 'progressive' or 'fixed', got {self.schedule!r}.")
+        if self.schedule == "progressive" and len(parsed) == 2 and parsed[0][1] != parsed[1][1]:
+            raise ValueError(
+                f"progressive schedule {self.bits} changes activation bits; only weight bits can change "
+                "between stages (set_weight_bits). Use e.g. w8a8:w4a8."
+            )
+        if self.stage2_reinit not in ("mse", "rescale", "auto"):
+            raise ValueError(f"stage2_reinit must be 'mse', 'rescale' or 'auto', got {self.stage2_reinit!r}.")
+        if self.teacher_kind not in ("quant", "fp"):
+            raise ValueError(f"teacher_kind must be 'quant' or 'fp', got {self.teacher_kind!r}.")
+        if self.steps < 0 or self.stage1_cap < 1 or self.batch_size < 1:
+            raise ValueError("need steps >= 0, stage1_cap >= 1 and batch_size >= 1.")
+        if self.lambda_d < 0 or self.lambda_c < 0 or self.lambda_d + self.lambda_c == 0:
+            raise ValueError("CAD weights lambda_d, lambda_c must be >= 0 and not both 0.")
+        if self.version != CONFIG_VERSION:
+            raise ValueError(
+                f"PQCADConfig version {self.version} is not supported (this code: {CONFIG_VERSION})."
+            )
+
+    @property
+    def stage_bits(self) -> list[tuple[int, int]]:
+        """Bit-widths of the stages this run trains: two for progressive, one for fixed."""
+        parsed = [parse_bits(b) for b in self.bits]
+        if self.schedule == "fixed" or len(parsed) == 1:
+            return [parsed[-1]]
+        return parsed
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["bits"] = list(self.bits)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PQCADConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"Unknown PQCAD config keys {sorted(unknown)}; written by a newer version?")
+        return cls(**d)
+
+    def replace(self, **kw: Any) -> PQCADConfig:
+        return dataclasses.replace(self, **kw)
