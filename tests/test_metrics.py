@@ -27,12 +27,13 @@ def test_frechet_distance_of_shifted_gaussians():
 
 
 def test_fd_fmnist_real_vs_noise():
-    """Real test images sit near the reference; Gaussian noise is far away. Uses the shipped classifier."""
+    """Real test images sit near the reference (1k samples carry a small-sample bias of about 2.8 in this 128-d
+    feature space); uniform noise is hundreds away. Uses the shipped classifier."""
     from pqcad_deploy.data import load_fashion_mnist
 
     real = load_fashion_mnist("test").as_model_input()[:1000]
     noise = torch.rand(1000, 1, 32, 32) * 2 - 1
     fd_real, fd_noise = fd_fmnist(real), fd_fmnist(noise)
-    assert fd_real < 1.0 < fd_noise
+    assert fd_real < 5.0 and fd_noise > 100 * fd_real
     is_real, _ = inception_score(real)
     assert is_real > 4.0
