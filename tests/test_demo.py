@@ -1,0 +1,27 @@
+"""The README's main command, in its smoke-test size: every stage runs and the outputs exist."""
+
+import json
+
+from pqcad_deploy.cli.demo import main
+
+
+def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
+    assert main(["--quick", "--out", str(tmp_path), "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ort-int8-pqcad" in out and "x ort-fp32" in out
+    result = json.loads((tmp_path / "demo.json").read_text())
+    labels = [r["label"] for r in result["rows"]]
+    assert labels == ["torch-fp32", "ort-fp32", "ort-int8-pqcad"]
+    assert all(r["error"] is None for r in result["rows"])
+    # both quantized exports passed the TensorRT audit with nothing blocked
+    for name in ("student_trt_form", "student_ort_form"):
+        assert result["exports"][name]["audit_counts"]["float_blocked"] == 0
+        assert result["exports"][name]["counts"]["QuantizeLinear"] > 0
+    assert (tmp_path / "demo_grid.png").stat().st_size > 0
+    for f in (
+        "teacher_fp32.onnx",
+        "student_int8_trt.onnx",
+        "student_int8_ort.onnx",
+        "student_int8_ort.ort.json",
+    ):
+        assert (tmp_path / f).is_file()
