@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run much faster single-threaded on the shared 2-core machine (no oversubscription);
+    tests that time or run full pipelines set their own thread count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def write_idx(path: Path, arr: np.ndarray, magic: int, gz: bool = True) -> Path:

@@ -15,15 +15,6 @@ from pqcad_deploy.zoo import build_model, example_inputs, get_spec
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run much faster single-threaded on the shared 2-core machine (no oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _student(name="tiny-unet", cfg=None, calibrated=True):
     spec = get_spec(name)
     model = build_model(spec).eval()

@@ -34,15 +34,6 @@ def make_quantized(name: str, cfg: QuantConfig, method: str | None = "maxabs", b
     return wrapper, spec, inputs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run much faster single-threaded on the shared 2-core machine (no oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(params=["tiny-unet", "tiny-unet-cond"])
 def unet_name(request):
     return request.param

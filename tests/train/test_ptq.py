@@ -11,14 +11,6 @@ from pqcad_deploy.student import load_student
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize(
     "method, bits, target", [("maxabs", "w8a8", "tensorrt"), ("mse", "w4a8", "onnxruntime")]
 )
