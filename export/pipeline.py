@@ -4,7 +4,6 @@ moved into place only after every check passed, so a failed export never leaves 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
@@ -18,8 +17,8 @@ import torch
 from torch import nn
 
 from pqcad_deploy.denoiser import UNetWrapper
-from pqcad_deploy.io import CheckpointError
-from pqcad_deploy.zoo import ModelSpec, build_model, get_spec, load_model
+from pqcad_deploy.loading import open_checkpoint
+from pqcad_deploy.zoo import ModelSpec, build_model, get_spec
 
 from . import checks
 from .audit import audit_model
@@ -80,27 +79,9 @@ class Loaded:
 
 def load_checkpoint(path: str | os.PathLike) -> Loaded:
     """A student (``.pt``, or safetensors whose sidecar holds a quant config) or an FP teacher (safetensors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist.")
-    if path.suffix == ".safetensors":
-        side = path.with_suffix(".json")
-        try:
-            meta = json.loads(side.read_text()) if side.is_file() else {}
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"Sidecar {side} is not valid JSON ({e}).") from e
-        if not any(k in meta for k in ("quant", "qcfg", "quant_config")):
-            model, spec = load_model(path)
-            return Loaded(model, spec, source=str(path))
-    elif path.suffix not in (".pt", ".pth"):
-        raise CheckpointError(
-            f"Unsupported checkpoint type {path.suffix!r} ({path}); use a student .pt or a safetensors + JSON pair."
-        )
-    try:
-        from pqcad_deploy.student import load_student
-    except ImportError as e:
-        raise ExportError(f"Cannot load student checkpoints: the quantization core is missing ({e}).") from e
-    model, spec, qcfg, meta = load_student(path)
+    model, spec, qcfg, meta = open_checkpoint(path)
+    if qcfg is None:
+        return Loaded(model, spec, source=str(path))
     return Loaded(model, spec, qcfg, meta, str(path))
 
 

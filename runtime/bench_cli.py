@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from pqcad_deploy.io import atomic_json_save
+from pqcad_deploy.loading import open_checkpoint
 from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec, build_model, get_spec, load_model
 
 from .backends.base import MissingBackendError
@@ -60,12 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 def load_source(args: argparse.Namespace) -> tuple[torch.nn.Module, ModelSpec, dict]:
     """The torch model for torch engines plus the spec (shapes, scheduler) every engine shares."""
     if args.checkpoint is not None:
-        if args.checkpoint.suffix == ".safetensors":
-            model, spec = load_model(args.checkpoint)
+        model, spec, qcfg, meta = open_checkpoint(args.checkpoint)
+        if qcfg is None:
             return model, spec, {"weights": str(args.checkpoint)}
-        from pqcad_deploy.student import load_student
-
-        model, spec, _qcfg, meta = load_student(args.checkpoint)
         return model, spec, {"weights": str(args.checkpoint), "sampling": meta.get("sampling")}
     spec = get_spec(args.model)
     if args.model == "fmnist-ddpm" and TEACHER_PATH.is_file():
