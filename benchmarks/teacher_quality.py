@@ -17,9 +17,14 @@ from pqcad_deploy.runtime.timing import environment_info
 from pqcad_deploy.data import load_fashion_mnist
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.images import save_grid
-from pqcad_deploy.metrics import fd_fmnist, inception_score
+from pqcad_deploy.metrics import sample_quality
 from pqcad_deploy.sampling import make_scheduler, sample_many
 from pqcad_deploy.zoo import TEACHER_PATH, load_model
+
+
+def _quality(images: torch.Tensor, device: str) -> dict[str, float]:
+    q = sample_quality(images, device)
+    return {"fd_fmnist": q["fd_fmnist"], "is_mean": q["is_mean"]}
 
 
 def main() -> None:
@@ -45,8 +50,7 @@ def main() -> None:
             {
                 "source": f"real train images ({args.n}) [floor]",
                 "steps": None,
-                "fd_fmnist": fd_fmnist(train[idx], args.device),
-                "is_mean": inception_score(train[idx], args.device)[0],
+                **_quality(train[idx], args.device),
                 "wall_s": None,
             }
         )
@@ -67,8 +71,7 @@ def main() -> None:
             {
                 "source": "teacher FP32",
                 "steps": steps,
-                "fd_fmnist": fd_fmnist(imgs, args.device),
-                "is_mean": inception_score(imgs, args.device)[0],
+                **_quality(imgs, args.device),
                 "wall_s": round(wall, 1),
             }
         )

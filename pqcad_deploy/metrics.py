@@ -62,14 +62,9 @@ def reference_stats(split: str = "test", data_dir: str | None = None) -> tuple[n
 
 def fd_fmnist(images: torch.Tensor, device: str | torch.device = "cpu", data_dir: str | None = None) -> float:
     """Frechet distance of ``images`` to the Fashion-MNIST test set in the classifier's feature space."""
-    if len(images) < 2:
-        raise ValueError(
-            "FD-fmnist needs at least 2 images (a covariance); use thousands for a stable number."
-        )
+    _check_count(images)
     feats, _ = classifier_outputs(images, device)
-    mu, sigma = gaussian_stats(feats)
-    mu_r, sigma_r = reference_stats("test", data_dir)
-    return frechet_distance(mu, sigma, mu_r, sigma_r)
+    return _fd_from_features(feats, data_dir)
 
 
 def inception_score(
@@ -77,6 +72,33 @@ def inception_score(
 ) -> tuple[float, float]:
     """Classifier-based inception score exp(E[KL(p(y|x) || p(y))]) (max 10 for 10 classes): mean and std over splits."""
     _, probs = classifier_outputs(images, device)
+    return _is_from_probs(probs, splits)
+
+
+def sample_quality(
+    images: torch.Tensor, device: str | torch.device = "cpu", data_dir: str | None = None
+) -> dict[str, float]:
+    """FD-fmnist and inception score from one classifier pass (both need the same features/probabilities)."""
+    _check_count(images)
+    feats, probs = classifier_outputs(images, device)
+    is_mean, is_std = _is_from_probs(probs)
+    return {"fd_fmnist": _fd_from_features(feats, data_dir), "is_mean": is_mean, "is_std": is_std}
+
+
+def _check_count(images: torch.Tensor) -> None:
+    if len(images) < 2:
+        raise ValueError(
+            "FD-fmnist needs at least 2 images (a covariance); use thousands for a stable number."
+        )
+
+
+def _fd_from_features(feats: np.ndarray, data_dir: str | None) -> float:
+    mu, sigma = gaussian_stats(feats)
+    mu_r, sigma_r = reference_stats("test", data_dir)
+    return frechet_distance(mu, sigma, mu_r, sigma_r)
+
+
+def _is_from_probs(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
     scores = []
     for part in np.array_split(probs, max(1, min(splits, len(probs) // 2))):
         py = part.mean(axis=0, keepdims=True)

@@ -16,7 +16,7 @@ from PIL import Image
 from ..denoiser import TorchDenoiser
 from ..io import CheckpointError
 from ..loading import default_steps, load_checkpoint
-from ..metrics import fd_fmnist, fidelity, inception_score
+from ..metrics import fidelity, sample_quality
 from ..sampling import make_scheduler, sample_many
 
 
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             result = {"source": args.checkpoint, "steps": steps}
         result["n"] = len(images)
-        result["fd_fmnist"] = fd_fmnist(images, args.device)
-        result["is_mean"], result["is_std"] = inception_score(images, args.device)
+        result.update(sample_quality(images, args.device))
         if args.reference:
             if args.images:
                 raise ValueError("--reference needs --checkpoint (both are sampled from the same noise).")
