@@ -29,6 +29,7 @@ TORCHSCRIPT_MAX_OPSET = 20
 MIN_OPSET_QDQ = 13  # per-channel QuantizeLinear/DequantizeLinear (axis)
 MIN_OPSET_FP16_QDQ = 19  # float16 x/scale in QuantizeLinear/DequantizeLinear
 MIN_OPSET_INT4 = 21
+TWO_GB_PROTO = 2**31 - 2**20  # protobuf cannot serialize a message this large
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 _ONNX_FLOAT = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}
 
@@ -251,12 +252,49 @@ def fold_weight_quantizers(graph: onnx.GraphProto) -> int:
     return folded
 
 
+def model_bytes(model: onnx.ModelProto) -> int:
+    """Serialized size, also for protos over 2 GB (where ``ByteSize`` raises instead of counting)."""
+    try:
+        return model.ByteSize()
+    except Exception:  # protobuf EncodeError above 2 GB
+        data = sum(_tensor_bytes(t) for t in model.graph.initializer)
+        return data + sum(n.ByteSize() for n in model.graph.node)
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    if t.raw_data:
+        return len(t.raw_data)
+    return int(np.prod(t.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+
+
+def _weightless(model: onnx.ModelProto, keep_below: int = 1 << 20) -> onnx.ModelProto:
+    """The model itself below 2 GB; above, a copy whose large initializers are graph inputs of the same type
+    and shape (shape inference needs their types, not their values; protobuf cannot hold the full copy)."""
+    if model_bytes(model) < TWO_GB_PROTO:
+        return model
+    graph = model.graph
+    saved = list(graph.initializer)
+    del graph.initializer[:]
+    light = onnx.ModelProto()
+    try:
+        light.CopyFrom(model)
+    finally:
+        graph.initializer.extend(saved)
+    for t in saved:
+        if _tensor_bytes(t) < keep_below:
+            light.graph.initializer.append(t)
+        else:
+            light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
+
+
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element types of all tensors as exported (call before passes change Q/DQ types: inference would
-    propagate the scales' types it is meant to fix). Empty for >2 GB models (cannot be inferred in memory)."""
+    propagate the scales' types it is meant to fix). Models over 2 GB are inferred on a weightless copy."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:
+        inferred = onnx.shape_inference.infer_shapes(_weightless(model), strict_mode=False)
+    except Exception as e:  # inference is a refinement: missing names fall back to the export precision
+        log.warning("shape inference failed (%s); Q/DQ scale types follow the export precision", e)
         return {}
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
     types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.input})

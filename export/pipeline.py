@@ -31,6 +31,7 @@ from .onnx_export import (
     fold_constants,
     fold_weight_quantizers,
     inline_identities,
+    model_bytes,
     qdq_counts,
     remove_qdq_casts,
     set_opset,
@@ -190,7 +191,7 @@ def export(loaded: Loaded, onnx_path: str | os.PathLike, opts: ExportOptions) ->
         report["torch_export_s"] = round(time.perf_counter() - t0, 3)
         model = onnx.load(str(raw))
         g = model.graph
-        types = tensor_types(model) if opts.precision != "fp32" and model.ByteSize() < TWO_GB else {}
+        types = tensor_types(model) if opts.precision != "fp32" else {}
         passes = {"identities_inlined": inline_identities(g), "constants_folded": fold_constants(g)}
         if opts.precision != "fp32":
             passes["qdq_casts_removed"] = remove_qdq_casts(g)
@@ -201,8 +202,7 @@ def export(loaded: Loaded, onnx_path: str | os.PathLike, opts: ExportOptions) ->
         passes["scale_dtype_fixes"] = fix_qdq_dtypes(model, opts.precision, types)
         report["passes"] = passes
         out = tmp / final.name
-        size = model.ByteSize() if model.ByteSize() < TWO_GB else TWO_GB
-        external = opts.external_data if opts.external_data is not None else size >= TWO_GB
+        external = opts.external_data if opts.external_data is not None else model_bytes(model) >= TWO_GB
         data_name = f"{final.name}.data"
         onnx.save_model(
             model, str(out), save_as_external_data=external, all_tensors_to_one_file=True, location=data_name

@@ -112,7 +112,8 @@ def sample(
     x = x0.to(device) * scheduler.init_noise_sigma
     step_ms: list[float] = []
     batch = x.shape[0]
-    for i, t in enumerate(tqdm(scheduler.timesteps.tolist(), desc="sampling", disable=not progress, leave=False)):
+    bar = tqdm(scheduler.timesteps.tolist(), desc="sampling", disable=not progress, leave=False)
+    for i, t in enumerate(bar):
         t_batch = torch.full((batch,), t, device=device, dtype=torch.int64)
         if time_steps:
             mark = timer.start()
