@@ -73,6 +73,14 @@ class CalibSet:
         return cls(**{k: tensors[k] for k in _TENSORS}, cond=tensors.get("cond"), meta=meta)
 
 
+def random_conditioning(cond_shape: tuple[int, ...], seed: int) -> Callable[[int], torch.Tensor]:
+    """``cond_fn`` of N(0, 1) encoder states for conditional UNets. This toolkit ships no text encoder, so the
+    cross-attention ranges of a conditional model are calibrated on random states; pass real prompt
+    embeddings as ``cond_fn`` for a production model."""
+    gen = torch.Generator().manual_seed(seed)
+    return lambda b: torch.randn(b, *cond_shape, generator=gen)
+
+
 def collect_calibset(
     denoiser: Denoiser,
     spec: ModelSpec,

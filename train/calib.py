@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pqcad_deploy.calibset import collect_calibset
+from pqcad_deploy.calibset import collect_calibset, random_conditioning
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.zoo import TEACHER_PATH, load_model
 
@@ -18,10 +18,12 @@ log = logging.getLogger(__name__)
 def run(args: argparse.Namespace) -> Path:
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, spec = load_model(args.teacher)
+    cond_fn = None
     if spec.cond_shape:
-        raise ValueError(
-            f"{spec.name} is conditional; `pqcad-train calib` needs conditioning data (not supported from the CLI yet)."
+        log.warning(
+            "%s is conditional: calibrating on random encoder states (no text encoder here)", spec.name
         )
+        cond_fn = random_conditioning(spec.cond_shape, args.seed + 7)
     cs = collect_calibset(
         TorchDenoiser(model.to(dev)),
         spec,
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> Path:
         seed=args.seed,
         device=dev,
         batch_size=args.batch_size,
+        cond_fn=cond_fn,
     )
     out = cs.save(args.out)
     log.info("wrote %s (%d points)", out, len(cs))

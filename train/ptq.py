@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pqcad_deploy.calibset import CalibSet, collect_calibset, forward_loop_from
+from pqcad_deploy.calibset import CalibSet, collect_calibset, forward_loop_from, random_conditioning
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.quant import QuantConfig, calibrate, quantize_model
 from pqcad_deploy.student import save_student
@@ -50,13 +50,7 @@ def get_calibset(
 ) -> CalibSet:
     if args.calib:
         return CalibSet.load(args.calib)
-    cond_fn = None
-    if spec.cond_shape:
-        gen = torch.Generator().manual_seed(args.seed + 7)
-
-        def cond_fn(b: int) -> torch.Tensor:  # random conditioning: no text encoder in this toolkit
-            return torch.randn(b, *spec.cond_shape, generator=gen)
-
+    cond_fn = random_conditioning(spec.cond_shape, args.seed + 7) if spec.cond_shape else None
     cs = collect_calibset(
         TorchDenoiser(teacher.to(device)),
         spec,

@@ -6,9 +6,8 @@ import pytest
 import torch
 from pqcad_deploy.export.spec import export_spec_for
 
+from pqcad_deploy import quant
 from pqcad_deploy.zoo import build_model, get_spec
-
-quant = pytest.importorskip("pqcad_deploy.quant", reason="the quantization core is not installed")
 
 
 def make_student(path, name: str, target: str, bits: int, block: int | None = None):
