@@ -9,9 +9,13 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, numpy_helper
+from pqcad_deploy.export import checks
 from pqcad_deploy.export.cli import main
 from pqcad_deploy.export.onnx_export import quantize_codes
-from pqcad_deploy.export.pipeline import ExportOptions, export, load_checkpoint, random_model
+from pqcad_deploy.export.pipeline import ExportOptions, _quant_ctx, export, load_checkpoint, random_model
+from pqcad_deploy.export.spec import export_spec_for
+
+from pqcad_deploy.denoiser import UNetWrapper
 
 
 def _dq_nodes(m):
@@ -107,3 +111,18 @@ def test_weight_codes_follow_torch_rounding():
     ref = torch.fake_quantize_per_channel_affine(w, s, torch.zeros(16, dtype=torch.int32), 0, -128, 127)
     codes = quantize_codes(w.numpy(), s.numpy(), np.zeros(16), 0, -128, 127)
     np.testing.assert_array_equal(codes * s.numpy()[:, None], ref.numpy())
+
+
+def test_fp16_parity_on_cpu_catches_a_graph_that_differs(students, tmp_path):
+    """On CPU the FP16 reference is FP32 compute of the FP16 weights; it must still fail a wrong graph."""
+    loaded = load_checkpoint(students["trt8"])
+    out = tmp_path / "h.onnx"
+    rep = export(loaded, out, ExportOptions(precision="fp16", parity_samples=4))
+    assert rep["parity"]["passed"] and "FP32 compute" in rep["parity"]["reference"]
+    wrapper = UNetWrapper(loaded.model).eval().half()
+    with torch.no_grad():
+        loaded.model.conv_out.weight.mul_(1.5)  # the torch model no longer matches the exported graph
+    with pytest.raises(checks.CheckError, match="beyond tolerance"):
+        checks.parity(
+            out, wrapper, export_spec_for(loaded.spec), "fp16", True, 4, ctx=_quant_ctx(loaded, "fp16")
+        )
