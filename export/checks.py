@@ -8,7 +8,9 @@ batch 1 is 0.047, and oneDNN on vs off 0.049). So the tolerance is measured per 
 against itself with a different accumulation order (batch N vs one sample at a time, and oneDNN off) and allow
 ORT ``SENSITIVITY_FACTOR`` times that self-disagreement, never less than a floor for the precision. A real export
 bug (wrong axis, wrong scale, missing Q/DQ, wrong layer) moves the output by far more than the self-disagreement
-and fails; an FP32 graph gets ~1e-6 and a tight floor.
+and fails; an FP32 graph gets ~1e-6 and a tight floor. FP16 graphs checked on the CPU compare against FP32
+compute of the FP16 weights and inputs (torch's FP16 CPU kernels are far too slow for an SD-1.5 UNet), and their
+self-disagreement is the same model with every intermediate rounded to FP16, as an FP16 engine stores it.
 """
 
 from __future__ import annotations

@@ -120,7 +120,8 @@ class PQCADTrainer:
     def _quantized_copy(self, bits: tuple[int, int]) -> nn.Module:
         from pqcad_deploy.quant import quantize_model
 
-        model = copy.deepcopy(self.fp).to(self.dev).train()
+        # The FP teacher is frozen; its copy must not be, or only the quantizer step sizes would train.
+        model = copy.deepcopy(self.fp).to(self.dev).requires_grad_(True).train()
         return quantize_model(model, quant_config(self.cfg, bits))
 
     def init_ptq(self) -> None:

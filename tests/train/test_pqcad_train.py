@@ -81,6 +81,17 @@ def test_progressive_run_switches_and_writes_a_loadable_student(tiny, tmp_path):
     assert torch.isfinite(y).all()
 
 
+def test_training_updates_the_weights_not_only_the_step_sizes(tiny, tmp_path):
+    """The FP teacher is frozen; the student copied from it must train its weights (regression: it did not)."""
+    teacher, _, _ = tiny
+    out = run(tiny, tmp_path / "w.pt", config=cfg(bits=("w8a8",), schedule="fixed", steps=10, lr=1e-3))
+    trained = student_mod.load_student(out)[0].state_dict()
+    moved = [k for k, v in teacher.state_dict().items() if not torch.equal(trained[k], v)]
+    convs = [k for k in moved if k.endswith("conv1.weight") or k.endswith("conv2.weight")]
+    assert convs, "no quantized conv weight changed during training"
+    assert all(p.requires_grad is False for p in teacher.parameters())  # the teacher itself stays frozen
+
+
 def test_fixed_schedule_with_halving_records_half_the_steps(tiny, tmp_path):
     out = run(
         tiny, tmp_path / "s.pt", config=cfg(bits=("w4a8",), schedule="fixed", steps=10, halve_steps=True)
