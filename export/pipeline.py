@@ -25,6 +25,7 @@ from .audit import audit_model
 from .int4 import rewrite_int4
 from .onnx_export import (
     DTYPES,
+    TWO_GB_PROTO,
     ExportError,
     check_opset,
     fix_qdq_dtypes,
@@ -42,7 +43,6 @@ from .spec import export_spec_for
 
 log = logging.getLogger(__name__)
 
-TWO_GB = 2**31 - 2**20
 # Parameterised leaf layers the exporter knows how to place (everything else is refused by name).
 SUPPORTED_LEAVES = {
     "Conv2d", "Linear", "GroupNorm", "LayerNorm", "ConvTranspose2d", "Embedding",
@@ -202,7 +202,9 @@ def export(loaded: Loaded, onnx_path: str | os.PathLike, opts: ExportOptions) ->
         passes["scale_dtype_fixes"] = fix_qdq_dtypes(model, opts.precision, types)
         report["passes"] = passes
         out = tmp / final.name
-        external = opts.external_data if opts.external_data is not None else model_bytes(model) >= TWO_GB
+        external = (
+            opts.external_data if opts.external_data is not None else model_bytes(model) >= TWO_GB_PROTO
+        )
         data_name = f"{final.name}.data"
         onnx.save_model(
             model, str(out), save_as_external_data=external, all_tensors_to_one_file=True, location=data_name
