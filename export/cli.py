@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from pqcad_deploy.io import CheckpointError
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         rep = export(loaded, args.onnx, opts)
         print(json.dumps(rep, indent=2) if args.json else full_report(rep, args.verbose))
-        print(f"\nwrote {args.onnx} and {report_path(__import__('pathlib').Path(args.onnx))}")
+        print(f"\nwrote {args.onnx} and {report_path(Path(args.onnx))}")
     except (ExportError, CheckError, CheckpointError, ValueError) as e:
         log.error("%s", e)
         return 2

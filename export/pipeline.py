@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pqcad_deploy.denoiser import UNetWrapper
+from pqcad_deploy.io import default_file_mode, writable_parent
 from pqcad_deploy.loading import open_checkpoint
 from pqcad_deploy.zoo import ModelSpec, build_model, get_spec
 
@@ -149,11 +150,7 @@ def default_opset(precision: str, quantized: bool, int4: bool) -> int:
 def export(loaded: Loaded, onnx_path: str | os.PathLike, opts: ExportOptions) -> dict:
     """Export, post-process, check and move into place. Returns the report (also written as JSON)."""
     final = Path(onnx_path)
-    parent = final.parent if str(final.parent) else Path(".")
-    if not parent.is_dir():
-        raise ExportError(f"Output folder {parent} does not exist; create it or choose another --onnx path.")
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"Output folder {parent} is not writable; choose another --onnx path.")
+    parent = writable_parent(final, ExportError, "choose another --onnx path")
     quantized, wbits, scopes = _quant_facts(loaded)
     ckpt_target = getattr(loaded.qcfg, "target", None)
     target = opts.target or ckpt_target or "tensorrt"
@@ -232,7 +229,7 @@ def export(loaded: Loaded, onnx_path: str | os.PathLike, opts: ExportOptions) ->
                     f"{blocked} layers meant to be quantized would run in float on {target}, e.g. "
                     + "; ".join(f"{la['name']}: {', '.join(la['reasons'])}" for la in bad)
                 )
-        mode = 0o666 & ~_umask()
+        mode = default_file_mode()
         if external:
             os.chmod(tmp / data_name, mode)
             os.replace(tmp / data_name, parent / data_name)
@@ -243,12 +240,6 @@ def export(loaded: Loaded, onnx_path: str | os.PathLike, opts: ExportOptions) ->
 
     atomic_json_save(report, report_path(final))
     return report
-
-
-def _umask() -> int:
-    cur = os.umask(0)
-    os.umask(cur)
-    return cur
 
 
 def report_path(onnx_path: Path) -> Path:

@@ -16,22 +16,32 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not match what the caller expects."""
 
 
+def default_file_mode() -> int:
+    """The permissions a plain ``open()`` would give a new file (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def writable_parent(path: Path, error: type[Exception], hint: str) -> Path:
+    """The folder ``path`` will be written into; raises ``error`` if it is missing or not writable."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise error(f"Output folder {parent} does not exist; create it or choose another path.")
+    if not os.access(parent, os.W_OK):
+        raise error(f"Output folder {parent} is not writable; {hint}.")
+    return parent
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename into place, so a crash never leaves a half-written file."""
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise CheckpointError(f"Output folder {parent} does not exist; create it or choose another path.")
-    if not os.access(parent, os.W_OK):
-        raise CheckpointError(f"Output folder {parent} is not writable; choose a path you can write to.")
+    parent = writable_parent(path, CheckpointError, "choose a path you can write to")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        # mkstemp creates 0600; give the file the permissions a plain open() would
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
