@@ -9,7 +9,7 @@ QAT baseline trains that whole budget straight at W4A8. Rows:
   W8A8: FP | PTQ (best of maxabs/percentile/mse, picked by eps-MSE on calibration points) |
         PQCAD W8A8 (the trained stage 1) | PQCAD W8A8 + step halving (stage 2 kept at W8A8, halving targets)
   W4A8: PTQ | fixed-bit QAT | PQ alone (stage-2 teacher = frozen W8A8 model, no FP anchor) |
-        PQ+CAD (teacher + FP anchor) | PQ+CAD+halving
+        PQ+CAD (teacher + FP anchor) | PQ+CAD+halving | PQ+CAD (FP teacher: stage 2 distils from the FP model)
 
 Each model is sampled with DDIM at 100 and 50 steps (step-halved students at the count they were trained
 for) from the same seeded noise; reported: FD in the Fashion-MNIST classifier's feature space
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import math
 import sys
@@ -51,6 +52,7 @@ from pqcad_deploy.zoo import TEACHER_PATH
 log = logging.getLogger("pqcad_table")
 RESULTS = Path(__file__).resolve().parent / "results"
 PTQ_METHODS = ("maxabs", "percentile", "mse")
+BRANCHES = ("pq", "qat", "w8a8", "half_w8a8", "half_w4a8", "fp_teacher", "pq_alone")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +98,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="use students already in --work instead of retraining (finish a run cut by --deadline-s)",
     )
+    p.add_argument(
+        "--branches",
+        nargs="+",
+        default=list(BRANCHES),
+        choices=BRANCHES,
+        help="rows per seed; pq = PQ+CAD W4A8 (always trained: the others branch from its stage 1)",
+    )
+    p.add_argument(
+        "--skip-ptq", action="store_true", help="no PTQ rows (e.g. a second lease that only adds a seed)"
+    )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="combine table JSONs of separate runs (same protocol) into --out and print the table; no GPU work",
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--quick", action="store_true", help="CPU smoke test: tiny random model, tiny budgets")
     args = p.parse_args(argv)
@@ -106,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.eval_steps, args.n_samples, args.eval_batch, args.grid = [10, 4], 16, 16, 16
         args.ptq_methods, args.init_ptq, args.deadline_s = ["maxabs", "mse"], "maxabs", 0.0
         args.work = args.work.with_name(args.work.name + "_quick")
+    if args.skip_ptq and not args.n_samples:
+        p.error("--skip-ptq needs --n-samples (the adaptive N is measured on a PTQ model)")
     return args
 
 
@@ -140,6 +161,20 @@ def _fidelity(a: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
             "rel_l2": ((a - ref).norm() / ref.norm()).item(),
             "max_abs": (a - ref).abs().max().item(),
         }
+
+
+@torch.no_grad()
+def eps_mse(model, cs, idx: torch.Tensor, device: torch.device) -> float:
+    """Noise-prediction error vs FP on calibration points ``idx`` (cheap PTQ method and LR selection)."""
+    from pqcad_deploy.denoiser import UNetWrapper
+
+    w, tot = UNetWrapper(model).eval(), 0.0
+    for i in range(0, len(idx), 512):
+        j = idx[i : i + 512]
+        c = cs.cond[j].to(device) if getattr(cs, "cond", None) is not None else None
+        pred = w(cs.x_t[j].to(device), cs.t[j].to(device), c)
+        tot += F.mse_loss(pred.float(), cs.eps_fp[j].to(device).float(), reduction="sum").item()
+    return tot / (len(idx) * cs.x_t[0].numel())
 
 
 class Bench:
@@ -200,18 +235,8 @@ class Bench:
         )
         return out
 
-    @torch.no_grad()
     def eps_mse(self, model) -> float:
-        """Noise-prediction error vs FP on held-out calibration points (cheap PTQ method selection)."""
-        from pqcad_deploy.denoiser import UNetWrapper
-
-        w, idx, tot = UNetWrapper(model).eval(), self.probe_idx, 0.0
-        for i in range(0, len(idx), 512):
-            j = idx[i : i + 512]
-            c = self.cs.cond[j].to(self.dev) if getattr(self.cs, "cond", None) is not None else None
-            pred = w(self.cs.x_t[j].to(self.dev), self.cs.t[j].to(self.dev), c)
-            tot += F.mse_loss(pred.float(), self.cs.eps_fp[j].to(self.dev).float(), reduction="sum").item()
-        return tot / (len(idx) * self.cs.x_t[0].numel())
+        return eps_mse(model, self.cs, self.probe_idx, self.dev)
 
     def load(self, path: Path):
         from pqcad_deploy.student import load_student
@@ -302,30 +327,24 @@ class Bench:
         self.t0 = time.perf_counter()
         self.calib()
         a = self.args
-        ptq_choice = {}
-        for bits in ("w8a8", "w4a8"):
-            scores = {}
-            for m in a.ptq_methods:
-                path = self.train(f"ptq_{bits}_{m}", self.cfg(0, steps=0, bits=(bits,), ptq_method=m))
-                scores[m] = self.eps_mse(self.load(path)[0])
-            best = min(scores, key=scores.get)
-            ptq_choice[bits] = {"best": best, "eps_mse": scores}
-            log.info("PTQ %s eps-MSE %s -> %s", bits, scores, best)
+        ptq_choice = {} if a.skip_ptq else self.select_ptq()
         self.ptq_choice = ptq_choice
         # FP first: it is the fidelity reference (N is fixed from a fake-quant throughput probe)
-        self.pick_n(self.load(a.work / f"ptq_w8a8_{ptq_choice['w8a8']['best']}.pt")[0])
+        if not self.n:
+            self.pick_n(self.load(a.work / f"ptq_w8a8_{ptq_choice['w8a8']['best']}.pt")[0])
         self.add("FP", "fp32", None)
-        for bits in ("w8a8", "w4a8"):
-            best = ptq_choice[bits]["best"]
-            self.add("PTQ", bits, a.work / f"ptq_{bits}_{best}.pt", method=best)
+        for bits, choice in ptq_choice.items():
+            self.add("PTQ", bits, a.work / f"ptq_{bits}_{choice['best']}.pt", method=choice["best"])
         for seed in a.seeds:
             s = f"s{seed}"
             # stage 1 + PQ+CAD stage 2 (the default recipe); every other PQ variant branches from its stage 1
             pq = self.train(f"pq_{s}", self.cfg(seed))
             stage1 = a.work / f"pq_{s}_train_stage1.pt"
-            self.add("PQ+CAD", "w4a8", pq, seed)
+            if "pq" in a.branches:
+                self.add("PQ+CAD", "w4a8", pq, seed)
             jobs = [
                 (
+                    "qat",
                     "fixed-bit QAT",
                     "w4a8",
                     f"qat_w4a8_{s}",
@@ -333,27 +352,59 @@ class Bench:
                     None,
                 ),
                 (
+                    "w8a8",
                     "PQCAD",
                     "w8a8",
                     f"pq_w8a8_{s}",
                     self.cfg(seed, bits=("w8a8",), steps=_step_of(stage1)),
                     stage1,
                 ),
-                ("PQ+CAD+halving", "w4a8", f"pqcad_half_w4a8_{s}", self.cfg(seed, halve_steps=True), stage1),
                 (
+                    "half_w8a8",
                     "PQCAD+halving",
                     "w8a8",
                     f"pqcad_half_w8a8_{s}",
                     self.cfg(seed, bits=("w8a8", "w8a8"), halve_steps=True),
                     stage1,
                 ),
-                ("PQ alone", "w4a8", f"pq_alone_{s}", self.cfg(seed, lambda_c=0.0), stage1),
+                (
+                    "half_w4a8",
+                    "PQ+CAD+halving",
+                    "w4a8",
+                    f"pqcad_half_w4a8_{s}",
+                    self.cfg(seed, halve_steps=True),
+                    stage1,
+                ),
+                (
+                    "fp_teacher",
+                    "PQ+CAD (FP teacher)",
+                    "w4a8",
+                    f"pq_fpteacher_{s}",
+                    self.cfg(seed, teacher_kind="fp"),
+                    stage1,
+                ),
+                ("pq_alone", "PQ alone", "w4a8", f"pq_alone_{s}", self.cfg(seed, lambda_c=0.0), stage1),
             ]
-            for variant, bits, name, cfg, resume in jobs:
+            for key, variant, bits, name, cfg, resume in jobs:
+                if key not in a.branches:
+                    continue
                 if self.late():
                     self.skipped.append(f"{variant} {bits} seed {seed}")
                     continue
                 self.add(variant, bits, self.train(name, cfg, resume=resume), seed)
+
+    def select_ptq(self) -> dict[str, Any]:
+        """PTQ of the teacher with every method; the best per bit-width by eps-MSE is the PTQ row."""
+        choice = {}
+        for bits in ("w8a8", "w4a8"):
+            scores = {}
+            for m in self.args.ptq_methods:
+                path = self.train(f"ptq_{bits}_{m}", self.cfg(0, steps=0, bits=(bits,), ptq_method=m))
+                scores[m] = self.eps_mse(self.load(path)[0])
+            best = min(scores, key=scores.get)
+            choice[bits] = {"best": best, "eps_mse": scores}
+            log.info("PTQ %s eps-MSE %s -> %s", bits, scores, best)
+        return choice
 
     def late(self) -> bool:
         """Past --deadline-s: the remaining rows are skipped (listed in the JSON) so the GPU lease is not overrun."""
@@ -421,18 +472,66 @@ def print_table(summary: list[dict[str, Any]], fp_fd: dict[int, float]) -> None:
     print(cols)
     print("-" * len(cols))
     for r in summary:
-        ref = fp_fd.get(r["steps"]) or (max(fp_fd.values()) if fp_fd else None)
+        # a step-halved student is judged against FP at the step count it replaces (twice its own)
+        ref_steps = 2 * r["steps"] if "halving" in r["variant"] and 2 * r["steps"] in fp_fd else r["steps"]
+        ref = fp_fd.get(ref_steps) or (max(fp_fd.values()) if fp_fd else None)
         rel = (r["fd"] / ref - 1) * 100 if r.get("fd") is not None and ref else None
         print(
             f"{r['variant']:<17}{r['bits']:<6}{r['steps']:>6}{f(r.get('fd'), '.3f', 10)}"
             f"{f(r.get('fd_spread'), '.3f', 8)}{f(rel, '+.1f', 8)}%{f(r.get('psnr_vs_fp'), '.2f', 8)}"
             f"{f(r.get('rel_l2_vs_fp'), '.4f', 8)}{f(r.get('train_time_s'), '.1f', 9)}"
         )
+    print("vs FP: FD change against FP at the same step count (step-halved rows: at twice theirs)")
+
+
+def merge(paths: list[Path], out: Path) -> dict[str, Any]:
+    """One table from runs split across machines (e.g. one seed per GPU lease).
+
+    Rows are keyed by (variant, bits, seed); the first file's row wins. The FP row is recomputed by every run
+    (it is the fidelity reference); its repeats are kept under ``fp_repeats`` as a reproducibility check.
+    """
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    n = {d["n_samples"] for d in docs}
+    if len(n) != 1:
+        raise SystemExit(
+            f"cannot merge runs with different sample counts {sorted(n)}; rerun with --n-samples"
+        )
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
+    fp_repeats = []
+    for d in docs:
+        for r in d["rows"]:
+            key = (r["variant"], r["bits"], r.get("seed"))
+            if key in seen:
+                if r["variant"] == "FP":
+                    fp_repeats.append({e["steps"]: e["fd"] for e in r["evals"]})
+                continue
+            seen.add(key)
+            rows.append(r)
+    doc = {
+        **docs[0],
+        "merged_from": [{"path": str(p), "command": d["command"]} for p, d in zip(paths, docs, strict=True)],
+        "ptq_selection": next((d["ptq_selection"] for d in docs if d.get("ptq_selection")), None),
+        "rows": rows,
+        "fp_repeats": fp_repeats,
+        "skipped_for_time": [s for d in docs for s in d.get("skipped_for_time", [])],
+        "summary": summarize(rows),
+    }
+    atomic_json_save(doc, out)
+    return doc
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.merge:
+        out = args.out or RESULTS / "pqcad_table.json"
+        doc = merge(args.merge, out)
+        fp_fd = {s["steps"]: s["fd"] for s in doc["summary"] if s["variant"] == "FP" and s.get("fd")}
+        print(f"PQCAD table merged from {len(args.merge)} runs: {doc['n_samples']} samples per row")
+        print_table(doc["summary"], fp_fd)
+        print(f"\nJSON: {out}")
+        return 0
     t0 = time.perf_counter()
     bench = Bench(args)
     try:

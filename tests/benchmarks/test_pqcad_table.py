@@ -1,0 +1,107 @@
+"""benchmarks/pqcad_table.py and pqcad_lr_sweep.py on CPU: merging split runs, the table's reference, the sweep."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))  # the sweep imports its helpers from pqcad_table, as when run as a script
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def table():
+    return _load("pqcad_table")
+
+
+def _row(variant, bits, seed, fds: dict[int, float]):
+    return {
+        "variant": variant,
+        "bits": bits,
+        "seed": seed,
+        "evals": [{"steps": s, "fd": v} for s, v in fds.items()],
+    }
+
+
+def _doc(rows, n=100, command="python pqcad_table.py"):
+    return {"n_samples": n, "command": command, "rows": rows, "ptq_selection": None, "skipped_for_time": []}
+
+
+def test_merge_keeps_the_first_row_and_records_fp_repeats(table, tmp_path):
+    a = _doc([_row("FP", "fp32", None, {100: 3.0, 50: 3.2}), _row("PQCAD", "w8a8", 0, {100: 3.1})])
+    b = _doc(
+        [
+            _row("FP", "fp32", None, {50: 3.21}),
+            _row("PQCAD", "w8a8", 0, {100: 9.9}),  # same key as in a: a's row wins
+            _row("PQCAD", "w8a8", 1, {100: 3.3}),
+        ]
+    )
+    b["ptq_selection"] = {"w8a8": {"best": "mse"}}
+    pa, pb, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "m.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    doc = table.merge([pa, pb], out)
+    assert json.loads(out.read_text())["rows"] == doc["rows"]
+    keys = [(r["variant"], r["seed"]) for r in doc["rows"]]
+    assert keys == [("FP", None), ("PQCAD", 0), ("PQCAD", 1)]
+    assert doc["fp_repeats"] == [{50: 3.21}]
+    assert doc["ptq_selection"] == {"w8a8": {"best": "mse"}}
+    pq = next(s for s in doc["summary"] if s["variant"] == "PQCAD")
+    assert pq["n_seeds"] == 2 and pq["fd"] == pytest.approx(3.2) and pq["fd_spread"] == pytest.approx(0.1)
+
+
+def test_merge_refuses_runs_with_different_sample_counts(table, tmp_path):
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(_doc([], n=1000)))
+    pb.write_text(json.dumps(_doc([], n=10000)))
+    with pytest.raises(SystemExit, match="different sample counts"):
+        table.merge([pa, pb], tmp_path / "m.json")
+
+
+def test_halved_rows_are_judged_against_fp_at_twice_their_steps(table, capsys):
+    rows = [
+        _row("FP", "fp32", None, {100: 2.0, 50: 2.5}),
+        _row("PQCAD+halving", "w8a8", 0, {50: 2.2}),
+        _row("PQCAD", "w8a8", 0, {50: 2.75}),
+    ]
+    table.print_table(table.summarize(rows), {100: 2.0, 50: 2.5})
+    lines = capsys.readouterr().out.splitlines()
+    halved = next(line for line in lines if line.startswith("PQCAD+halving"))
+    plain = next(line for line in lines if line.startswith("PQCAD ") and " 50 " in line)
+    assert "+10.0%" in halved  # 2.2 vs FP at 100 steps, not -12 % vs FP at 50
+    assert "+10.0%" in plain  # 2.75 vs FP at 50 steps
+
+
+def test_skip_ptq_needs_a_fixed_sample_count(table):
+    with pytest.raises(SystemExit):
+        table.parse_args(["--skip-ptq"])
+    assert table.parse_args(["--skip-ptq", "--n-samples", "100", "--branches", "w8a8"]).branches == ["w8a8"]
+
+
+def test_lr_sweep_quick_trains_scores_and_picks(tmp_path, capsys):
+    sweep = _load("pqcad_lr_sweep")
+    out = tmp_path / "sweep.json"
+    assert sweep.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    labels = [r["label"] for r in doc["rows"]]
+    assert labels == ["FP", "PTQ maxabs", "lr 1e-05", "lr 0.001"]
+    trained = [r for r in doc["rows"] if r["lr"]]
+    assert all(math.isfinite(r["eps_mse_heldout"]) and math.isfinite(r["psnr_vs_fp"]) for r in trained)
+    assert doc["pick_lr"] == min(trained, key=lambda r: r["eps_mse_heldout"])["lr"]
+    assert doc["rows"][0]["eps_mse_heldout"] < 1e-6  # FP against its own targets: the metric is wired right
+    assert "pick (lowest held-out eps-MSE)" in capsys.readouterr().out
