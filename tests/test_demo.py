@@ -2,7 +2,9 @@
 
 import json
 
-from pqcad_deploy.cli.demo import main
+import pytest
+
+from pqcad_deploy.cli.demo import main, plan_steps
 
 
 def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
@@ -25,3 +27,14 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
         "student_int8_ort.ort.json",
     ):
         assert (tmp_path / f).is_file()
+
+
+def test_step_plan_halved_plain_and_overridden():
+    # a student trained for 50 steps from 100-step calibration trajectories is step-halved: FP runs at 100
+    assert plan_steps(50, 100, None, None) == (100, 50, True)
+    # an un-halved student runs at the FP count unless told otherwise (the W8A8 student deployed at 50 steps)
+    assert plan_steps(100, 100, None, None) == (100, 100, False)
+    assert plan_steps(100, 100, None, 50) == (100, 50, False)
+    assert plan_steps(50, 100, 200, None) == (200, 100, True)
+    with pytest.raises(SystemExit, match="must be >= 1"):
+        plan_steps(100, 100, None, -5)

@@ -42,6 +42,18 @@ def retarget_for_onnxruntime(student: torch.nn.Module, spec, calib, method: str 
     return model
 
 
+def plan_steps(
+    trained_steps: int, calib_steps: int | None, fp_steps: int | None, student_steps: int | None
+) -> tuple[int, int, bool]:
+    """(FP steps, student steps, halved): a step-halved student replaces FP at twice its trained count."""
+    halved = bool(calib_steps) and 2 * trained_steps == int(calib_steps)
+    fp = fp_steps or (2 * trained_steps if halved else trained_steps)
+    student = student_steps or (max(1, fp // 2) if halved else fp)
+    if fp < 1 or student < 1:
+        raise SystemExit(f"step counts must be >= 1 (FP {fp}, student {student})")
+    return fp, student, halved
+
+
 def _export(loaded, path: Path, quick: bool) -> dict:
     from ..export.pipeline import ExportOptions, export
 
@@ -79,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fp-steps", type=int, default=None, help="FP baseline DDIM steps (default: 2x a halved student's)"
     )
+    p.add_argument(
+        "--student-steps",
+        type=int,
+        default=None,
+        help="student DDIM steps (default: half the FP steps for a step-halved student, else the FP steps)",
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and ONNX Runtime")
@@ -103,14 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     teacher, spec = load_model(args.teacher)
     student = load_checkpoint(args.student)
-    trained_steps = int((student.meta or {}).get("sampling", {}).get("steps") or 50)
-    calib_steps = (student.meta or {}).get("sampling", {}).get("calib_steps")
-    halved = bool(calib_steps) and 2 * trained_steps == int(calib_steps)
-    fp_steps = args.fp_steps or (2 * trained_steps if halved else trained_steps)
-    student_steps = max(1, fp_steps // 2) if halved else fp_steps
+    sampling = (student.meta or {}).get("sampling", {})
+    trained_steps = int(sampling.get("steps") or 50)
+    fp_steps, student_steps, halved = plan_steps(
+        trained_steps, sampling.get("calib_steps"), args.fp_steps, args.student_steps
+    )
     batch, repeats = args.batch, args.repeats
     if args.quick:
-        fp_steps, student_steps, batch, repeats = 4, 2 if halved else 4, 2, 1
+        fp_steps, student_steps, batch, repeats = 4, 2 if student_steps < fp_steps else 4, 2, 1
     print(
         f"[1/4] student {args.student.name}: {student.qcfg.target} form, W{student.qcfg.weight_bits}A{student.qcfg.act_bits}, "
         f"{'step-halved: ' + str(student_steps) if halved else str(student_steps)} steps vs FP {fp_steps}"
@@ -180,7 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         for k, r in reports.items()
     }
-    result["student"] = {"path": str(args.student), "trained_steps": trained_steps, "halved": halved}
+    result["student"] = {
+        "path": str(args.student),
+        "trained_steps": trained_steps,
+        "halved": halved,
+        "steps": student_steps,
+        "fp_steps": fp_steps,
+    }
     grid = args.out / "demo_grid.png"
     save_grid(torch.cat([images[s.label] for s in specs if s.label in images]), grid, nrow=batch)
     atomic_json_save(result, args.out / "demo.json")
