@@ -20,7 +20,10 @@ and GPU training time. The sample count adapts to ``--eval-budget-s`` (measured 
 Run on one H100 (budgeted for <= 9 minutes: 800 steps x batch 128 per variant, adaptive N in 150 s of sampling;
 rows still pending after --deadline-s 540 are skipped and listed in the JSON):
     python benchmarks/pqcad_table.py
-    python benchmarks/pqcad_table.py --n-samples 10000 --seeds 0 1 --deadline-s 0   # full protocol (~30 min)
+    python benchmarks/pqcad_table.py --init-ptq percentile --lr 1e-5 --n-samples 10000 --seeds 0 1 --deadline-s 0
+                                                                     # full protocol (~50 min)
+Split across machines: ``--skip-ptq`` (rows of one seed only), ``--branches`` (a subset of the trained rows), then
+``--merge a.json b.json ... --out pqcad_table.json`` prints and writes the combined table.
 CPU smoke test (tiny random model, 2-10 min on 2 shared cores):  python benchmarks/pqcad_table.py --quick
 Writes benchmarks/results/pqcad_table_<UTC date>.json and sample grids under benchmarks/results/pqcad_grids/.
 """
