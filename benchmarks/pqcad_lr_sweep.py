@@ -64,34 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     teacher, spec = load_teacher(a.teacher)
     teacher.to(dev).eval()
     a.work.mkdir(parents=True, exist_ok=True)
-    small = a.quick
     # the table's calibration set (same settings and seed) and a held-out one from other noise
-    train_cs = load_or_collect_calib(
-        a.work / "calib.safetensors",
-        teacher,
-        spec,
-        dev,
-        dict(
-            n_trajectories=8 if small else 256,
-            steps=10 if small else 100,
-            n_points=10 if small else 50,
-            seed=1234,
-            batch_size=256,
-        ),
-    )
-    val_cs = load_or_collect_calib(
-        a.work / "calib_heldout.safetensors",
-        teacher,
-        spec,
-        dev,
-        dict(
-            n_trajectories=4 if small else 32,
-            steps=10 if small else 100,
-            n_points=10 if small else 50,
-            seed=4321,
-            batch_size=256,
-        ),
-    )
+    steps, points = (10, 10) if a.quick else (100, 50)
+
+    def calib(name: str, trajectories: int, seed: int):
+        collect = dict(n_trajectories=trajectories, steps=steps, n_points=points, seed=seed, batch_size=256)
+        return load_or_collect_calib(a.work / name, teacher, spec, dev, collect)
+
+    train_cs = calib("calib.safetensors", 8 if a.quick else 256, 1234)
+    val_cs = calib("calib_heldout.safetensors", 4 if a.quick else 32, 4321)
     g = torch.Generator().manual_seed(99)
     train_idx = torch.randperm(train_cs.x_t.shape[0], generator=g)[:2048]
     val_idx = torch.arange(val_cs.x_t.shape[0])
@@ -132,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         out = a.work / f"lr_sweep_{a.bits}_{'ptq' if lr == 0.0 else f'{lr:g}'}.pt"
         t0 = time.perf_counter()
-        train_pqcad(cfg, teacher, spec, train_cs, out, device=str(dev), progress=not small)
+        train_pqcad(cfg, teacher, spec, train_cs, out, device=str(dev), progress=not a.quick)
         train_s = time.perf_counter() - t0
         model = load_student(out, device=dev)[0]
         imgs = sample(model)
