@@ -1,7 +1,7 @@
 """Weight learning-rate sweep for PQCAD stage 1 (W8A8 from PTQ) before the full table.
 
 The PQCAD defaults (``--lr 1e-5`` for weights) were set while the trainer only trained step sizes (fixed in
-0419f19), so they are untested for weight training. This trains the common stage 1 (fixed-schedule W8A8,
+0419f19); this sweep checks them with weight training (2026-11-23, H100: 1e-5 kept, 1e-4 diverges). It trains the common stage 1 (fixed-schedule W8A8,
 PTQ-initialised, CAD loss) once per weight LR and scores each student on
   - eps-MSE vs FP on the training calibration points and on held-out trajectories (another noise seed), and
   - fidelity to the FP teacher (PSNR, rel-L2) and FD-fmnist on ``--n`` samples from the same noise.
@@ -55,6 +55,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.teacher, a.steps, a.batch_size, a.n, a.eval_steps = "tiny-unet", 6, 8, 16, 4
         a.lrs, a.init_ptq, a.work = [1e-5, 1e-3], "maxabs", Path("runs/pqcad_lr_sweep_quick")
     return a
+
+
+def print_sweep(rows: list[dict], a: argparse.Namespace) -> None:
+    print(
+        f"\nPQCAD stage-1 weight-LR sweep: {a.bits}, {a.steps} steps x batch {a.batch_size}, {a.n} samples @{a.eval_steps} DDIM steps"
+    )
+    print(f"{'':<16}{'eps-MSE train':>14}{'held-out':>11}{'FD':>8}{'PSNR':>8}{'relL2':>8}{'train s':>9}")
+    for r in rows:
+        cells = [
+            r.get("eps_mse_train"),
+            r.get("eps_mse_heldout"),
+            r.get("fd"),
+            r.get("psnr_vs_fp"),
+            r.get("rel_l2_vs_fp"),
+            r.get("train_s"),
+        ]
+        fmts = [".3e", ".3e", ".3f", ".2f", ".4f", ".1f"]
+        widths = [14, 11, 8, 8, 8, 9]
+        print(
+            f"{r['label']:<16}"
+            + "".join(
+                format(v, f).rjust(w) if v is not None else "-".rjust(w)
+                for v, f, w in zip(cells, fmts, widths, strict=True)
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,28 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s", row)
     trained = [r for r in rows if r["lr"]]
     best = min(trained, key=lambda r: r["eps_mse_heldout"])
-    print(
-        f"\nPQCAD stage-1 weight-LR sweep: {a.bits}, {a.steps} steps x batch {a.batch_size}, {a.n} samples @{a.eval_steps} DDIM steps"
-    )
-    print(f"{'':<16}{'eps-MSE train':>14}{'held-out':>11}{'FD':>8}{'PSNR':>8}{'relL2':>8}{'train s':>9}")
-    for r in rows:
-        cells = [
-            r.get("eps_mse_train"),
-            r.get("eps_mse_heldout"),
-            r.get("fd"),
-            r.get("psnr_vs_fp"),
-            r.get("rel_l2_vs_fp"),
-            r.get("train_s"),
-        ]
-        fmts = [".3e", ".3e", ".3f", ".2f", ".4f", ".1f"]
-        widths = [14, 11, 8, 8, 8, 9]
-        print(
-            f"{r['label']:<16}"
-            + "".join(
-                format(v, f).rjust(w) if v is not None else "-".rjust(w)
-                for v, f, w in zip(cells, fmts, widths, strict=True)
-            )
-        )
+    print_sweep(rows, a)
     print(f"pick (lowest held-out eps-MSE): --lr {best['lr']:g}")
     from pqcad_deploy.runtime.timing import environment_info
 
