@@ -34,7 +34,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import math
 import sys
 import time
 import traceback
@@ -46,9 +45,11 @@ import torch.nn.functional as F
 from pqcad_deploy.train.pqcad import load_or_collect_calib, load_teacher, train_pqcad
 from pqcad_deploy.train.pqcad_config import PQCADConfig
 
+from pqcad_deploy.calibset import eps_mse
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.images import save_grid
 from pqcad_deploy.io import atomic_json_save
+from pqcad_deploy.metrics import fd_fmnist, fidelity
 from pqcad_deploy.sampling import make_scheduler, sample_many
 from pqcad_deploy.zoo import TEACHER_PATH
 
@@ -134,50 +135,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _fd(images: torch.Tensor, device: torch.device) -> float | None:
-    """FD-fmnist; tiny test models (16x16) are padded to the classifier's 32x32. None if metrics are missing."""
-    try:
-        from pqcad_deploy.metrics import fd_fmnist
-    except ImportError as e:
-        log.warning("FD skipped: %s", e)
-        return None
+    """FD-fmnist; tiny test models (16x16) are padded to the classifier's 32x32. None if it cannot be computed."""
     if images.shape[-1] != 32:
         images = F.interpolate(images, size=(32, 32), mode="nearest")
     if images.shape[1] != 1:
         images = images[:, :1]
     try:
-        r = fd_fmnist(images, device=device)
+        return float(fd_fmnist(images, device=device))
     except Exception as e:  # classifier asset missing etc.: keep the rest of the table
         log.warning("FD failed: %s", e)
         return None
-    return float(r["fd"] if isinstance(r, dict) else r)
 
 
 def _fidelity(a: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-    try:
-        from pqcad_deploy.metrics import fidelity
-
-        return {("psnr" if k == "psnr_db" else k): float(v) for k, v in fidelity(a, ref).items()}
-    except ImportError:
-        mse = F.mse_loss(a.float(), ref.float()).item()
-        return {
-            "psnr": 10 * math.log10(4.0 / max(mse, 1e-12)),  # images live in [-1, 1]
-            "rel_l2": ((a - ref).norm() / ref.norm()).item(),
-            "max_abs": (a - ref).abs().max().item(),
-        }
-
-
-@torch.no_grad()
-def eps_mse(model, cs, idx: torch.Tensor, device: torch.device) -> float:
-    """Noise-prediction error vs FP on calibration points ``idx`` (cheap PTQ method and LR selection)."""
-    from pqcad_deploy.denoiser import UNetWrapper
-
-    w, tot = UNetWrapper(model).eval(), 0.0
-    for i in range(0, len(idx), 512):
-        j = idx[i : i + 512]
-        c = cs.cond[j].to(device) if getattr(cs, "cond", None) is not None else None
-        pred = w(cs.x_t[j].to(device), cs.t[j].to(device), c)
-        tot += F.mse_loss(pred.float(), cs.eps_fp[j].to(device).float(), reduction="sum").item()
-    return tot / (len(idx) * cs.x_t[0].numel())
+    return {("psnr" if k == "psnr_db" else k): float(v) for k, v in fidelity(a, ref).items()}
 
 
 class Bench:

@@ -9,20 +9,19 @@ Prints a table and writes benchmarks/results/weight_training_smoke.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from pqcad_deploy.runtime.timing import environment_info
 from pqcad_deploy.train.pqcad import train_pqcad
 from pqcad_deploy.train.pqcad_config import PQCADConfig
 
-from pqcad_deploy.calibset import collect_calibset
-from pqcad_deploy.denoiser import TorchDenoiser, UNetWrapper
+from pqcad_deploy.calibset import collect_calibset, eps_mse
+from pqcad_deploy.denoiser import TorchDenoiser
+from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.student import load_student
 from pqcad_deploy.zoo import TEACHER_PATH, load_model
 
@@ -49,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=False,
     )
 
-    def eps_mse(model) -> float:
-        with torch.no_grad():
-            return F.mse_loss(UNetWrapper(model).eval()(cs.x_t, cs.t, None), cs.eps_fp).item()
+    all_points = torch.arange(len(cs))
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             model = load_student(path)[0]
             sd = model.state_dict()
             moved = sum(not torch.equal(sd[k], v) for k, v in teacher.state_dict().items())
-            rows.append({"train_steps": steps, "eps_mse_train_points": eps_mse(model), "weights_moved": moved,
+            rows.append({"train_steps": steps, "eps_mse_train_points": eps_mse(model, cs, all_points, "cpu"), "weights_moved": moved,
                          "weights_total": len(teacher.state_dict()), "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
     print("train steps | eps-MSE (training points) | weight tensors moved | seconds")
     for r in rows:
@@ -74,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['seconds']}")  # fmt: skip
     doc = {"environment": environment_info(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
            "calib": {"trajectories": 16, "steps": 20, "points": 10}, "lr": args.lr, "rows": rows}  # fmt: skip
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_json_save(doc, args.out)
     print(f"wrote {args.out}")
     return 0
 

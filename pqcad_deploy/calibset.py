@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, UNetWrapper
 from .io import CheckpointError, atomic_json_save, atomic_write
 from .sampling import make_scheduler, sample
 from .zoo import ModelSpec
@@ -71,6 +71,26 @@ class CalibSet:
         side = path.with_suffix(".json")
         meta = json.loads(side.read_text()) if side.is_file() else {}
         return cls(**{k: tensors[k] for k in _TENSORS}, cond=tensors.get("cond"), meta=meta)
+
+
+@torch.no_grad()
+def eps_mse(
+    model: torch.nn.Module, calib: Any, idx: torch.Tensor, device: torch.device | str, chunk: int = 512
+) -> float:
+    """Mean squared error of ``model``'s noise prediction against the FP teacher's (``calib.eps_fp``) on the
+    calibration points ``idx``: the cheap score behind PTQ-method, LR and re-initialisation choices. Works on a
+    ``CalibSet`` or anything with the same ``x_t``/``t``/``cond``/``eps_fp`` tensors; restores the model's mode."""
+    was = model.training
+    wrapper = UNetWrapper(model.eval())
+    cond = getattr(calib, "cond", None)
+    total = 0.0
+    for i in range(0, len(idx), chunk):
+        j = idx[i : i + chunk]
+        c = cond[j].to(device) if cond is not None else None
+        pred = wrapper(calib.x_t[j].to(device), calib.t[j].to(device), c)
+        total += torch.sum((pred.float() - calib.eps_fp[j].to(device).float()) ** 2).item()
+    model.train(was)
+    return total / (len(idx) * calib.x_t[0].numel())
 
 
 def random_conditioning(cond_shape: tuple[int, ...], seed: int) -> Callable[[int], torch.Tensor]:

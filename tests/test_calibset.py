@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pqcad_deploy.calibset import CalibSet, calib_batches, collect_calibset, forward_loop_from
+from pqcad_deploy.calibset import CalibSet, calib_batches, collect_calibset, eps_mse, forward_loop_from
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.io import CheckpointError
 from pqcad_deploy.sampling import make_scheduler
@@ -74,3 +74,14 @@ def test_missing_or_foreign_file_refused(tmp_path):
     save_file({"a": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(CheckpointError, match="missing tensors"):
         CalibSet.load(tmp_path / "x.safetensors")
+
+
+def test_eps_mse_is_zero_for_the_fp_model_and_grows_with_a_perturbation(tiny_set):
+    model, _, cs = tiny_set
+    idx = torch.arange(len(cs))
+    model.train()
+    assert eps_mse(model, cs, idx, "cpu", chunk=4) < 1e-10  # the set's targets are this model's predictions
+    assert model.training  # mode restored
+    model.eval()
+    other = build_model(get_spec("tiny-unet"), seed=1).eval()
+    assert eps_mse(other, cs, idx, "cpu") > 1e-4

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
+from pqcad_deploy.calibset import eps_mse
 from pqcad_deploy.denoiser import UNetWrapper
 from pqcad_deploy.io import CheckpointError, atomic_torch_save, safe_torch_load
 from pqcad_deploy.sampling import make_scheduler
@@ -234,16 +235,11 @@ class PQCADTrainer:
         set_weight_bits(model, bits[0], reinit=best)
         return {"reinit": best, "reinit_probe_mse": scores}
 
-    @torch.no_grad()
     def _probe_error(self, model: nn.Module, n: int = 512) -> float:
         d = self.data
         g = torch.Generator().manual_seed(4321)
         idx = torch.randperm(d.n, generator=g)[:n].to(d.x_t.device)
-        was = model.training
-        model.eval()
-        pred = UNetWrapper(model)(d.x_t[idx], d.t[idx], d.cond[idx] if d.cond is not None else None)
-        model.train(was)
-        return float(torch.mean((pred.float() - d.eps_fp[idx]) ** 2))
+        return eps_mse(model, d, idx, d.x_t.device, chunk=n)
 
     def _transition(self) -> None:
         """Apply a decided switch: freeze the stage-1 teacher, re-initialise step sizes at the low bits."""
