@@ -34,6 +34,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import re
 import sys
 import time
 import traceback
@@ -107,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=list(BRANCHES),
         choices=BRANCHES,
-        help="rows per seed; pq = PQ+CAD W4A8 (always trained: the others branch from its stage 1)",
+        help="rows per seed, trained in this order; pq = PQ+CAD W4A8 (always trained: the others branch from its stage 1)",
     )
     p.add_argument(
         "--skip-ptq", action="store_true", help="no PTQ rows (e.g. a second lease that only adds a seed)"
@@ -274,7 +275,9 @@ class Bench:
                 res.update({f"{k}_vs_fp": v for k, v in _fidelity(imgs, self.fp_images[ref_steps]).items()})
                 res["fp_ref_steps"] = ref_steps
             seed = "" if row.get("seed") is None else f"_s{row['seed']}"
-            tag = f"{row['variant']}_{row['bits']}{seed}_{steps}".replace(" ", "").replace("+", "-")
+            tag = re.sub(
+                r"[^A-Za-z0-9_-]", "", f"{row['variant']}_{row['bits']}{seed}_{steps}".replace("+", "-")
+            )
             save_grid(imgs[: self.args.grid], self.grids / f"{tag}.png")
             row.setdefault("evals", []).append(res)
             log.info("%s %s @%d steps: FD %s", row["variant"], row["bits"], steps, res["fd"])
@@ -359,9 +362,9 @@ class Bench:
                 ),
                 ("pq_alone", "PQ alone", "w4a8", f"pq_alone_{s}", self.cfg(seed, lambda_c=0.0), stage1),
             ]
-            for key, variant, bits, name, cfg, resume in jobs:
-                if key not in a.branches:
-                    continue
+            by_key = {job[0]: job for job in jobs}
+            for key in (k for k in a.branches if k in by_key):  # in the order given, most telling first
+                _, variant, bits, name, cfg, resume = by_key[key]
                 if self.late():
                     self.skipped.append(f"{variant} {bits} seed {seed}")
                     continue
@@ -418,16 +421,17 @@ def _step_of(train_ckpt: Path) -> int:
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and spread over seeds per (variant, bits, steps)."""
+    """Mean and spread over training runs (seeds, and repeats of a seed) per (variant, bits, steps)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         for e in r.get("evals", []):
             groups.setdefault((r["variant"], r["bits"], e["steps"]), []).append(
-                {**e, "train_time_s": r.get("train_time_s")}
+                {**e, "train_time_s": r.get("train_time_s"), "seed": r.get("seed")}
             )
     out = []
     for (variant, bits, steps), evs in groups.items():
-        item: dict[str, Any] = {"variant": variant, "bits": bits, "steps": steps, "n_seeds": len(evs)}
+        item: dict[str, Any] = {"variant": variant, "bits": bits, "steps": steps, "n_runs": len(evs)}
+        item["seeds"] = sorted({e["seed"] for e in evs if e["seed"] is not None})
         for key in ("fd", "psnr_vs_fp", "rel_l2_vs_fp", "train_time_s"):
             vals = [e[key] for e in evs if e.get(key) is not None]
             if vals:
@@ -442,7 +446,7 @@ def print_table(summary: list[dict[str, Any]], fp_fd: dict[int, float]) -> None:
     def f(v: Any, fmt: str, width: int) -> str:
         return format(v, fmt).rjust(width) if isinstance(v, (int, float)) else "-".rjust(width)
 
-    cols = f"{'variant':<17}{'bits':<6}{'steps':>6}{'FD':>10}{'+-':>8}{'vs FP':>9}{'PSNR':>8}{'relL2':>8}{'train s':>9}"
+    cols = f"{'variant':<21}{'bits':<6}{'steps':>6}{'FD':>10}{'+-':>8}{'vs FP':>9}{'PSNR':>8}{'relL2':>8}{'train s':>9}"
     print(cols)
     print("-" * len(cols))
     for r in summary:
@@ -451,7 +455,7 @@ def print_table(summary: list[dict[str, Any]], fp_fd: dict[int, float]) -> None:
         ref = fp_fd.get(ref_steps) or (max(fp_fd.values()) if fp_fd else None)
         rel = (r["fd"] / ref - 1) * 100 if r.get("fd") is not None and ref else None
         print(
-            f"{r['variant']:<17}{r['bits']:<6}{r['steps']:>6}{f(r.get('fd'), '.3f', 10)}"
+            f"{r['variant']:<21}{r['bits']:<6}{r['steps']:>6}{f(r.get('fd'), '.3f', 10)}"
             f"{f(r.get('fd_spread'), '.3f', 8)}{f(rel, '+.1f', 8)}%{f(r.get('psnr_vs_fp'), '.2f', 8)}"
             f"{f(r.get('rel_l2_vs_fp'), '.4f', 8)}{f(r.get('train_time_s'), '.1f', 9)}"
         )
@@ -461,8 +465,10 @@ def print_table(summary: list[dict[str, Any]], fp_fd: dict[int, float]) -> None:
 def merge(paths: list[Path], out: Path) -> dict[str, Any]:
     """One table from runs split across machines (e.g. one seed per GPU lease).
 
-    Rows are keyed by (variant, bits, seed); the first file's row wins. The FP row is recomputed by every run
-    (it is the fidelity reference); its repeats are kept under ``fp_repeats`` as a reproducibility check.
+    Untrained rows (FP, PTQ) are keyed by (variant, bits): the first file's row wins. The FP row is recomputed by
+    every run (it is the fidelity reference); its repeats are kept under ``fp_repeats`` as a reproducibility check.
+    A trained row whose (variant, bits, seed) was already seen is a second training run of that seed (GPU training
+    is not bit-reproducible), so it is kept, marked ``repeat``, and counts in the mean and spread.
     """
     docs = [json.loads(Path(p).read_text()) for p in paths]
     n = {d["n_samples"] for d in docs}
@@ -471,16 +477,18 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
             f"cannot merge runs with different sample counts {sorted(n)}; rerun with --n-samples"
         )
     rows: list[dict[str, Any]] = []
-    seen: set[tuple] = set()
+    seen: dict[tuple, int] = {}
     fp_repeats = []
     for d in docs:
         for r in d["rows"]:
             key = (r["variant"], r["bits"], r.get("seed"))
-            if key in seen:
+            if key in seen and r.get("seed") is None:
                 if r["variant"] == "FP":
                     fp_repeats.append({e["steps"]: e["fd"] for e in r["evals"]})
                 continue
-            seen.add(key)
+            if key in seen:
+                r = {**r, "repeat": seen[key]}
+            seen[key] = seen.get(key, 0) + 1
             rows.append(r)
     doc = {
         **docs[0],

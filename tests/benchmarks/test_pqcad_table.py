@@ -42,12 +42,12 @@ def _doc(rows, n=100, command="python pqcad_table.py"):
     return {"n_samples": n, "command": command, "rows": rows, "ptq_selection": None, "skipped_for_time": []}
 
 
-def test_merge_keeps_the_first_row_and_records_fp_repeats(table, tmp_path):
+def test_merge_keeps_first_untrained_rows_and_trained_repeats(table, tmp_path):
     a = _doc([_row("FP", "fp32", None, {100: 3.0, 50: 3.2}), _row("PQCAD", "w8a8", 0, {100: 3.1})])
     b = _doc(
         [
-            _row("FP", "fp32", None, {50: 3.21}),
-            _row("PQCAD", "w8a8", 0, {100: 9.9}),  # same key as in a: a's row wins
+            _row("FP", "fp32", None, {50: 3.21}),  # FP again: a's row wins, this is a check
+            _row("PQCAD", "w8a8", 0, {100: 3.4}),  # seed 0 trained again: a second run, kept as a repeat
             _row("PQCAD", "w8a8", 1, {100: 3.3}),
         ]
     )
@@ -57,12 +57,13 @@ def test_merge_keeps_the_first_row_and_records_fp_repeats(table, tmp_path):
     pb.write_text(json.dumps(b))
     doc = table.merge([pa, pb], out)
     assert json.loads(out.read_text())["rows"] == doc["rows"]
-    keys = [(r["variant"], r["seed"]) for r in doc["rows"]]
-    assert keys == [("FP", None), ("PQCAD", 0), ("PQCAD", 1)]
+    keys = [(r["variant"], r["seed"], r.get("repeat")) for r in doc["rows"]]
+    assert keys == [("FP", None, None), ("PQCAD", 0, None), ("PQCAD", 0, 1), ("PQCAD", 1, None)]
     assert doc["fp_repeats"] == [{50: 3.21}]
     assert doc["ptq_selection"] == {"w8a8": {"best": "mse"}}
     pq = next(s for s in doc["summary"] if s["variant"] == "PQCAD")
-    assert pq["n_seeds"] == 2 and pq["fd"] == pytest.approx(3.2) and pq["fd_spread"] == pytest.approx(0.1)
+    assert pq["n_runs"] == 3 and pq["seeds"] == [0, 1]
+    assert pq["fd"] == pytest.approx(3.2667, abs=1e-4) and pq["fd_spread"] == pytest.approx(0.15)
 
 
 def test_merge_refuses_runs_with_different_sample_counts(table, tmp_path):
