@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pqcad_deploy.cli.demo import main, plan_steps
+from pqcad_deploy.cli.demo import STUDENT_PATH, main, plan_steps
 
 
 def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
@@ -15,6 +15,9 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
     labels = [r["label"] for r in result["rows"]]
     assert labels == ["torch-fp32", "ort-fp32", "ort-int8-pqcad"]
     assert all(r["error"] is None for r in result["rows"])
+    # the shipped student runs at fewer steps than FP by default (in --quick: 2 vs 4)
+    assert result["student"]["path"] == str(STUDENT_PATH)
+    assert result["student"]["steps"] < result["student"]["fp_steps"]
     # both quantized exports passed the TensorRT audit with nothing blocked
     for name in ("student_trt_form", "student_ort_form"):
         assert result["exports"][name]["audit_counts"]["float_blocked"] == 0
@@ -38,3 +41,20 @@ def test_step_plan_halved_plain_and_overridden():
     assert plan_steps(50, 100, 200, None) == (200, 100, True)
     with pytest.raises(SystemExit, match="must be >= 1"):
         plan_steps(100, 100, None, -5)
+
+
+def test_shipped_student_is_weight_trained_w8a8():
+    """The demo default must be a PQCAD student whose weights trained, not PTQ of the teacher in disguise."""
+    from pqcad_deploy.student import load_student
+    from pqcad_deploy.zoo import TEACHER_PATH, load_model
+
+    student, _, qcfg, meta = load_student(STUDENT_PATH)
+    teacher, _ = load_model(TEACHER_PATH)
+    assert (qcfg.weight_bits, qcfg.act_bits) == (8, 8)
+    assert (
+        meta["pqcad"]["lr"] > 0
+        and meta["loss_summary"]["stage1"]["last"] < meta["loss_summary"]["stage1"]["first"]
+    )
+    t_sd = teacher.state_dict()
+    moved = [k for k, v in student.state_dict().items() if k in t_sd and not v.equal(t_sd[k])]
+    assert len(moved) > 100, f"only {len(moved)} tensors differ from the teacher"
