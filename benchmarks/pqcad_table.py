@@ -319,52 +319,47 @@ class Bench:
             stage1 = a.work / f"pq_{s}_train_stage1.pt"
             if "pq" in a.branches:
                 self.add("PQ+CAD", "w4a8", pq, seed)
-            jobs = [
-                (
-                    "qat",
+            # branch key: (row variant, bits, student name, config, resume from)
+            jobs = {
+                "qat": (
                     "fixed-bit QAT",
                     "w4a8",
                     f"qat_w4a8_{s}",
                     self.cfg(seed, bits=("w4a8",), schedule="fixed"),
                     None,
                 ),
-                (
-                    "w8a8",
+                "w8a8": (
                     "PQCAD",
                     "w8a8",
                     f"pq_w8a8_{s}",
                     self.cfg(seed, bits=("w8a8",), steps=_step_of(stage1)),
                     stage1,
                 ),
-                (
-                    "half_w8a8",
+                "half_w8a8": (
                     "PQCAD+halving",
                     "w8a8",
                     f"pqcad_half_w8a8_{s}",
                     self.cfg(seed, bits=("w8a8", "w8a8"), halve_steps=True),
                     stage1,
                 ),
-                (
-                    "half_w4a8",
+                "half_w4a8": (
                     "PQ+CAD+halving",
                     "w4a8",
                     f"pqcad_half_w4a8_{s}",
                     self.cfg(seed, halve_steps=True),
                     stage1,
                 ),
-                (
-                    "fp_teacher",
+                "fp_teacher": (
                     "PQ+CAD (FP teacher)",
                     "w4a8",
                     f"pq_fpteacher_{s}",
                     self.cfg(seed, teacher_kind="fp"),
                     stage1,
                 ),
-                ("pq_alone", "PQ alone", "w4a8", f"pq_alone_{s}", self.cfg(seed, lambda_c=0.0), stage1),
-            ]
-            by_key = {job[0]: job for job in jobs}
-            for key in (k for k in a.branches if k in by_key):  # in the order given, most telling first
-                _, variant, bits, name, cfg, resume = by_key[key]
+                "pq_alone": ("PQ alone", "w4a8", f"pq_alone_{s}", self.cfg(seed, lambda_c=0.0), stage1),
+            }
+            for key in (k for k in a.branches if k in jobs):  # in the order given, most telling first
+                variant, bits, name, cfg, resume = jobs[key]
                 if self.late():
                     self.skipped.append(f"{variant} {bits} seed {seed}")
                     continue
@@ -482,14 +477,13 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
     for d in docs:
         for r in d["rows"]:
             key = (r["variant"], r["bits"], r.get("seed"))
-            if key in seen and r.get("seed") is None:
+            earlier = seen.get(key, 0)
+            seen[key] = earlier + 1
+            if earlier and r.get("seed") is None:  # FP or PTQ again: not a new sample
                 if r["variant"] == "FP":
                     fp_repeats.append({e["steps"]: e["fd"] for e in r["evals"]})
                 continue
-            if key in seen:
-                r = {**r, "repeat": seen[key]}
-            seen[key] = seen.get(key, 0) + 1
-            rows.append(r)
+            rows.append({**r, "repeat": earlier} if earlier else r)
     doc = {
         **docs[0],
         "merged_from": [{"path": str(p), "command": d["command"]} for p, d in zip(paths, docs, strict=True)],
