@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pqcad_deploy.runtime.bench import BenchConfig, format_table, parse_engine, run_bench
 
 from pqcad_deploy.io import atomic_json_save
+from pqcad_deploy.runtime.bench import BenchConfig, format_table, parse_engine, run_bench
 from pqcad_deploy.sampling import make_scheduler, sample
 from pqcad_deploy.zoo import TEACHER_PATH, build_model, get_spec, load_model
 

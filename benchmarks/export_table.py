@@ -24,9 +24,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
 from pqcad_deploy.export.pipeline import ExportOptions, Loaded, export, random_model
 from pqcad_deploy.export.spec import export_spec_for
-
 from pqcad_deploy.zoo import TEACHER_PATH, load_model
 
 log = logging.getLogger("export_table")

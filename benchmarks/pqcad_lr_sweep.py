@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-from pqcad_deploy.train.pqcad import load_or_collect_calib, load_teacher, train_pqcad
-from pqcad_deploy.train.pqcad_config import PQCADConfig
 from pqcad_table import RESULTS, _fd, _fidelity
 
 from pqcad_deploy.calibset import eps_mse
@@ -31,6 +29,8 @@ from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.sampling import make_scheduler, sample_many
 from pqcad_deploy.student import load_student
+from pqcad_deploy.train.pqcad import load_or_collect_calib, load_teacher, train_pqcad
+from pqcad_deploy.train.pqcad_config import PQCADConfig
 from pqcad_deploy.zoo import TEACHER_PATH
 
 log = logging.getLogger("pqcad_lr_sweep")

@@ -43,8 +43,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pqcad_deploy.train.pqcad import load_or_collect_calib, load_teacher, train_pqcad
-from pqcad_deploy.train.pqcad_config import PQCADConfig
 
 from pqcad_deploy.calibset import eps_mse
 from pqcad_deploy.denoiser import TorchDenoiser
@@ -52,6 +50,8 @@ from pqcad_deploy.images import save_grid
 from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.metrics import fd_fmnist, fidelity
 from pqcad_deploy.sampling import make_scheduler, sample_many
+from pqcad_deploy.train.pqcad import load_or_collect_calib, load_teacher, train_pqcad
+from pqcad_deploy.train.pqcad_config import PQCADConfig
 from pqcad_deploy.zoo import TEACHER_PATH
 
 log = logging.getLogger("pqcad_table")

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-from pqcad_deploy.train.ptq import BITS, ptq_student
 
 from pqcad_deploy import metrics
 from pqcad_deploy.calibset import CalibSet, collect_calibset
@@ -34,6 +33,7 @@ from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.io import atomic_json_save, atomic_write
 from pqcad_deploy.quant import QuantConfig
 from pqcad_deploy.sampling import make_scheduler, sample_many
+from pqcad_deploy.train.ptq import BITS, ptq_student
 from pqcad_deploy.zoo import TEACHER_PATH, build_model, load_model
 
 log = logging.getLogger("ptq_table")

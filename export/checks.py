@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 import torch
 
+from pqcad_deploy.errors import PQCADError
+
 from .spec import ExportSpec
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ FLOORS = {
 }
 
 
-class CheckError(RuntimeError):
+class CheckError(PQCADError, RuntimeError):
     """An exported model failed a check; it is not written to the requested path."""
 
 

@@ -21,6 +21,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from pqcad_deploy.errors import PQCADError
+
 from .spec import ExportSpec
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 _ONNX_FLOAT = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}
 
 
-class ExportError(RuntimeError):
+class ExportError(PQCADError, RuntimeError):
     """The model cannot be exported as asked; the message says what to change."""
 
 

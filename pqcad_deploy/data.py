@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import PQCADError
+
 log = logging.getLogger(__name__)
 
 DATA_ENV = "PQCAD_FMNIST_DIR"
@@ -43,7 +45,7 @@ INSTALL_HINT = (
 )
 
 
-class DataError(RuntimeError):
+class DataError(PQCADError, RuntimeError):
     """The dataset files are missing or malformed; the message says where we looked and how to fix it."""
 
 

@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 
+from .errors import PQCADError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(PQCADError, RuntimeError):
     """A checkpoint is missing, corrupt or does not match what the caller expects."""
 
 

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pqcad_deploy.errors import PQCADError
+
 Shape = tuple[int, ...]
 ShapeMap = dict[str, Shape]
 
@@ -33,7 +35,7 @@ MEM_POOLS = {  # trtexec pool name -> trt.MemoryPoolType member
 _UNITS = {"B": 1, "K": 2**10, "M": 2**20, "G": 2**30}
 
 
-class BuildConfigError(ValueError):
+class BuildConfigError(PQCADError, ValueError):
     """A flag value or combination is invalid; the message names the flag and the fix."""
 
 

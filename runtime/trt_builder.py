@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pqcad_deploy.errors import PQCADError
 from pqcad_deploy.io import atomic_write
 
 from .audit import audit_layer_info
@@ -20,7 +21,7 @@ from .build_config import BuildConfigError, BuildPlan, ShapeMap, trt_settings
 log = logging.getLogger(__name__)
 
 
-class BuildError(RuntimeError):
+class BuildError(PQCADError, RuntimeError):
     """TensorRT refused to parse or build the network."""
 
 

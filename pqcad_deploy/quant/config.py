@@ -11,6 +11,8 @@ import logging
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..errors import PQCADError
+
 log = logging.getLogger(__name__)
 
 QUANT_CONFIG_VERSION = 1
@@ -27,7 +29,7 @@ BLOCK_SIZES = (None, 16, 32, 64, 128, 256)
 DEFAULT_EXCLUDE = ("*time_embedding*", "*time_emb_proj*", "*add_embedding*", "*class_embedding*")
 
 
-class QuantConfigError(ValueError):
+class QuantConfigError(PQCADError, ValueError):
     """A QuantConfig value is out of range or a serialized config cannot be read."""
 
 

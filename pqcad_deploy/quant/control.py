@@ -9,13 +9,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ..errors import PQCADError
 from .calibrate import calibrate_weight, weight_quantizers
 from .placement import get_quant_config, iter_quantizers
 
 log = logging.getLogger(__name__)
 
 
-class UncalibratedError(RuntimeError):
+class UncalibratedError(PQCADError, RuntimeError):
     """A quantizer has no calibrated range; exporting or saving it would ship a meaningless scale."""
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import PQCADError
 from .config import QuantConfig
 from .modules import QuantConv2d, QuantLinear, quant_class_for
 from .quantizer import TensorQuantizer
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 CONFIG_ATTR = "_pqcad_quant_config"
 
 
-class QuantPlacementError(RuntimeError):
+class QuantPlacementError(PQCADError, RuntimeError):
     """The model cannot be quantized as asked (already quantized, nothing selected, ...)."""
 
 

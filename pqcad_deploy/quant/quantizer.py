@@ -15,12 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import PQCADError
+
 log = logging.getLogger(__name__)
 
 AMAX_EPS = 1e-8
 
 
-class QuantizerStateError(RuntimeError):
+class QuantizerStateError(PQCADError, RuntimeError):
     """A quantizer is used in a way its state does not allow (e.g. exporting it uncalibrated)."""
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from pqcad_deploy.errors import PQCADError
+
 log = logging.getLogger(__name__)
 
 INPUT_NAMES = ("sample", "timestep", "encoder_hidden_states")
@@ -30,7 +32,7 @@ INSTALL_HINTS = {
 }
 
 
-class MissingBackendError(ImportError):
+class MissingBackendError(PQCADError, ImportError):
     """An optional backend package is not installed; the message says what to install."""
 
 

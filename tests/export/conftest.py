@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pqcad_deploy.export.spec import export_spec_for
 
 from pqcad_deploy import quant
+from pqcad_deploy.export.spec import export_spec_for
 from pqcad_deploy.zoo import build_model, get_spec
 
 

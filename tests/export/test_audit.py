@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from pqcad_deploy.export.audit import audit_model
 from pqcad_deploy.export.report import audit_table
 

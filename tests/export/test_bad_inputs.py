@@ -7,10 +7,11 @@ import shutil
 import subprocess
 
 import pytest
+from torch import nn
+
 from pqcad_deploy.export.cli import main
 from pqcad_deploy.export.onnx_export import ExportError, check_opset
 from pqcad_deploy.export.pipeline import ExportOptions, Loaded, export, random_model
-from torch import nn
 
 
 def _no_onnx_left(d):

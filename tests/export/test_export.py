@@ -9,13 +9,13 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, numpy_helper
+
+from pqcad_deploy.denoiser import UNetWrapper
 from pqcad_deploy.export import checks
 from pqcad_deploy.export.cli import main
 from pqcad_deploy.export.onnx_export import quantize_codes
 from pqcad_deploy.export.pipeline import ExportOptions, _quant_ctx, export, load_checkpoint, random_model
 from pqcad_deploy.export.spec import export_spec_for
-
-from pqcad_deploy.denoiser import UNetWrapper
 
 
 def _dq_nodes(m):

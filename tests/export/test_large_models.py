@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from pqcad_deploy.export import onnx_export
 
 

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.runtime.backends.base import MissingBackendError, require
 from pqcad_deploy.runtime.backends.ort_backend import OrtRunner, resolve_providers, session_settings
 from pqcad_deploy.runtime.backends.torch_backend import TorchRunner, parse_precision
-
-from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.sampling import make_scheduler, sample
 from pqcad_deploy.zoo import build_model, example_inputs, get_spec
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+
 from pqcad_deploy.runtime.build_cli import build_parser
 from pqcad_deploy.runtime.build_config import (
     BuildConfigError,

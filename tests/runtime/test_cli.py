@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from pqcad_deploy.runtime import bench_cli, build_cli
 from pqcad_deploy.runtime.bench import parse_engine
 

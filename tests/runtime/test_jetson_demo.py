@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from pqcad_deploy.runtime import jetson_demo as jd
 
+from pqcad_deploy.runtime import jetson_demo as jd
 from pqcad_deploy.sampling import make_scheduler, sample
 from pqcad_deploy.zoo import get_spec
 

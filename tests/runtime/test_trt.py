@@ -6,6 +6,7 @@ import importlib.util
 
 import pytest
 import torch
+
 from pqcad_deploy.runtime.backends.base import MissingBackendError
 from pqcad_deploy.runtime.backends.trt_backend import TrtRunner, check_feed, shape_key, torch_dtype
 
@@ -51,7 +52,6 @@ def test_trt_build_and_run_matches_torch(tiny_onnx, tmp_path):
     from pqcad_deploy.runtime.build_cli import build_parser
     from pqcad_deploy.runtime.build_config import plan_from_args
     from pqcad_deploy.runtime.trt_builder import build_engine
-
     from pqcad_deploy.zoo import build_model, example_inputs, get_spec
 
     args = build_parser().parse_args(

@@ -10,11 +10,10 @@ import torch
 
 def main(out_dir: str) -> None:
     torch.set_num_threads(1)
-    from pqcad_deploy.train.pqcad import load_teacher, train_pqcad
-    from pqcad_deploy.train.pqcad_config import PQCADConfig
-
     from pqcad_deploy.calibset import collect_calibset
     from pqcad_deploy.denoiser import TorchDenoiser
+    from pqcad_deploy.train.pqcad import load_teacher, train_pqcad
+    from pqcad_deploy.train.pqcad_config import PQCADConfig
 
     teacher, spec = load_teacher("tiny-unet")
     cs = collect_calibset(

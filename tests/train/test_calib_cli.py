@@ -1,8 +1,7 @@
 """`pqcad-train calib` on a conditional UNet: random encoder states are stored with every point."""
 
-from pqcad_deploy.train.cli import main
-
 from pqcad_deploy.calibset import CalibSet
+from pqcad_deploy.train.cli import main
 from pqcad_deploy.zoo import build_model, get_spec, save_weights
 
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from pqcad_deploy.train.pqcad_config import PQCADConfig, parse_bits
 
 

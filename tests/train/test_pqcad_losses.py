@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from pqcad_deploy.train.pqcad_losses import alphas_at, cad_loss, ddim_step, eps_from_two_step
 
 from pqcad_deploy.sampling import make_scheduler
+from pqcad_deploy.train.pqcad_losses import alphas_at, cad_loss, ddim_step, eps_from_two_step
 
 
 def _fake_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from pqcad_deploy.train.pqcad_momentum import MomentumSwitch
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from pqcad_deploy.train.pqcad import load_teacher, train_pqcad
-from pqcad_deploy.train.pqcad_config import PQCADConfig
 
 from pqcad_deploy import calibset
 from pqcad_deploy import student as student_mod
+from pqcad_deploy.train.pqcad import load_teacher, train_pqcad
+from pqcad_deploy.train.pqcad_config import PQCADConfig
 
 CAL_STEPS = 10
 

@@ -2,11 +2,11 @@ import warnings
 
 import pytest
 import torch
-from pqcad_deploy.train.cli import main
 
 from pqcad_deploy.denoiser import UNetWrapper
 from pqcad_deploy.quant import iter_quantizers
 from pqcad_deploy.student import load_student
+from pqcad_deploy.train.cli import main
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 

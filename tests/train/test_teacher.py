@@ -1,9 +1,9 @@
 import pytest
 import torch
-from pqcad_deploy.train.cli import main
 from safetensors.torch import load_file
 
 from pqcad_deploy.io import CheckpointError
+from pqcad_deploy.train.cli import main
 
 
 def _run(out, fake_fmnist, *extra):

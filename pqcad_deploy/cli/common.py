@@ -1,0 +1,195 @@
+"""What every command shares: the error contract, signal handling, logging, and the flags that name one knob.
+
+``run_cli`` is the one place that turns an expected failure into a single line on stderr: a
+:class:`~pqcad_deploy.errors.PQCADError` or an ``OSError`` (full disk, permissions) exits 2, Ctrl-C exits 130 and
+SIGTERM 143, each after ``finally`` blocks removed temporary files. ``-v`` adds the traceback. Anything else is a bug
+and keeps its traceback.
+
+Flag vocabulary (the same spelling in every command): ``--device {auto,cpu,cuda}``, ``--batch-size``,
+``--num-samples``, ``--json PATH``, ``-v/--verbose``, and one calibration-set group
+(``--calib``, ``--calib-trajectories``, ``--calib-steps``, ``--calib-points``, ``--calib-batch-size``,
+``--calib-seed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import Interrupted, PQCADError, UsageError
+
+# Calibration-set defaults shared by `pqcad-train calib`, `ptq` and `pqcad`. Sized so that a 2-core CPU collects
+# the set in about a minute on the shipped teacher; the GPU recipes in the README ask for more.
+CALIB_DEFAULTS = {"trajectories": 64, "steps": 100, "points": 20, "batch_size": 64, "seed": 1234}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after every help line, and descriptions/epilogs kept as written."""
+
+
+def make_parser(prog: str, description: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter
+    )
+
+
+# ---------------------------------------------------------------- typed flag values
+def _number(kind: type, lo: float | None, hi: float | None, lo_open: bool = False) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo:g}, got {text}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"must be <= {hi:g}, got {text}")
+        return v
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """argparse ``type=`` for an integer in [lo, hi]; argparse names the flag in its message."""
+    return _number(int, lo, hi)
+
+
+def float_range(
+    lo: float | None = None, hi: float | None = None, lo_open: bool = False
+) -> Callable[[str], float]:
+    return _number(float, lo, hi, lo_open)
+
+
+positive_int = int_range(1)
+nonneg_int = int_range(0)
+positive_float = float_range(0.0, lo_open=True)
+nonneg_float = float_range(0.0)
+
+
+# ---------------------------------------------------------------- shared flags
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback on errors")
+
+
+def add_device(p: argparse.ArgumentParser | Any, default: str = "auto") -> None:
+    p.add_argument(
+        "--device",
+        default=default,
+        help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N",
+    )
+
+
+def resolve_device(text: str | None) -> torch.device:
+    """``auto``/None -> cuda if available else cpu; refuses CUDA on a machine without it."""
+    if text in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except RuntimeError as e:
+        raise UsageError(f"--device {text!r} is not a device; use auto, cpu, cuda or cuda:N.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text}: this machine has no CUDA device; use --device cpu (or auto).")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {text}: only cpu and cuda are supported.")
+    return dev
+
+
+def add_json(p: argparse.ArgumentParser | Any, what: str = "the results") -> None:
+    p.add_argument("--json", type=Path, metavar="PATH", default=None, help=f"also write {what} as JSON here")
+
+
+def add_calib_args(p: argparse.ArgumentParser, *, with_path: bool = True, title: str | None = None) -> None:
+    """The one calibration-set group (FP DDIM trajectories, evenly spaced points of each)."""
+    g = p.add_argument_group(title or "calibration set (FP trajectories of the teacher)")
+    if with_path:
+        g.add_argument(
+            "--calib",
+            type=Path,
+            default=None,
+            help="saved calibration set (pqcad-train calib); collected now if not given (saved there if missing)",
+        )
+    d = CALIB_DEFAULTS
+    g.add_argument(
+        "--calib-trajectories", type=positive_int, default=d["trajectories"], help="FP trajectories"
+    )
+    g.add_argument(
+        "--calib-steps", type=int_range(2), default=d["steps"], help="DDIM steps of each trajectory"
+    )
+    g.add_argument(
+        "--calib-points",
+        type=positive_int,
+        default=d["points"],
+        help="evenly spaced steps kept per trajectory",
+    )
+    g.add_argument(
+        "--calib-batch-size", type=positive_int, default=d["batch_size"], help="trajectories sampled at once"
+    )
+    g.add_argument("--calib-seed", type=nonneg_int, default=d["seed"], help="noise seed of the trajectories")
+
+
+def calib_collect_kwargs(args: argparse.Namespace) -> dict[str, int]:
+    """``collect_calibset`` keyword arguments from the shared group."""
+    return {
+        "n_trajectories": args.calib_trajectories,
+        "steps": args.calib_steps,
+        "n_points": args.calib_points,
+        "batch_size": args.calib_batch_size,
+        "seed": args.calib_seed,
+    }
+
+
+def setup_logging(verbose: bool, quiet_default: bool = False) -> None:
+    level = logging.DEBUG if verbose else (logging.WARNING if quiet_default else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+# ---------------------------------------------------------------- the error contract
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def run_cli(prog: str, main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run ``main(args)`` under the error contract; returns the process exit code."""
+    verbose = bool(getattr(args, "verbose", False))
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        return int(main(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (Ctrl-C); nothing half-written was left behind", file=sys.stderr)
+        return 130
+    except Interrupted as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 143 if e.signal_name == "SIGTERM" else 130
+    except PQCADError as e:
+        _report(prog, str(e), verbose)
+        return 2
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        _report(
+            prog,
+            f"{e.strerror or e}{where}; check the path, its permissions and the free disk space",
+            verbose,
+        )
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report(prog: str, message: str, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exc()
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
