@@ -9,9 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pqcad_deploy.denoiser import COND, OUTPUT_NAME, SAMPLE, TIMESTEP, input_names_for, sampler_feed
 from pqcad_deploy.zoo import ModelSpec
-
-OUTPUT_NAME = "out_sample"
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,7 @@ class ExportSpec:
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        base = ("sample", "timestep")
-        return base + ("encoder_hidden_states",) if self.cond_shape else base
+        return input_names_for(self.cond_shape is not None)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -46,9 +44,9 @@ class ExportSpec:
         return {name: {0: "B"} for name in self.input_names + self.output_names}
 
     def input_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
-        shapes: dict[str, tuple[int, ...]] = {"sample": (batch, *self.sample_shape), "timestep": (batch,)}
+        shapes: dict[str, tuple[int, ...]] = {SAMPLE: (batch, *self.sample_shape), TIMESTEP: (batch,)}
         if self.cond_shape:
-            shapes["encoder_hidden_states"] = (batch, *self.cond_shape)
+            shapes[COND] = (batch, *self.cond_shape)
         return shapes
 
     def shape_profile(self) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -62,18 +60,8 @@ class ExportSpec:
     def sampler_inputs(
         self, batch: int, seed: int = 0, dtype: torch.dtype = torch.float32
     ) -> dict[str, torch.Tensor]:
-        """Inputs that look like what a sampler feeds: unit-variance latents, timesteps spread over the
-        whole schedule (DDIM visits all of [0, 999]), unit-variance text embeddings."""
-        g = torch.Generator().manual_seed(seed)
-        feed = {
-            "sample": torch.randn(batch, *self.sample_shape, generator=g).to(dtype),
-            "timestep": torch.linspace(999, 0, batch).round().to(torch.int64)
-            if batch > 1
-            else torch.randint(0, 1000, (1,), generator=g),
-        }
-        if self.cond_shape:
-            feed["encoder_hidden_states"] = torch.randn(batch, *self.cond_shape, generator=g).to(dtype)
-        return feed
+        """:func:`sampler_feed` at this network's shapes."""
+        return sampler_feed(self.input_shapes(batch), seed, dtype)
 
     def to_dict(self) -> dict:
         return {

@@ -1,4 +1,5 @@
-"""The one call signature every backend is adapted to: ``denoiser(x, t, cond) -> eps``."""
+"""The one call signature every backend is adapted to (``denoiser(x, t, cond) -> eps``), and the graph I/O names
+and sampler-like random feed that exporter, engines and runners share."""
 
 from __future__ import annotations
 
@@ -6,6 +7,35 @@ from typing import Protocol
 
 import torch
 from torch import nn
+
+SAMPLE, TIMESTEP, COND = "sample", "timestep", "encoder_hidden_states"
+OUTPUT_NAME = "out_sample"
+FLOAT_INPUTS = (SAMPLE, COND)
+
+
+def input_names_for(conditional: bool) -> tuple[str, ...]:
+    """The graph's inputs, in the order the UNet takes them."""
+    return (SAMPLE, TIMESTEP, COND) if conditional else (SAMPLE, TIMESTEP)
+
+
+def sampler_feed(
+    shapes: dict[str, tuple[int, ...]], seed: int = 0, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """The one random feed: what a sampler sends. Unit-variance latents and encoder states; timesteps spread over
+    the whole schedule (DDIM visits all of [0, 999]), so every quantizer sees its whole range."""
+    g = torch.Generator().manual_seed(seed)
+    feed = {}
+    for name, shape in shapes.items():
+        if name == TIMESTEP:
+            n = int(shape[0]) if shape else 1
+            feed[name] = (
+                torch.linspace(999, 0, n).round().to(torch.int64)
+                if n > 1
+                else torch.randint(0, 1000, (1,), generator=g)
+            )
+        else:
+            feed[name] = torch.randn(*shape, generator=g).to(dtype)
+    return feed
 
 
 class Denoiser(Protocol):

@@ -263,12 +263,10 @@ def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
 def example_inputs(
     spec: ModelSpec, batch: int = 1, device: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """Sampler-like inputs with the names the exporter and engines use."""
-    g = torch.Generator().manual_seed(0)
-    feed = {
-        "sample": torch.randn(batch, *spec.sample_shape, generator=g),
-        "timestep": torch.randint(0, 1000, (batch,), generator=g),
-    }
+    """Sampler-like inputs (``denoiser.sampler_feed``) with the names the exporter and engines use."""
+    from .denoiser import COND, SAMPLE, TIMESTEP, sampler_feed
+
+    shapes = {SAMPLE: (batch, *spec.sample_shape), TIMESTEP: (batch,)}
     if spec.cond_shape:
-        feed["encoder_hidden_states"] = torch.randn(batch, *spec.cond_shape, generator=g)
-    return {k: v.to(device) for k, v in feed.items()}
+        shapes[COND] = (batch, *spec.cond_shape)
+    return {k: v.to(device) for k, v in sampler_feed(shapes).items()}

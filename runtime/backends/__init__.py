@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import INPUT_NAMES, OUTPUT_NAME, MissingBackendError, Runner, RunnerDenoiser, require
+from .base import MissingBackendError, Runner, RunnerDenoiser, RunnerError, require
 
 _LAZY = {
     "TorchRunner": ".torch_backend",
@@ -18,7 +18,7 @@ _LAZY = {
     "TrtRunner": ".trt_backend",
 }
 
-__all__ = ["INPUT_NAMES", "OUTPUT_NAME", "MissingBackendError", "Runner", "RunnerDenoiser", "require", *_LAZY]
+__all__ = ["MissingBackendError", "Runner", "RunnerDenoiser", "RunnerError", "require", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,7 @@
 """One runner interface for every backend (the Polygraphy pattern): a context manager with ``infer(feed)``.
 
-``with runner: out = runner.infer({"sample": x, "timestep": t})`` returns ``{"out_sample": eps}``;
+``with runner: out = runner.infer({"sample": x, "timestep": t})`` returns ``{"out_sample": eps}`` (names from
+``pqcad_deploy.denoiser``, the export spec's contract);
 ``runner.denoiser()`` adapts it to the sampler's ``(x, t, cond) -> eps`` signature. Optional packages
 (onnxruntime-gpu, tensorrt, pycuda) are imported only when a runner that needs them is activated, and a
 missing one raises :class:`MissingBackendError` whose message is one line saying what to install.
@@ -10,18 +11,17 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 from abc import ABC, abstractmethod
 from types import ModuleType
 from typing import Any
 
 import torch
 
+from pqcad_deploy.denoiser import COND, OUTPUT_NAME, SAMPLE, TIMESTEP
 from pqcad_deploy.errors import PQCADError
 
 log = logging.getLogger(__name__)
-
-INPUT_NAMES = ("sample", "timestep", "encoder_hidden_states")
-OUTPUT_NAME = "out_sample"
 
 # What to install for each optional module, shown verbatim in the error.
 INSTALL_HINTS = {
@@ -36,6 +36,10 @@ class MissingBackendError(PQCADError, ImportError):
     """An optional backend package is not installed; the message says what to install."""
 
 
+class RunnerError(PQCADError, RuntimeError):
+    """A runner was used wrongly (inactive, wrong inputs) or its engine failed to run."""
+
+
 def require(module: str) -> ModuleType:
     """Import ``module`` or raise a one-line :class:`MissingBackendError` naming the install command."""
     try:
@@ -47,7 +51,13 @@ def require(module: str) -> ModuleType:
 
 
 class Runner(ABC):
-    """Context-managed inference session. ``activate`` loads the engine/model, ``deactivate`` frees it."""
+    """Context-managed inference session (Polygraphy's ``BaseRunner`` contract).
+
+    Subclasses implement ``activate``/``deactivate`` and ``_infer``; :meth:`infer` is the template around it: it
+    checks that the runner is active and that the feed holds every input the engine declares
+    (``input_names``, set by ``activate``), then times the call. ``last_inference_ms`` is host wall time, which
+    includes a device synchronisation only where the backend performs one (ORT CPU, TensorRT's copy-out).
+    """
 
     name: str = "runner"
     #: the device the runner reads inputs from and writes outputs to
@@ -55,6 +65,8 @@ class Runner(ABC):
 
     def __init__(self) -> None:
         self.is_active = False
+        self.input_names: tuple[str, ...] = ()
+        self.last_inference_ms: float | None = None
 
     def __enter__(self) -> Runner:
         if not self.is_active:
@@ -68,18 +80,27 @@ class Runner(ABC):
             self.is_active = False
 
     @abstractmethod
-    def activate(self) -> None: ...
+    def activate(self) -> None:
+        """Load the engine/session; set ``input_names``."""
 
     def deactivate(self) -> None:  # noqa: B027 - optional hook
         """Release engines, sessions and device buffers."""
 
-    @abstractmethod
     def infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run one forward pass; ``feed`` maps input names to tensors (any device); outputs are on ``device``."""
-
-    def _check_active(self) -> None:
         if not self.is_active:
-            raise RuntimeError(f"{self.name} runner is not active; use it inside `with runner:`.")
+            raise RunnerError(f"{self.name} runner is not active; use it inside `with runner:`.")
+        missing = [n for n in self.input_names if n not in feed]
+        if missing:
+            raise RunnerError(f"{self.name} needs inputs {missing}; the feed has {sorted(feed)}.")
+        t0 = time.perf_counter()
+        out = self._infer({n: feed[n] for n in self.input_names} if self.input_names else feed)
+        self.last_inference_ms = (time.perf_counter() - t0) * 1e3
+        return out
+
+    @abstractmethod
+    def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The backend's forward pass on a checked feed holding exactly ``input_names``."""
 
     def denoiser(self) -> RunnerDenoiser:
         """The sampler-facing callable; latents stay on ``self.device`` between steps."""
@@ -97,17 +118,8 @@ class RunnerDenoiser:
         self.runner = runner
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        feed = {"sample": x, "timestep": t}
+        feed = {SAMPLE: x, TIMESTEP: t}
         if cond is not None:
-            feed["encoder_hidden_states"] = cond
+            feed[COND] = cond
         out = self.runner.infer(feed)[OUTPUT_NAME]
         return out.to(device=x.device, dtype=x.dtype)
-
-
-def feed_from_args(
-    x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
-) -> dict[str, torch.Tensor]:
-    feed = {"sample": x, "timestep": t}
-    if cond is not None:
-        feed["encoder_hidden_states"] = cond
-    return feed

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import OUTPUT_NAME, MissingBackendError, Runner, require
+from pqcad_deploy.denoiser import OUTPUT_NAME, SAMPLE
+
+from .base import MissingBackendError, Runner, require
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,7 @@ class OrtRunner(Runner):
             str(self.model_path), sess_options=so, providers=providers, provider_options=opts
         )
         self._inputs = {i.name: i for i in self.session.get_inputs()}
+        self.input_names = tuple(self._inputs)
         self._outputs = [o.name for o in self.session.get_outputs()]
         on_gpu = providers[0] != "CPUExecutionProvider"
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
@@ -174,15 +177,7 @@ class OrtRunner(Runner):
             raise TypeError(f"Input {name} has unsupported type {t}.")
         return _ORT_TO_NUMPY[t]
 
-    def _select(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        missing = [n for n in self._inputs if n not in feed]
-        if missing:
-            raise KeyError(f"{self.model_path.name} needs inputs {missing}; feed has {sorted(feed)}.")
-        return {n: feed[n] for n in self._inputs}
-
-    def infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self._check_active()
-        feed = self._select(feed)
+    def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.io_binding and self.device.type == "cuda":
             return self._infer_bound(feed)
         arrays = {n: v.detach().cpu().numpy().astype(self._np_dtype(n), copy=False) for n, v in feed.items()}
@@ -205,7 +200,7 @@ class OrtRunner(Runner):
         for o in self.session.get_outputs():
             if o.name == OUTPUT_NAME and o.type in ("tensor(float)", "tensor(float16)"):
                 np_dt = _ORT_TO_NUMPY[o.type]
-                buf = torch.empty(feed["sample"].shape, dtype=_TORCH[np_dt], device=self.device)
+                buf = torch.empty(feed[SAMPLE].shape, dtype=_TORCH[np_dt], device=self.device)
                 binding.bind_output(o.name, "cuda", dev_id, np_dt, tuple(buf.shape), buf.data_ptr())
                 outs[o.name] = buf
             else:

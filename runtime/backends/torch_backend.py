@@ -15,14 +15,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from pqcad_deploy.denoiser import UNetWrapper
+from pqcad_deploy.denoiser import (
+    COND,
+    FLOAT_INPUTS,
+    OUTPUT_NAME,
+    SAMPLE,
+    TIMESTEP,
+    UNetWrapper,
+    input_names_for,
+)
 
-from .base import OUTPUT_NAME, Runner
+from .base import Runner
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_FLOAT_INPUTS = ("sample", "encoder_hidden_states")
 
 
 def parse_precision(precision: str | torch.dtype) -> torch.dtype:
@@ -85,6 +92,7 @@ class TorchRunner(Runner):
             module = copy.deepcopy(self.model)
             module.to(device=self.device, dtype=self.dtype)
         self._module = module.eval()
+        self.input_names = input_names_for(self.model.conditional)
         if self.dtype == torch.float16 and self.device.type == "cpu":
             log.warning("FP16 on CPU is slow and only useful for numerics checks.")
 
@@ -96,20 +104,16 @@ class TorchRunner(Runner):
 
     # -- inference -----------------------------------------------------------------------------------
     def _prepare(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if "sample" not in feed or "timestep" not in feed:
-            raise KeyError(f"feed needs 'sample' and 'timestep'; got {sorted(feed)}.")
-        out = {}
-        for k, v in feed.items():
-            dtype = self.dtype if k in _FLOAT_INPUTS else torch.int64
-            out[k] = v.to(device=self.device, dtype=dtype)
-        return out
+        return {
+            k: v.to(device=self.device, dtype=self.dtype if k in FLOAT_INPUTS else torch.int64)
+            for k, v in feed.items()
+        }
 
     def _forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         assert self._module is not None
-        return self._module(inputs["sample"], inputs["timestep"], inputs.get("encoder_hidden_states"))
+        return self._module(inputs[SAMPLE], inputs[TIMESTEP], inputs.get(COND))
 
-    def infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self._check_active()
+    def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not self.cuda_graph:
             with torch.inference_mode():
                 return {OUTPUT_NAME: self._forward(self._prepare(feed))}

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-from .base import OUTPUT_NAME, Runner, require
+from pqcad_deploy.denoiser import OUTPUT_NAME
+
+from .base import Runner, require
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,6 @@ def torch_dtype(trt_dtype: Any) -> torch.dtype:
             f"Engine I/O type {name} has no torch equivalent; export the model with float/int64 I/O."
         )
     return TRT_TO_TORCH[name]
-
-
-def check_feed(feed: dict[str, torch.Tensor], input_names: list[str]) -> None:
-    missing = [n for n in input_names if n not in feed]
-    if missing:
-        raise KeyError(f"The engine needs inputs {missing}; feed has {sorted(feed)}.")
 
 
 def shape_key(feed: dict[str, torch.Tensor], input_names: list[str]) -> tuple:
@@ -99,7 +95,7 @@ class TrtRunner(Runner):
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_in = lambda n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT  # noqa: E731
-        self.input_names = [n for n in names if is_in(n)]
+        self.input_names = tuple(n for n in names if is_in(n))
         self.output_names = [n for n in names if not is_in(n)]
         self.stream = torch.cuda.Stream(device=self.device)  # TRT warns on the legacy default stream
 
@@ -141,9 +137,7 @@ class TrtRunner(Runner):
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"{self.name}: execute_async_v3 failed (see the TensorRT log above).")
 
-    def infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self._check_active()
-        check_feed(feed, self.input_names)
+    def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         key = shape_key(feed, self.input_names)
         b = self._bindings.get(key)
         if b is None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pqcad_deploy.denoiser import TorchDenoiser
-from pqcad_deploy.runtime.backends.base import MissingBackendError, require
+from pqcad_deploy.runtime.backends.base import MissingBackendError, RunnerError, require
 from pqcad_deploy.runtime.backends.ort_backend import OrtRunner, resolve_providers, session_settings
 from pqcad_deploy.runtime.backends.torch_backend import TorchRunner, parse_precision
 from pqcad_deploy.sampling import make_scheduler, sample
@@ -43,7 +43,7 @@ def test_torch_runner_fp32_matches_eager_and_leaves_model_alone():
 
 def test_runner_outside_context_is_an_error():
     r = TorchRunner(build_model("tiny-unet"), "fp32")
-    with pytest.raises(RuntimeError, match="with runner"):
+    with pytest.raises(RunnerError, match="with runner"):
         r.infer(example_inputs(get_spec("tiny-unet")))
 
 
@@ -88,7 +88,10 @@ def test_ort_runner_in_sampler_matches_torch(tiny_onnx):
 
 
 def test_ort_missing_inputs_and_providers(tiny_cond_onnx, tmp_path):
-    with OrtRunner(tiny_cond_onnx) as r, pytest.raises(KeyError, match="encoder_hidden_states"):
+    with (
+        OrtRunner(tiny_cond_onnx) as r,
+        pytest.raises(RunnerError, match=r"needs inputs \['encoder_hidden_states'\]"),
+    ):
         r.infer(example_inputs(get_spec("tiny-unet"), 1) | {"sample": torch.zeros(1, 4, 16, 16)})
     with pytest.raises(MissingBackendError, match="onnxruntime-gpu"):
         resolve_providers("cuda", ["CPUExecutionProvider"])

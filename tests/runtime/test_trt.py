@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pqcad_deploy.runtime.backends.base import MissingBackendError
-from pqcad_deploy.runtime.backends.trt_backend import TrtRunner, check_feed, shape_key, torch_dtype
+from pqcad_deploy.runtime.backends.trt_backend import TrtRunner, shape_key, torch_dtype
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 NO_TRT = "TensorRT is not installable in this environment (design.md section 7)"
@@ -26,11 +26,8 @@ def test_dtype_map():
         torch_dtype(_FakeDT("FP4"))
 
 
-def test_feed_checks_and_shape_keys():
+def test_shape_keys():
     feed = {"sample": torch.zeros(2, 1, 8, 8), "timestep": torch.zeros(2, dtype=torch.int64)}
-    check_feed(feed, ["sample", "timestep"])
-    with pytest.raises(KeyError, match="encoder_hidden_states"):
-        check_feed(feed, ["sample", "encoder_hidden_states"])
     assert shape_key(feed, ["sample", "timestep"]) == (("sample", (2, 1, 8, 8)), ("timestep", (2,)))
 
 
