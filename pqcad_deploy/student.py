@@ -23,7 +23,7 @@ from .denoiser import UNetWrapper
 from .io import CheckpointError, atomic_json_save, atomic_torch_save, atomic_write, safe_torch_load
 from .quant import QuantConfig, QuantConfigError, get_quant_config, iter_quantizers, quantize_model
 from .quant.control import UncalibratedError, check_calibrated
-from .zoo import ModelSpec, build_model, check_state_dict, sidecar_path
+from .zoo import ModelSpec, build_model, check_state_dict, meta_model, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,20 @@ def save_student(
 ) -> Path:
     """Write atomically; ``.safetensors`` paths get a JSON sidecar, anything else is a torch tensor dict.
 
-    Refuses uncalibrated quantizers and metadata that is not JSON-serialisable.
+    The recorded QuantConfig is the one applied to the model (``qcfg``, if given, must equal it). Refuses
+    uncalibrated quantizers and metadata that is not JSON-serialisable.
     """
     path = Path(path)
     unet = _unwrap(model)
-    qcfg = qcfg or get_quant_config(unet)
-    if qcfg is None:
+    applied = get_quant_config(unet)
+    if applied is None:
         raise CheckpointError("Model is not quantized (no QuantConfig); call quantize_model first.")
+    if qcfg is not None and qcfg != applied:
+        raise CheckpointError(
+            f"Refusing to save {path}: the QuantConfig passed ({qcfg.to_dict()}) is not the one the model's "
+            f"quantizers follow ({applied.to_dict()}); omit it to record the applied one."
+        )
+    qcfg = applied
     try:
         check_calibrated(unet)
     except UncalibratedError as e:
@@ -80,15 +87,7 @@ def save_student(
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": STUDENT_FORMAT}))
         atomic_json_save(json.loads(meta_json), sidecar_path(path))
     else:
-        atomic_torch_save(
-            {
-                "format": STUDENT_FORMAT,
-                "format_version": STUDENT_FORMAT_VERSION,
-                "meta": meta_json,
-                "state_dict": tensors,
-            },
-            path,
-        )
+        atomic_torch_save({"format": STUDENT_FORMAT, "meta": meta_json, "state_dict": tensors}, path)
     log.info("saved student %s (%s, W%d)", path, qcfg.target, qcfg.weight_bits)
     return path
 
@@ -112,42 +111,52 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             f"{path} is not a student checkpoint (no format={STUDENT_FORMAT!r}); for a float teacher use "
             "zoo.load_model."
         )
-    if obj.get("format_version") != STUDENT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has student format version {obj.get('format_version')!r}; this code reads version "
-            f"{STUDENT_FORMAT_VERSION}. Re-export it with the matching pqcad-deploy release."
-        )
     try:
         meta = json.loads(obj["meta"])
         tensors = obj["state_dict"]
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} is missing or has malformed 'meta'/'state_dict' ({e}).") from e
+    if not isinstance(meta, dict) or not isinstance(tensors, dict):
+        raise CheckpointError(f"{path}: 'meta' must be a JSON object and 'state_dict' a dict of tensors.")
+    bad = [k for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: 'state_dict' holds non-tensor entries, e.g. {bad[0]!r:.60}.")
     return meta, tensors
 
 
 def _check_quantizer_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    for name, _ in iter_quantizers(model):
+    """Quantizer state must be usable and agree with the stored QuantConfig, which is the one source of truth for
+    bit-widths: the model is rebuilt from it, so a file whose ``num_bits`` disagree is refused, not obeyed."""
+    for name, q in iter_quantizers(model):
         cal, amax, bits = (tensors.get(f"{name}.{k}") for k in ("calibrated", "amax", "num_bits"))
         if cal is None or amax is None or bits is None:
             continue  # reported as missing keys by check_state_dict
+        if cal.numel() != 1 or bits.numel() != 1:
+            raise CheckpointError(
+                f"{source}: quantizer {name} has malformed state (calibrated/num_bits not scalars)."
+            )
         if not bool(cal):
             raise CheckpointError(f"{source}: quantizer {name} is uncalibrated; the checkpoint is unusable.")
-        if not torch.isfinite(amax).all() or (amax <= 0).any():
+        if not amax.is_floating_point() or not torch.isfinite(amax).all() or (amax <= 0).any():
             raise CheckpointError(f"{source}: quantizer {name} has non-finite or non-positive scales.")
-        if not 2 <= int(bits) <= 8:
-            raise CheckpointError(f"{source}: quantizer {name} has num_bits={int(bits)}; allowed 2..8.")
+        if int(bits) != q.bits:
+            raise CheckpointError(
+                f"{source}: quantizer {name} stores num_bits={int(bits)} but the checkpoint's QuantConfig builds it "
+                f"at {q.bits}; the file was edited or written by a broken tool."
+            )
 
 
 def load_student(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, ModelSpec, QuantConfig, dict[str, Any]]:
-    """Rebuild model + quantizers from the stored configs, verify every tensor, then load (eval mode)."""
+    """Rebuild model + quantizers from the stored configs, verify every tensor against a meta-device copy (no
+    allocation before the checks pass), then load (eval mode)."""
     path = Path(path)
     meta, tensors = _read(path)
     if meta.get("format_version") != STUDENT_FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} metadata has format version {meta.get('format_version')!r}; expected "
-            f"{STUDENT_FORMAT_VERSION}."
+            f"{path} has student format version {meta.get('format_version')!r}; this code reads version "
+            f"{STUDENT_FORMAT_VERSION}. Re-export it with the matching pqcad-deploy release."
         )
     if "model" not in meta or "quant" not in meta:
         raise CheckpointError(f"{path} metadata lacks 'model' or 'quant'; it cannot be rebuilt.")
@@ -156,10 +165,10 @@ def load_student(
         qcfg = QuantConfig.from_dict(meta["quant"])
     except QuantConfigError as e:
         raise CheckpointError(f"{path}: {e}") from e
-    model = build_model(spec, seed=None)
-    quantize_model(model, qcfg)
-    _check_quantizer_tensors(model, tensors, str(path))
-    check_state_dict(model, tensors, source=str(path))
+    probe = quantize_model(meta_model(spec), qcfg)
+    check_state_dict(probe, tensors, source=str(path))
+    _check_quantizer_tensors(probe, tensors, str(path))
+    model = quantize_model(build_model(spec, seed=None), qcfg)
     model.load_state_dict(tensors, strict=True)
     model.to(device).eval()
     meta.setdefault("history", [])

@@ -18,12 +18,16 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from safetensors.torch import load_file, save_file
 
+from .errors import UsageError
 from .io import CheckpointError, atomic_json_save, atomic_write
 
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
 TEACHER_PATH = ASSETS / "fmnist_ddpm.safetensors"
+# Refuse configs whose weights would not fit anywhere before allocating them (a hostile or corrupt sidecar could
+# otherwise ask for tens of GB); SD-1.5's UNet is 0.86 G parameters.
+MAX_PARAMETERS = 4_000_000_000
 
 
 @dataclass(frozen=True)
@@ -51,22 +55,50 @@ class ModelSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        try:
-            return cls(
-                name=d["name"],
-                cls=d["cls"],
-                config=dict(d["config"]),
-                sample_shape=tuple(d["sample_shape"]),
-                cond_shape=tuple(d["cond_shape"]) if d.get("cond_shape") else None,
-                scheduler=dict(
-                    d.get("scheduler") or {"num_train_timesteps": 1000, "beta_schedule": "linear"}
-                ),
-            )
-        except (KeyError, TypeError) as e:
+    def from_dict(cls, d: Any) -> ModelSpec:
+        """Validate a stored spec field by field (types and sizes), so a damaged file is named, not half-built."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"Model spec must be a JSON object, got {type(d).__name__}.")
+        unknown = sorted(set(d) - _SPEC_KEYS)
+        if unknown:
+            raise CheckpointError(f"Model spec has unknown keys {unknown}; allowed: {sorted(_SPEC_KEYS)}.")
+        missing = sorted(k for k in ("name", "cls", "config", "sample_shape") if k not in d)
+        if missing:
             raise CheckpointError(
-                f"Model spec is malformed ({e}); expected keys name, cls, config, sample_shape."
-            ) from e
+                f"Model spec lacks {missing}; expected keys name, cls, config, sample_shape."
+            )
+        for key, kind in (("name", str), ("cls", str), ("config", dict)):
+            if not isinstance(d[key], kind):
+                raise CheckpointError(f"Model spec {key!r} must be a {kind.__name__}, got {d[key]!r:.60}.")
+        scheduler = d.get("scheduler") or {"num_train_timesteps": 1000, "beta_schedule": "linear"}
+        if not isinstance(scheduler, dict):
+            raise CheckpointError(f"Model spec 'scheduler' must be an object, got {scheduler!r:.60}.")
+        cond = d.get("cond_shape")
+        return cls(
+            name=d["name"],
+            cls=d["cls"],
+            config=dict(d["config"]),
+            sample_shape=_dims("sample_shape", d["sample_shape"], 3),
+            cond_shape=_dims("cond_shape", cond, 2) if cond else None,
+            scheduler=dict(scheduler),
+        )
+
+
+_SPEC_KEYS = {"name", "cls", "config", "sample_shape", "cond_shape", "scheduler"}
+_MAX_DIM = 1 << 16
+
+
+def _dims(key: str, value: Any, n: int) -> tuple[int, ...]:
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == n
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= _MAX_DIM for v in value)
+    )
+    if not ok:
+        raise CheckpointError(
+            f"Model spec {key!r} must be {n} positive integers <= {_MAX_DIM}, got {value!r:.60}."
+        )
+    return tuple(value)
 
 
 _FMNIST = dict(
@@ -164,20 +196,42 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     ),
 }
 
+# Zoo entries whose trained weights ship with the package (``loading.open_model`` opens them by name).
+SHIPPED_WEIGHTS: dict[str, Path] = {"fmnist-ddpm": TEACHER_PATH}
+
 _CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
 
 
 def get_spec(name: str) -> ModelSpec:
     if name not in MODEL_SPECS:
-        raise KeyError(f"Unknown model {name!r}; choose one of {sorted(MODEL_SPECS)}.")
+        raise UsageError(f"Unknown model {name!r}; choose one of {sorted(MODEL_SPECS)}.")
     return MODEL_SPECS[name]
+
+
+def meta_model(spec: ModelSpec | str) -> torch.nn.Module:
+    """The model built on the meta device (shapes, no memory); refuses configs diffusers rejects or that declare
+    more than ``MAX_PARAMETERS`` parameters, so a bad sidecar fails with a message instead of an allocation."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    if spec.cls not in _CLASSES:
+        raise CheckpointError(f"Unsupported model class {spec.cls!r}; supported: {sorted(_CLASSES)}.")
+    try:
+        with torch.device("meta"):
+            probe = _CLASSES[spec.cls](**spec.config)
+    except Exception as e:  # diffusers raises ValueError/TypeError/AssertionError for inconsistent configs
+        raise CheckpointError(f"Model config of {spec.name!r} is invalid for {spec.cls}: {e}") from e
+    n = count_parameters(probe)
+    if n > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"Model config of {spec.name!r} declares {n / 1e9:.1f} G parameters (limit {MAX_PARAMETERS / 1e9:.0f} G); "
+            "the file is corrupt or not a UNet this toolkit handles."
+        )
+    return probe
 
 
 def build_model(spec: ModelSpec | str, seed: int | None = 0) -> torch.nn.Module:
     """Instantiate the diffusers class from the config; weights are random (seeded) until loaded."""
     spec = get_spec(spec) if isinstance(spec, str) else spec
-    if spec.cls not in _CLASSES:
-        raise CheckpointError(f"Unsupported model class {spec.cls!r}; supported: {sorted(_CLASSES)}.")
+    meta_model(spec)
     if seed is not None:
         torch.manual_seed(seed)
     return _CLASSES[spec.cls](**spec.config)
@@ -221,13 +275,15 @@ def load_model(path: str | os.PathLike = TEACHER_PATH) -> tuple[torch.nn.Module,
     if not path.is_file():
         raise CheckpointError(f"Model weights {path} do not exist.")
     meta = load_spec_sidecar(path)
-    spec = ModelSpec.from_dict(meta["model"] if "model" in meta else meta)
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"Sidecar {sidecar_path(path)} has no 'model' entry (the model spec).")
+    spec = ModelSpec.from_dict(meta["model"])
     try:
         tensors = load_file(str(path))
     except Exception as e:
         raise CheckpointError(f"Cannot read safetensors file {path}: {e}. It is corrupt or truncated.") from e
+    check_state_dict(meta_model(spec), tensors, source=str(path))
     model = build_model(spec, seed=None)
-    check_state_dict(model, tensors, source=str(path))
     model.load_state_dict(tensors, strict=True)
     model.eval()
     return model, spec

@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
+from pqcad_deploy.errors import UsageError
 from pqcad_deploy.io import CheckpointError
 from pqcad_deploy.zoo import (
     MODEL_SPECS,
@@ -16,7 +17,7 @@ from pqcad_deploy.zoo import (
 )
 
 
-def test_fmnist_size_matches_issue():
+def test_fmnist_teacher_has_6_to_10m_parameters():
     n = count_parameters(build_model("fmnist-ddpm"))
     assert 6e6 <= n <= 10e6
 
@@ -35,7 +36,7 @@ def test_sd15_unet_is_860m():
 
 
 def test_unknown_model_lists_choices():
-    with pytest.raises(KeyError, match="fmnist-ddpm"):
+    with pytest.raises(UsageError, match="fmnist-ddpm"):
         get_spec("nope")
 
 

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from ..errors import PQCADError
-from .calibrate import calibrate_weight, weight_quantizers
-from .placement import get_quant_config, iter_quantizers
+from .calibrate import calibrate_weight
+from .modules import QuantConv2d, QuantLinear
+from .placement import get_quant_config, iter_quantizers, set_quant_config
 
 log = logging.getLogger(__name__)
 
@@ -21,25 +22,58 @@ class UncalibratedError(PQCADError, RuntimeError):
 
 
 def set_weight_bits(model: nn.Module, bits: int, reinit: str = "mse") -> nn.Module:
-    """Switch every weight quantizer to ``bits`` in place (same modules, same amax parameter objects, so an
-    optimizer keeps tracking them). ``reinit="mse"`` re-searches amax from the current weights at the new
-    bit-width; ``"rescale"`` keeps amax (scale = amax / qmax changes with qmax). With the config's
-    ``reduce_range`` (ORT target) 8 means the 7-bit grid, as at construction."""
+    """Re-apply the model's QuantConfig at ``bits`` weight bits, in place.
+
+    The config stays the one source of truth: the model's stored QuantConfig is replaced by one with the new
+    ``weight_bits``, and every weight quantizer is made to match what ``quantize_model`` would build from it. Where
+    the shape is unchanged the same quantizer module (and amax parameter object) is kept, so an optimizer keeps
+    tracking it; where the config asks for another shape (``int4_block_size`` blocks appear at <= 4 bits) a new
+    quantizer replaces it. ``reinit="mse"`` re-searches amax from the current weights; ``"rescale"`` keeps the
+    ranges (amax per channel, copied into or reduced over blocks), so scale = amax / qmax changes with qmax."""
     if reinit not in ("mse", "rescale"):
         raise ValueError(f"reinit={reinit!r} is not allowed; choose 'mse' or 'rescale'.")
-    wq = weight_quantizers(model)
-    if not wq:
+    layers = [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    if not layers:
         raise ValueError("Model has no weight quantizers; call quantize_model(model, cfg) first.")
     if bits not in (2, 3, 4, 8):
         raise ValueError(f"bits={bits!r} is not allowed; choose 8 or 4 (2-3 for research only).")
     cfg = get_quant_config(model)
-    grid_bits = cfg.effective_weight_bits(bits) if cfg is not None else bits
-    for q, w in wq:
-        q.set_num_bits(grid_bits)
+    if cfg is None:
+        raise ValueError("Model carries no QuantConfig; quantize it with quantize_model(model, cfg).")
+    cfg = cfg.replace(weight_bits=bits)
+    reshaped = 0
+    for m in layers:
+        old = m.weight_quantizer
+        new = m.make_weight_quantizer(cfg).to(old.amax.device)
+        if new.amax.shape == old.amax.shape:
+            old.set_num_bits(new.bits)
+            q = old
+        else:
+            reshaped += 1
+            with torch.no_grad():
+                new.set_amax(_regroup_amax(old.amax.detach(), new.amax.shape))
+            new.train(old.training)
+            m.weight_quantizer = q = new
         if reinit == "mse":
-            calibrate_weight(q, w, method="mse")
-    log.info("weight quantizers switched to %d bits (%s), %d layers", bits, reinit, len(wq))
+            calibrate_weight(q, m.weight, method="mse")
+    set_quant_config(model, cfg)
+    log.info(
+        "weight quantizers switched to %d bits (%s), %d layers, %d re-shaped",
+        bits,
+        reinit,
+        len(layers),
+        reshaped,
+    )
     return model
+
+
+def _regroup_amax(amax: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Per-channel [C] -> blocks [C, K] (each block keeps its channel's range) or blocks -> channels (max)."""
+    if amax.dim() == 1 and len(shape) == 2:
+        return amax[:, None].expand(shape).clone()
+    if amax.dim() == 2 and len(shape) == 1:
+        return amax.amax(dim=1)
+    raise ValueError(f"cannot regroup amax of shape {tuple(amax.shape)} into {tuple(shape)}")
 
 
 def check_calibrated(model: nn.Module) -> None:

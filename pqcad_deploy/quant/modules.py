@@ -62,11 +62,14 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         q.weight = conv.weight
         q.bias = conv.bias
         q.train(conv.training)
-        # Conv weights at 4 bits stay per-channel (INT8 container at export; TensorRT has no INT4 conv).
-        wq = TensorQuantizer(cfg.effective_weight_bits(), axis=0, channels=conv.out_channels, kind="weight")
-        q._attach(cfg, wq.to(conv.weight.device))
+        q._attach(cfg, q.make_weight_quantizer(cfg).to(conv.weight.device))
         q.to(conv.weight.device)
         return q
+
+    def make_weight_quantizer(self, cfg: QuantConfig) -> TensorQuantizer:
+        """Per-output-channel at every bit-width: 4-bit conv weights travel in an INT8 container at export
+        (TensorRT has no INT4 convolution)."""
+        return TensorQuantizer(cfg.effective_weight_bits(), axis=0, channels=self.out_channels, kind="weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._quant_forward(x, self._conv_forward, skip_input_quant=False)
@@ -85,20 +88,24 @@ class QuantLinear(_QuantMixin, nn.Linear):
         q.weight = lin.weight
         q.bias = lin.bias
         q.train(lin.training)
-        block = cfg.int4_block_size if cfg.weight_bits <= 4 else None
-        if block is not None and lin.in_features % block:
-            block = None  # cannot block this layer; per-channel is always valid
-        wq = TensorQuantizer(
-            cfg.effective_weight_bits(),
-            axis=0,
-            channels=lin.out_features,
-            block_size=block,
-            block_dim=lin.in_features if block else None,
-            kind="weight",
-        )
-        q._attach(cfg, wq)
+        q._attach(cfg, q.make_weight_quantizer(cfg))
         q.to(lin.weight.device)
         return q
+
+    def make_weight_quantizer(self, cfg: QuantConfig) -> TensorQuantizer:
+        """Per-output-channel, or blocks along in_features at <= 4 bits when the config asks for them (a layer
+        whose width the block does not divide stays per-channel, which is always valid)."""
+        block = cfg.int4_block_size if cfg.weight_bits <= 4 else None
+        if block is not None and self.in_features % block:
+            block = None
+        return TensorQuantizer(
+            cfg.effective_weight_bits(),
+            axis=0,
+            channels=self.out_features,
+            block_size=block,
+            block_dim=self.in_features if block else None,
+            kind="weight",
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._quant_forward(x, nn.functional.linear, skip_input_quant=False)

@@ -92,6 +92,15 @@ def get_quant_config(model: nn.Module) -> QuantConfig | None:
     return None
 
 
+def set_quant_config(model: nn.Module, cfg: QuantConfig) -> None:
+    """Record ``cfg`` as the config the model's quantizers follow (where ``quantize_model`` stored the first)."""
+    for m in model.modules():
+        if getattr(m, CONFIG_ATTR, None) is not None:
+            setattr(m, CONFIG_ATTR, cfg)
+            return
+    setattr(model, CONFIG_ATTR, cfg)
+
+
 def iter_quantizers(model: nn.Module) -> Iterator[tuple[str, TensorQuantizer]]:
     """Every distinct quantizer once (shared q/k/v quantizers appear under their first name)."""
     for name, m in model.named_modules():

@@ -51,6 +51,26 @@ def test_set_weight_bits_keeps_ort_reduce_range(quantized):
         set_weight_bits(model, 5)
 
 
+def test_set_weight_bits_reapplies_the_config(quantized):
+    """The stored config is the truth: at 4 bits a blocked config gives Linear weights blocks, exactly as a model
+    quantized at 4 bits from the start, and the config records the live bit-width."""
+    from pqcad_deploy.quant import get_quant_config, quantize_model
+    from pqcad_deploy.zoo import build_model
+
+    cfg = QuantConfig(int4_block_size=16)
+    model, spec, inputs = quantized("tiny-unet-cond", cfg)
+    set_weight_bits(model, 4, reinit="rescale")
+    assert get_quant_config(model) == cfg.replace(weight_bits=4)
+    fresh = quantize_model(build_model(spec, seed=0), cfg.replace(weight_bits=4))
+    shapes = {n: tuple(q.amax.shape) for n, q in iter_quantizers(model)}
+    assert shapes == {f"unet.{n}": tuple(q.amax.shape) for n, q in iter_quantizers(fresh)}
+    blocked = [q for q, _ in weight_quantizers(model) if q.block_size]
+    assert blocked and all(q.amax.dim() == 2 and q.bits == 4 for q in blocked)
+    set_weight_bits(model, 8, reinit="rescale")  # back to per-channel: each channel keeps its largest block
+    assert all(q.block_size is None and q.bits == 8 for q, _ in weight_quantizers(model))
+    assert get_quant_config(model).weight_bits == 8
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 def test_export_mode_forward_identical(quantized, target, bits):
     cfg = QuantConfig(target=target, weight_bits=bits, int4_block_size=16 if bits == 4 else None)
