@@ -1,13 +1,14 @@
 """ONNX export with explicit quantization (Q/DQ), INT4 rewrite, checks and TensorRT audit.
 
-from pqcad_deploy.export import ExportOptions, export, load_checkpoint
-report = export(load_checkpoint("student.pt"), "unet.onnx", ExportOptions(precision="fp16"))
+from pqcad_deploy.export import ExportOptions, export
+from pqcad_deploy.loading import open_model
+report = export(open_model("student.pt"), "unet.onnx", ExportOptions(precision="fp16"))
 """
 
 from .audit import audit_model
 from .checks import CheckError
 from .onnx_export import ExportError
-from .pipeline import ExportOptions, check_only, export, load_checkpoint, random_model
+from .pipeline import ExportOptions, check_only, export
 from .spec import ExportSpec, export_spec_for
 
 __all__ = [
@@ -19,6 +20,4 @@ __all__ = [
     "check_only",
     "export",
     "export_spec_for",
-    "load_checkpoint",
-    "random_model",
 ]

@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 from pqcad_deploy.io import CheckpointError
+from pqcad_deploy.loading import open_model
 
 from .checks import CheckError
 from .onnx_export import ExportError
-from .pipeline import ExportOptions, check_only, export, load_checkpoint, random_model, report_path
+from .pipeline import ExportOptions, check_only, export, report_path
 from .report import audit_table, full_report
 
 log = logging.getLogger("pqcad-export")
@@ -74,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ExportError(
                 "--model needs --random-weights (zoo models have no shipped weights except the teacher)."
             )
-        loaded = load_checkpoint(args.checkpoint) if args.checkpoint else random_model(args.model)
+        loaded = (
+            open_model(args.checkpoint) if args.checkpoint else open_model(args.model, random_weights=True)
+        )
         opts = ExportOptions(
             target=args.target,
             precision=args.precision,

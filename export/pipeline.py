@@ -18,8 +18,7 @@ from torch import nn
 
 from pqcad_deploy.denoiser import UNetWrapper
 from pqcad_deploy.io import default_file_mode, writable_parent
-from pqcad_deploy.loading import open_checkpoint
-from pqcad_deploy.zoo import ModelSpec, build_model, get_spec
+from pqcad_deploy.loading import ModelBundle
 
 from . import checks
 from .audit import audit_model
@@ -70,28 +69,6 @@ class ExportOptions:
             raise ExportError(f"target must be tensorrt or onnxruntime, got {self.target!r}.")
 
 
-@dataclass
-class Loaded:
-    model: nn.Module
-    spec: ModelSpec
-    qcfg: Any = None
-    meta: dict | None = None
-    source: str = ""
-
-
-def load_checkpoint(path: str | os.PathLike) -> Loaded:
-    """A student (``.pt``, or safetensors whose sidecar holds a quant config) or an FP teacher (safetensors)."""
-    model, spec, qcfg, meta = open_checkpoint(path)
-    if qcfg is None:
-        return Loaded(model, spec, source=str(path))
-    return Loaded(model, spec, qcfg, meta, str(path))
-
-
-def random_model(name: str, seed: int = 0) -> Loaded:
-    spec = get_spec(name)
-    return Loaded(build_model(spec, seed=seed).eval(), spec, source=f"{name} (random weights, seed {seed})")
-
-
 def check_supported_layers(model: nn.Module) -> None:
     bad = [
         (n, type(m).__name__)
@@ -107,7 +84,7 @@ def check_supported_layers(model: nn.Module) -> None:
         )
 
 
-def _quant_ctx(loaded: Loaded, precision: str = "fp32"):
+def _quant_ctx(loaded: ModelBundle, precision: str = "fp32"):
     """The context the torch model is exported and compared under: the quantizers' export mode, with the
     scales rounded to FP16 for FP16 graphs (the graph stores FP16 scales, so the reference must use them)."""
     if loaded.qcfg is None:
@@ -126,7 +103,7 @@ def _quant_ctx(loaded: Loaded, precision: str = "fp32"):
     return ctx
 
 
-def _quant_facts(loaded: Loaded) -> tuple[bool, int, set[str]]:
+def _quant_facts(loaded: ModelBundle) -> tuple[bool, int, set[str]]:
     """(quantized?, weight bits, module scopes that carry quantizers, as they appear in the wrapper)."""
     if loaded.qcfg is None:
         return False, 32, set()
@@ -147,7 +124,7 @@ def default_opset(precision: str, quantized: bool, int4: bool) -> int:
     return 19 if (precision == "fp16" and quantized) else 17
 
 
-def export(loaded: Loaded, onnx_path: str | os.PathLike, opts: ExportOptions) -> dict:
+def export(loaded: ModelBundle, onnx_path: str | os.PathLike, opts: ExportOptions) -> dict:
     """Export, post-process, check and move into place. Returns the report (also written as JSON)."""
     final = Path(onnx_path)
     parent = writable_parent(final, ExportError, "choose another --onnx path")

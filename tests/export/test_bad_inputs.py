@@ -11,7 +11,8 @@ from torch import nn
 
 from pqcad_deploy.export.cli import main
 from pqcad_deploy.export.onnx_export import ExportError, check_opset
-from pqcad_deploy.export.pipeline import ExportOptions, Loaded, export, random_model
+from pqcad_deploy.export.pipeline import ExportOptions, export
+from pqcad_deploy.loading import open_model
 
 
 def _no_onnx_left(d):
@@ -45,13 +46,13 @@ def test_unwritable_output(tmp_path, caplog):
     ro.chmod(0o500)
     try:
         with pytest.raises(ExportError, match="not writable"):
-            export(random_model("tiny-unet"), ro / "u.onnx", ExportOptions())
+            export(open_model("tiny-unet", random_weights=True), ro / "u.onnx", ExportOptions())
     finally:
         ro.chmod(0o700)
 
 
 def test_unsupported_layer_type(tmp_path):
-    loaded = random_model("tiny-unet")
+    loaded = open_model("tiny-unet", random_weights=True)
     loaded.model.conv_out = nn.Sequential(nn.Conv3d(1, 1, 1))  # something the exporter cannot place
     with pytest.raises(ExportError, match="Unsupported layer types.*Conv3d"):
         export(loaded, tmp_path / "u.onnx", ExportOptions())
@@ -77,14 +78,14 @@ def test_failed_check_leaves_no_file_and_keeps_old(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checks, "parity", broken)
     with pytest.raises(checks.CheckError):
-        export(random_model("tiny-unet"), out, ExportOptions())
+        export(open_model("tiny-unet", random_weights=True), out, ExportOptions())
     assert out.read_bytes() == b"previous good model"
     assert [p.name for p in tmp_path.iterdir()] == ["u.onnx"]
 
 
 def test_check_only_and_polygraphy(tmp_path):
     out = tmp_path / "u.onnx"
-    export(random_model("tiny-unet"), out, ExportOptions(parity_samples=2))
+    export(open_model("tiny-unet", random_weights=True), out, ExportOptions(parity_samples=2))
     assert main(["--check-only", str(out)]) == 0
     if shutil.which("polygraphy") is None:
         pytest.skip("polygraphy is not installed (pip install polygraphy)")
@@ -96,7 +97,3 @@ def test_check_only_and_polygraphy(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 0 and "PASSED" in r.stdout + r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
-
-
-def test_loaded_dataclass_is_plain():
-    assert Loaded.__dataclass_fields__.keys() >= {"model", "spec", "qcfg"}

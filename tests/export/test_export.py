@@ -14,8 +14,9 @@ from pqcad_deploy.denoiser import UNetWrapper
 from pqcad_deploy.export import checks
 from pqcad_deploy.export.cli import main
 from pqcad_deploy.export.onnx_export import quantize_codes
-from pqcad_deploy.export.pipeline import ExportOptions, _quant_ctx, export, load_checkpoint, random_model
+from pqcad_deploy.export.pipeline import ExportOptions, _quant_ctx, export
 from pqcad_deploy.export.spec import export_spec_for
+from pqcad_deploy.loading import open_model
 
 
 def _dq_nodes(m):
@@ -36,7 +37,7 @@ def _zero_points(m, want_uint8_acts: bool):
 @pytest.mark.parametrize("key, target", [("trt8", "tensorrt"), ("ort8", "onnxruntime")])
 def test_w8a8_both_targets(students, tmp_path, key, target):
     out = tmp_path / "unet.onnx"
-    rep = export(load_checkpoint(students[key]), out, ExportOptions(parity_samples=4))
+    rep = export(open_model(students[key]), out, ExportOptions(parity_samples=4))
     m = onnx.load(str(out))
     assert rep["target"] == target and rep["parity"]["passed"]
     assert rep["audit"]["counts"]["float_blocked"] == 0
@@ -54,7 +55,7 @@ def test_w8a8_both_targets(students, tmp_path, key, target):
 @pytest.mark.parametrize("key, block", [("trt4c", 16), ("ort4c", 0)])
 def test_w4_int4_rewrite_cond_unet(students, tmp_path, key, block):
     out = tmp_path / "w4.onnx"
-    rep = export(load_checkpoint(students[key]), out, ExportOptions(parity_samples=4))
+    rep = export(open_model(students[key]), out, ExportOptions(parity_samples=4))
     m = onnx.load(str(out))
     assert m.opset_import[0].version == 21 and rep["parity"]["passed"]
     int4 = [i for i in m.graph.initializer if i.data_type == TensorProto.INT4]
@@ -74,7 +75,7 @@ def test_w4_int4_rewrite_cond_unet(students, tmp_path, key, block):
 
 def test_fp16_export_has_fp16_scales(students, tmp_path):
     out = tmp_path / "h.onnx"
-    rep = export(load_checkpoint(students["trt8"]), out, ExportOptions(precision="fp16", parity_samples=4))
+    rep = export(open_model(students["trt8"]), out, ExportOptions(precision="fp16", parity_samples=4))
     m = onnx.load(str(out))
     inits = {i.name: i for i in m.graph.initializer}
     for n in m.graph.node:
@@ -97,7 +98,7 @@ def test_fp_teacher_and_random_zoo_model(tmp_path):
     assert [i.name for i in m.graph.input] == ["sample", "timestep", "encoder_hidden_states"]
     assert [o.name for o in m.graph.output] == ["out_sample"]
     rep = export(
-        random_model("tiny-unet"),
+        open_model("tiny-unet", random_weights=True),
         tmp_path / "r.onnx",
         ExportOptions(dynamic_batch=False, batch=2, parity_samples=2),
     )
@@ -115,7 +116,7 @@ def test_weight_codes_follow_torch_rounding():
 
 def test_fp16_parity_on_cpu_catches_a_graph_that_differs(students, tmp_path):
     """On CPU the FP16 reference is FP32 compute of the FP16 weights; it must still fail a wrong graph."""
-    loaded = load_checkpoint(students["trt8"])
+    loaded = open_model(students["trt8"])
     out = tmp_path / "h.onnx"
     rep = export(loaded, out, ExportOptions(precision="fp16", parity_samples=4))
     assert rep["parity"]["passed"] and "FP32 compute" in rep["parity"]["reference"]
