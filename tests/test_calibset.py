@@ -21,8 +21,8 @@ def tiny_set():
 def test_points_are_even_steps_across_the_trajectory(tiny_set):
     _, _, cs = tiny_set
     assert len(cs) == 9
-    assert cs.meta["step_indices"] == [0, 2, 6] or cs.meta["step_indices"][0] == 0
-    assert all(i % 2 == 0 for i in cs.meta["step_indices"])
+    # even step indices of the 8-step schedule are [0, 2, 4, 6]; 3 evenly spaced picks are its 1st, 3rd, 4th
+    assert cs.meta["step_indices"] == [0, 4, 6]
     assert int(cs.t.max()) == 999
 
 

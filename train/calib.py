@@ -1,61 +1,92 @@
-"""``pqcad-train calib``: sample the FP calibration set once and save it for PTQ and PQCAD to reuse."""
+"""``pqcad-train calib``: sample the FP calibration set once and save it for PTQ and PQCAD to reuse.
+
+:func:`load_or_collect_calib` is the one way every stage (calib, ptq, pqcad, the benchmarks) gets a calibration
+set: load a saved one (refused when it was collected for another model), or collect it from the FP teacher with
+the deployment sampler and save it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
-from pqcad_deploy.calibset import collect_calibset, random_conditioning
+from pqcad_deploy.calibset import CalibSet, collect_calibset, random_conditioning
+from pqcad_deploy.cli.common import (
+    add_calib_args,
+    add_device,
+    add_subcommand,
+    calib_collect_kwargs,
+    check_output_path,
+    resolve_device,
+)
 from pqcad_deploy.denoiser import TorchDenoiser
-from pqcad_deploy.zoo import TEACHER_PATH, load_model
+from pqcad_deploy.io import CheckpointError
+from pqcad_deploy.loading import open_model
+from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec
 
 log = logging.getLogger(__name__)
 
 
-def run(args: argparse.Namespace) -> Path:
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, spec = load_model(args.teacher)
+def load_or_collect_calib(
+    path: str | Path | None,
+    teacher: nn.Module,
+    spec: ModelSpec,
+    device: torch.device | str,
+    collect: dict[str, int],
+    progress: bool = True,
+) -> CalibSet:
+    """Load the calibration set at ``path``; without one, collect it with the FP teacher (and save it there)."""
+    if path is not None and Path(path).exists():
+        cs = CalibSet.load(path)
+        made_for = cs.meta.get("model")
+        if (made_for and made_for != spec.name) or tuple(cs.x_t.shape[1:]) != tuple(spec.sample_shape):
+            raise CheckpointError(
+                f"Calibration set {path} was collected for {made_for} {tuple(cs.x_t.shape[1:])}, not for the "
+                f"teacher {spec.name} {tuple(spec.sample_shape)}; collect one for this teacher (pqcad-train calib)."
+            )
+        return cs
     cond_fn = None
     if spec.cond_shape:
-        log.warning(
-            "%s is conditional: calibrating on random encoder states (no text encoder here)", spec.name
-        )
-        cond_fn = random_conditioning(spec.cond_shape, args.seed + 7)
+        log.warning("%s is conditional: calibrating on random encoder states (N(0, 1))", spec.name)
+        cond_fn = random_conditioning(spec.cond_shape, collect["seed"] + 7)
+    log.info("collecting a calibration set (%s)", collect)
     cs = collect_calibset(
-        TorchDenoiser(model.to(dev)),
-        spec,
-        n_trajectories=args.trajectories,
-        steps=args.steps,
-        n_points=args.points,
-        seed=args.seed,
-        device=dev,
-        batch_size=args.batch_size,
-        cond_fn=cond_fn,
+        TorchDenoiser(teacher.to(device)), spec, device=device, cond_fn=cond_fn, progress=progress, **collect
     )
-    out = cs.save(args.out)
-    log.info("wrote %s (%d points)", out, len(cs))
-    return out
+    if path is not None:
+        cs.save(path)
+        log.info("saved calibration set to %s (%d points)", path, len(cs))
+    return cs
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "calib",
-        help="sample the FP calibration set (x_t, t, eps_FP, one/two-step FP targets)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def run(args: argparse.Namespace) -> Path:
+    if args.out.exists() and not args.overwrite:
+        raise CheckpointError(f"{args.out} exists; pass --overwrite to replace it or choose another --out.")
+    check_output_path(args.out, inputs=[args.teacher])
+    bundle = open_model(args.teacher)
+    dev = resolve_device(args.device)
+    cs = load_or_collect_calib(None, bundle.model, bundle.spec, dev, calib_collect_kwargs(args))
+    cs.save(args.out)
+    print(f"wrote {args.out}: {len(cs)} points ({cs.meta.get('n_trajectories')} trajectories)")
+    return args.out
+
+
+def register(sub: Any) -> None:
+    p = add_subcommand(
+        sub, "calib", "sample the FP calibration set (x_t, t, eps_FP, one/two-step FP targets)", __doc__
     )
     p.add_argument(
-        "--teacher", default=str(TEACHER_PATH), help="FP teacher weights (.safetensors + .json sidecar)"
+        "--teacher", default=str(TEACHER_PATH), help="FP teacher (.safetensors + .json) or zoo name"
     )
-    p.add_argument("--out", default="runs/calib.safetensors")
-    p.add_argument("--trajectories", type=int, default=256, help="number of FP sampling trajectories")
     p.add_argument(
-        "--steps", type=int, default=100, help="DDIM steps of each trajectory (the deployment sampler)"
+        "--out", type=Path, default=Path("runs/calib.safetensors"), help="calibration set to write"
     )
-    p.add_argument("--points", type=int, default=20, help="evenly spaced steps kept per trajectory")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--device", default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_calib_args(p, with_path=False)
+    add_device(p)
     p.set_defaults(func=run)

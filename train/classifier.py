@@ -5,12 +5,22 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pqcad_deploy.classifier import FMNISTClassifier, save_classifier
+from pqcad_deploy.cli.common import (
+    add_device,
+    add_subcommand,
+    check_output_path,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    resolve_device,
+)
 from pqcad_deploy.data import load_fashion_mnist
 
 log = logging.getLogger(__name__)
@@ -26,7 +36,8 @@ def accuracy(model: FMNISTClassifier, x: torch.Tensor, y: torch.Tensor, batch: i
 
 
 def train(args: argparse.Namespace) -> Path:
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(args.device)
+    check_output_path(args.out)
     torch.manual_seed(args.seed)
     tr, te = load_fashion_mnist("train", args.data_dir), load_fashion_mnist("test", args.data_dir)
     x, y = tr.as_model_input().to(dev), tr.labels.to(dev)
@@ -74,17 +85,15 @@ def train(args: argparse.Namespace) -> Path:
     return out
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "classifier",
-        help="train the Fashion-MNIST feature classifier used by FD-fmnist",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def register(sub: Any) -> None:
+    p = add_subcommand(
+        sub, "classifier", "train the Fashion-MNIST feature classifier used by FD-fmnist", __doc__
     )
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     p.add_argument("--out", default="runs/fmnist_classifier.safetensors")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--epochs", type=positive_int, default=12)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--lr", type=positive_float, default=3e-3)
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    add_device(p)
     p.set_defaults(func=train)

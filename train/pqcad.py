@@ -8,6 +8,7 @@ calibration set, optionally with step halving in the last stage. design.md secti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -17,55 +18,30 @@ from typing import Any
 import torch
 from torch import nn
 
+from pqcad_deploy.cli.common import (
+    add_calib_args,
+    add_device,
+    add_subcommand,
+    calib_collect_kwargs,
+    check_output_path,
+    float_range,
+    nonneg_float,
+    nonneg_int,
+    positive_int,
+    resolve_device,
+)
+from pqcad_deploy.errors import UsageError
 from pqcad_deploy.io import CheckpointError
-from pqcad_deploy.zoo import MODEL_SPECS, TEACHER_PATH, ModelSpec, build_model, load_model
+from pqcad_deploy.loading import open_model
+from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec
 
 from . import distributed
+from .calib import load_or_collect_calib
 from .pqcad_config import PQCADConfig
-from .pqcad_trainer import PQCADTrainer, quant_config
+from .pqcad_trainer import PQCADTrainer
+from .ptq import add_quant_args, quant_kwargs
 
 log = logging.getLogger(__name__)
-
-
-def load_teacher(source: str | Path) -> tuple[nn.Module, ModelSpec]:
-    """A safetensors file (+ JSON sidecar), or a zoo name for random weights (tests, smoke runs)."""
-    p = Path(source)
-    if p.suffix == ".safetensors" or p.exists():
-        return load_model(p)
-    if str(source) in MODEL_SPECS:
-        log.warning("teacher %s: zoo config with RANDOM weights (smoke test only)", source)
-        return build_model(str(source), seed=0).eval(), MODEL_SPECS[str(source)]
-    raise CheckpointError(
-        f"Teacher {source} is neither a weights file nor a zoo model ({sorted(MODEL_SPECS)})."
-    )
-
-
-def load_or_collect_calib(
-    path: str | Path | None,
-    teacher: nn.Module,
-    spec: ModelSpec,
-    device: torch.device,
-    collect: dict[str, int],
-) -> Any:
-    """Load the calibration set; without one, collect it with the FP teacher (and save it for reuse)."""
-    from pqcad_deploy.calibset import CalibSet, collect_calibset
-    from pqcad_deploy.denoiser import TorchDenoiser
-
-    if path is not None and Path(path).exists():
-        cs = CalibSet.load(path)
-        made_for = cs.meta.get("model")
-        if made_for and made_for != spec.name or tuple(cs.x_t.shape[1:]) != tuple(spec.sample_shape):
-            raise CheckpointError(
-                f"calibration set {path} was collected for {made_for} {tuple(cs.x_t.shape[1:])}, not for the "
-                f"teacher {spec.name} {tuple(spec.sample_shape)}; collect one for this teacher (pqcad-train calib)."
-            )
-        return cs
-    log.info("collecting a calibration set (%s)", collect)
-    cs = collect_calibset(TorchDenoiser(teacher.to(device)), spec, device=device, **collect)
-    if path is not None:
-        cs.save(path)
-        log.info("saved calibration set to %s", path)
-    return cs
 
 
 def train_pqcad(
@@ -135,7 +111,7 @@ def train_pqcad(
         **(extra_meta or {}),
     }
     if ctx.is_main:
-        save_student(out, trainer.student, spec, quant_config(cfg, final_bits), meta)
+        save_student(out, trainer.student, spec, meta=meta)
         log.info(
             "saved student %s (%s, sampler steps %d, train time %.1fs)",
             out,
@@ -150,105 +126,100 @@ def train_pqcad(
 
 
 def config_from_args(args: argparse.Namespace) -> PQCADConfig:
-    return PQCADConfig(
-        bits=tuple(args.bits.split(":")),
-        schedule=args.schedule,
-        target=args.target,
-        ptq_method=args.ptq_method,
-        steps=args.steps,
-        stage1_cap=args.stage1_cap,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_quant=args.lr_quant,
-        beta=args.beta,
-        eps=args.eps,
-        patience=args.patience,
-        check_every=args.check_every,
-        stage2_reinit=args.stage2_reinit,
-        lambda_d=args.lambda_d,
-        lambda_c=args.lambda_c,
-        teacher_kind=args.teacher_kind,
-        halve_steps=args.halve_steps,
-        seed=args.seed,
-        bf16=args.bf16,
-        save_every=args.save_every,
-    )
+    """Every PQCADConfig field from the flag of the same name (``--bits`` is a ``:``-joined list)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PQCADConfig) if hasattr(args, f.name)}
+    values.update(quant_kwargs(args))
+    values["ptq_method"] = values.pop("calib_method")
+    values["bits"] = tuple(args.bits.split(":"))
+    values["bf16"] = args.mixed_precision == "bf16"
+    return PQCADConfig(**values)
 
 
 def _main(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
+    check_output_path(args.out, inputs=[args.teacher, args.calib, args.resume])
+    dev = resolve_device(args.device)
     t0 = time.perf_counter()
-    teacher, spec = load_teacher(args.teacher)
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    collect = dict(
-        n_trajectories=args.calib_trajectories,
-        steps=args.calib_steps,
-        n_points=args.calib_points,
-        seed=args.seed + 12345,
-        batch_size=args.calib_batch,
+    bundle = open_model(args.teacher)
+    if bundle.quantized:
+        raise UsageError(f"--teacher {args.teacher} is a quantized student; PQCAD starts from an FP model.")
+    calib = load_or_collect_calib(args.calib, bundle.model, bundle.spec, dev, calib_collect_kwargs(args))
+    out = train_pqcad(
+        cfg,
+        bundle.model,
+        bundle.spec,
+        calib,
+        args.out,
+        resume=args.resume,
+        device=str(dev),
+        progress=not args.no_progress,
     )
-    calib = load_or_collect_calib(args.calib, teacher, spec, dev, collect)
-    out = Path(args.out)
-    if not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    train_pqcad(
-        cfg, teacher, spec, calib, out, resume=args.resume, device=args.device, progress=not args.no_progress
-    )
-    log.info("done in %.1fs", time.perf_counter() - t0)
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Any) -> None:
     d = PQCADConfig()
-    p = sub.add_parser(
-        "pqcad",
-        help="train a PQCAD student (or the fixed-bit QAT / PTQ baselines)",
-        description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = add_subcommand(sub, "pqcad", "train a PQCAD student (or the fixed-bit QAT / PTQ baselines)", __doc__)
+    p.add_argument(
+        "--teacher", default=str(TEACHER_PATH), help="FP teacher (.safetensors + .json) or zoo name"
     )
     p.add_argument(
-        "--teacher", default=str(TEACHER_PATH), help="FP teacher safetensors (or a zoo name: random weights)"
+        "--out", type=Path, default=Path("runs/pqcad/student.pt"), help="student checkpoint to write"
     )
     p.add_argument(
-        "--calib",
+        "--resume",
         default=None,
-        help="calibration set (pqcad-train calib); collected and saved here if missing",
+        help="training checkpoint to resume or branch from, or 'auto' (<out>_train.pt)",
     )
-    p.add_argument("--out", default="runs/pqcad/student.pt", help="student checkpoint (student.save_student)")
-    p.add_argument("--resume", default=None, help="training checkpoint to resume/branch from, or 'auto'")
-    g = p.add_argument_group("quantization")
-    g.add_argument(
-        "--bits", default=":".join(d.bits), help="stage bits, e.g. w8a8:w4a8 (progressive) or w4a8"
+    add_quant_args(
+        p, "stage bit-widths: w8a8:w4a8 (progressive) or one, e.g. w4a8", ":".join(d.bits), d.ptq_method
     )
+    g = p.add_argument_group("schedule and optimisation")
     g.add_argument(
         "--schedule",
         choices=["progressive", "fixed"],
         default=d.schedule,
         help="fixed: fixed-bit QAT straight at the last bits (baseline)",
     )
-    g.add_argument("--target", choices=["tensorrt", "onnxruntime"], default=d.target)
-    g.add_argument("--ptq-method", choices=["maxabs", "percentile", "mse"], default=d.ptq_method)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=d.steps, help="total optimizer steps (0: PTQ only)")
+    g.add_argument("--steps", type=nonneg_int, default=d.steps, help="total optimizer steps (0: PTQ only)")
     g.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help="global batch (split across DDP ranks)"
+        "--batch-size", type=positive_int, default=d.batch_size, help="GLOBAL batch, split across DDP ranks"
     )
-    g.add_argument("--lr", type=float, default=d.lr, help="weights")
-    g.add_argument("--lr-quant", type=float, default=d.lr_quant, help="quantizer step sizes")
-    g.add_argument("--save-every", type=int, default=d.save_every)
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--lr", type=nonneg_float, default=d.lr, help="learning rate of the weights")
     g.add_argument(
-        "--bf16", action="store_true", help="bf16 autocast on GPU (off: fake-quant is exact in fp32)"
+        "--lr-quant", type=nonneg_float, default=d.lr_quant, help="learning rate of the quantizer step sizes"
+    )
+    g.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay)
+    g.add_argument("--grad-clip", type=nonneg_float, default=d.grad_clip, help="gradient norm clip (0: off)")
+    g.add_argument("--save-every", type=positive_int, default=d.save_every, help="atomic checkpoint interval")
+    g.add_argument("--seed", type=nonneg_int, default=d.seed)
+    g.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16"],
+        default="bf16" if d.bf16 else "no",
+        help="bf16 autocast on GPU (no: fake-quant rounding stays exact in fp32)",
     )
     g = p.add_argument_group("momentum transition")
     g.add_argument(
-        "--stage1-cap", type=int, default=d.stage1_cap, help="switch at this stage-1 step at the latest"
+        "--stage1-cap",
+        type=positive_int,
+        default=d.stage1_cap,
+        help="switch at this stage-1 step at the latest",
     )
-    g.add_argument("--beta", type=float, default=d.beta)
-    g.add_argument("--eps", type=float, default=d.eps, help="plateau when |m| < eps * L_0")
+    g.add_argument("--beta", type=float_range(0.0, 1.0), default=d.beta, help="momentum of the loss decrease")
+    g.add_argument("--eps", type=nonneg_float, default=d.eps, help="plateau when |m| < eps * L_0")
     g.add_argument(
-        "--patience", type=int, default=d.patience, help="consecutive plateau checks before switching"
+        "--patience",
+        type=positive_int,
+        default=d.patience,
+        help="consecutive plateau checks before switching",
     )
-    g.add_argument("--check-every", type=int, default=d.check_every)
+    g.add_argument(
+        "--check-every", type=positive_int, default=d.check_every, help="steps between checks of the rule"
+    )
+    g.add_argument(
+        "--smoothing", type=float_range(0.0, 1.0), default=d.smoothing, help="EMA of the per-step loss"
+    )
     g.add_argument(
         "--stage2-reinit",
         choices=["auto", "mse", "rescale"],
@@ -256,8 +227,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="low-bit weight step sizes at the switch (auto: the lower eps-error on a calibration probe)",
     )
     g = p.add_argument_group("CAD and step halving")
-    g.add_argument("--lambda-d", type=float, default=d.lambda_d, help="weight of ||student - teacher||^2")
-    g.add_argument("--lambda-c", type=float, default=d.lambda_c, help="weight of ||student - FP target||^2")
+    g.add_argument(
+        "--lambda-d", type=nonneg_float, default=d.lambda_d, help="weight of ||student - teacher||^2"
+    )
+    g.add_argument(
+        "--lambda-c", type=nonneg_float, default=d.lambda_c, help="weight of ||student - FP target||^2"
+    )
     g.add_argument(
         "--teacher-kind",
         choices=["quant", "fp"],
@@ -267,11 +242,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--halve-steps", action="store_true", help="last stage: one student step = two teacher DDIM steps"
     )
-    g = p.add_argument_group("calibration set (only when --calib is missing)")
-    g.add_argument("--calib-trajectories", type=int, default=256)
-    g.add_argument("--calib-steps", type=int, default=100)
-    g.add_argument("--calib-points", type=int, default=20)
-    g.add_argument("--calib-batch", type=int, default=256)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--no-progress", action="store_true")
+    add_calib_args(p)
+    add_device(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_main)

@@ -6,7 +6,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from pqcad_deploy.errors import PQCADError
+from pqcad_deploy.quant.config import QuantConfig, parse_bits
+
 CONFIG_VERSION = 1
+
+
+class PQCADConfigError(PQCADError, ValueError):
+    """A PQCAD setting is out of range or inconsistent; the message names the setting."""
+
 
 # Knobs a run may change when it resumes or branches from another run's checkpoint (loss and budget only).
 BRANCHABLE = frozenset(
@@ -21,20 +29,9 @@ BRANCHABLE = frozenset(
         "lr_quant",
         "save_every",
         "bits",
+        "int4_block_size",
     }
 )
-
-
-def parse_bits(spec: str) -> tuple[int, int]:
-    """``"w4a8"`` -> (4, 8)."""
-    s = spec.strip().lower()
-    try:
-        if not s.startswith("w") or "a" not in s:
-            raise ValueError
-        w, a = s[1:].split("a")
-        return int(w), int(a)
-    except ValueError:
-        raise ValueError(f"Bad bit-width {spec!r}; write it as wXaY, e.g. w8a8 or w4a8.") from None
 
 
 @dataclass(frozen=True)
@@ -47,8 +44,13 @@ class PQCADConfig:
 
     bits: tuple[str, ...] = ("w8a8", "w4a8")
     schedule: str = "progressive"  # "progressive" | "fixed"
-    target: str = "tensorrt"  # quantization target, see design.md section 3
+    target: str = "tensorrt"  # quantization target: what the fake-quant graph reproduces
     ptq_method: str = "mse"  # PTQ initialisation of stage 1: maxabs | percentile | mse
+    percentile: float = 99.99  # for ptq_method "percentile"
+    int4_block_size: int | None = None  # Linear weights at <= 4 bits: blocks along in_features
+    quantize_conv_in: bool = False
+    quantize_conv_out: bool = False
+    weight_reduce_range: bool | None = None  # None: on for onnxruntime (7-bit weight grid), off for tensorrt
     steps: int = 2000  # total optimizer steps, both stages
     stage1_cap: int = 1000  # switch at this stage-1 step at the latest
     batch_size: int = 128  # global (split across DDP ranks)
@@ -74,32 +76,41 @@ class PQCADConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bits", tuple(self.bits))
         if not self.bits or len(self.bits) > 2:
-            raise ValueError(f"bits takes one or two bit-widths (w8a8 or w8a8:w4a8), got {self.bits}.")
+            raise PQCADConfigError(f"bits takes one or two bit-widths (w8a8 or w8a8:w4a8), got {self.bits}.")
         parsed = [parse_bits(b) for b in self.bits]
-        from pqcad_deploy.quant.config import ACT_BITS, WEIGHT_BITS
-
-        for (w, a), name in zip(parsed, self.bits, strict=True):
-            if w not in WEIGHT_BITS or a not in ACT_BITS:
-                raise ValueError(
-                    f"bits {name}: weights must be one of {list(WEIGHT_BITS)} and activations one of {list(ACT_BITS)}."
-                )
         if self.schedule not in ("progressive", "fixed"):
-            raise ValueError(f"schedule must be 'progressive' or 'fixed', got {self.schedule!r}.")
+            raise PQCADConfigError(f"schedule must be 'progressive' or 'fixed', got {self.schedule!r}.")
         if self.schedule == "progressive" and len(parsed) == 2 and parsed[0][1] != parsed[1][1]:
-            raise ValueError(
+            raise PQCADConfigError(
                 f"progressive schedule {self.bits} changes activation bits; only weight bits can change "
                 "between stages (set_weight_bits). Use e.g. w8a8:w4a8."
             )
         if self.stage2_reinit not in ("mse", "rescale", "auto"):
-            raise ValueError(f"stage2_reinit must be 'mse', 'rescale' or 'auto', got {self.stage2_reinit!r}.")
+            raise PQCADConfigError(
+                f"stage2_reinit must be 'mse', 'rescale' or 'auto', got {self.stage2_reinit!r}."
+            )
         if self.teacher_kind not in ("quant", "fp"):
-            raise ValueError(f"teacher_kind must be 'quant' or 'fp', got {self.teacher_kind!r}.")
+            raise PQCADConfigError(f"teacher_kind must be 'quant' or 'fp', got {self.teacher_kind!r}.")
+        if self.schedule == "progressive" and len(parsed) == 2 and parsed[1][0] > parsed[0][0]:
+            raise PQCADConfigError(
+                f"progressive schedule {self.bits} raises the weight bits; stage 2 must not have more bits than "
+                "stage 1 (e.g. w8a8:w4a8)."
+            )
         if self.steps < 0 or self.stage1_cap < 1 or self.batch_size < 1:
-            raise ValueError("need steps >= 0, stage1_cap >= 1 and batch_size >= 1.")
+            raise PQCADConfigError("need steps >= 0, stage1_cap >= 1 and batch_size >= 1.")
+        if not (self.lr >= 0 and self.lr_quant >= 0 and self.lr + self.lr_quant > 0):
+            raise PQCADConfigError(
+                f"learning rates must be >= 0 and not both 0 (lr {self.lr}, lr_quant {self.lr_quant})."
+            )
+        if self.check_every < 1 or self.patience < 1 or self.save_every < 1:
+            raise PQCADConfigError("check_every, patience and save_every must be >= 1.")
+        if not (0 <= self.beta < 1 and 0 <= self.smoothing < 1 and self.eps >= 0 and self.grad_clip >= 0):
+            raise PQCADConfigError("need 0 <= beta < 1, 0 <= smoothing < 1, eps >= 0 and grad_clip >= 0.")
+        self.quant_config(parsed[-1])  # every quantization knob is checked here, before any work
         if self.lambda_d < 0 or self.lambda_c < 0 or self.lambda_d + self.lambda_c == 0:
-            raise ValueError("CAD weights lambda_d, lambda_c must be >= 0 and not both 0.")
+            raise PQCADConfigError("CAD weights lambda_d, lambda_c must be >= 0 and not both 0.")
         if self.version != CONFIG_VERSION:
-            raise ValueError(
+            raise PQCADConfigError(
                 f"PQCADConfig version {self.version} is not supported (this code: {CONFIG_VERSION})."
             )
 
@@ -111,6 +122,20 @@ class PQCADConfig:
             return [parsed[-1]]
         return parsed
 
+    def quant_config(self, bits: tuple[int, int]) -> QuantConfig:
+        """The QuantConfig a stage at ``bits`` applies (and the student records)."""
+        return QuantConfig(
+            target=self.target,
+            weight_bits=bits[0],
+            act_bits=bits[1],
+            calib_method=self.ptq_method,
+            percentile=self.percentile,
+            int4_block_size=self.int4_block_size,
+            quantize_conv_in=self.quantize_conv_in,
+            quantize_conv_out=self.quantize_conv_out,
+            weight_reduce_range=self.weight_reduce_range,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["bits"] = list(self.bits)
@@ -121,7 +146,9 @@ class PQCADConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"Unknown PQCAD config keys {sorted(unknown)}; written by a newer version?")
+            raise PQCADConfigError(
+                f"Unknown PQCAD config keys {sorted(unknown)}; written by a newer version?"
+            )
         return cls(**d)
 
     def replace(self, **kw: Any) -> PQCADConfig:

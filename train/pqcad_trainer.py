@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from pqcad_deploy.calibset import eps_mse
 from pqcad_deploy.denoiser import UNetWrapper
 from pqcad_deploy.io import CheckpointError, atomic_torch_save, safe_torch_load
+from pqcad_deploy.quant import iter_quantizers, quantize_model, set_weight_bits
 from pqcad_deploy.sampling import make_scheduler
 from pqcad_deploy.zoo import ModelSpec
 
@@ -29,21 +30,14 @@ from . import distributed
 from .pqcad_config import BRANCHABLE, PQCADConfig
 from .pqcad_losses import alphas_at, cad_loss, ddim_step, eps_from_two_step
 from .pqcad_momentum import MomentumSwitch
+from .ptq import ptq_student
 
 log = logging.getLogger(__name__)
 FORMAT = "pqcad-train-state/1"
 
 
-def quant_config(cfg: PQCADConfig, bits: tuple[int, int]):
-    from pqcad_deploy.quant import QuantConfig
-
-    return QuantConfig(target=cfg.target, weight_bits=bits[0], act_bits=bits[1])
-
-
 def param_groups(model: nn.Module, cfg: PQCADConfig) -> list[dict[str, Any]]:
     """Weights and quantizer step sizes in separate groups (different learning rates)."""
-    from pqcad_deploy.quant import iter_quantizers
-
     prefixes = tuple(f"{name}." for name, _ in iter_quantizers(model))
     quant, weights = [], []
     for name, p in model.named_parameters():
@@ -119,30 +113,17 @@ class PQCADTrainer:
         return MomentumSwitch(c.beta, c.eps, c.patience, c.stage1_cap, c.check_every, c.smoothing)
 
     def _quantized_copy(self, bits: tuple[int, int]) -> nn.Module:
-        from pqcad_deploy.quant import quantize_model
-
         # The FP teacher is frozen; its copy must not be, or only the quantizer step sizes would train.
         model = copy.deepcopy(self.fp).to(self.dev).requires_grad_(True).train()
-        return quantize_model(model, quant_config(self.cfg, bits))
+        return quantize_model(model, self.cfg.quant_config(bits))
 
     def init_ptq(self) -> None:
-        """Fresh run: quantize a copy of the teacher and calibrate it on the calibration set (PTQ init)."""
-        from pqcad_deploy.calibset import forward_loop_from
-        from pqcad_deploy.quant import calibrate
-
+        """Fresh run: the stage-1 student is the PTQ model (the one PTQ path, every calibration point)."""
         bits = self.cfg.stage_bits[0]
-        self.student = self._quantized_copy(bits)
-        t0 = time.perf_counter()
-        calibrate(self.student, forward_loop_from(self.calib, 64, self.dev, 16), method=self.cfg.ptq_method)
-        self.history.append(
-            {
-                "event": "ptq_init",
-                "bits": self._bits_name(bits),
-                "method": self.cfg.ptq_method,
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-        )
-        log.info("PTQ init at %s (%s) done", self._bits_name(bits), self.cfg.ptq_method)
+        model, entry = ptq_student(self.fp, self.cfg.quant_config(bits), self.calib, self.dev)
+        self.student = model.requires_grad_(True).train()
+        self.history.append(entry)
+        log.info("PTQ init at %s (%s) done in %.1fs", entry["bits"], entry["method"], entry["seconds"])
         self._make_optimizer()
 
     @staticmethod
@@ -215,8 +196,6 @@ class PQCADTrainer:
         """Switch weight bits in place. On a real switch the step sizes are re-initialised from the current
         weights by ``stage2_reinit``; "auto" tries "mse" and "rescale" and keeps the lower eps-error on a fixed
         calibration probe (MSE clipping is not always better at 4 bits for the sampled images)."""
-        from pqcad_deploy.quant import set_weight_bits
-
         if not reinit:
             set_weight_bits(model, bits[0], reinit="rescale")
             return {}

@@ -1,152 +1,174 @@
-"""``pqcad-train ptq``: post-training quantization baselines (no training) -> a student checkpoint.
+"""``pqcad-train ptq`` and the one PTQ path: quantize a copy of the FP model and calibrate it on a calibration set.
 
-Calibration data is timestep-aware (Q-Diffusion style): x_t taken from FP DDIM trajectories at evenly spaced
-steps (``calibset``), either loaded with ``--calib`` or collected from the teacher on the fly.
+:func:`ptq_student` is what the PTQ baselines, PQCAD's stage-1 initialisation, the demo and every benchmark call,
+so every "PTQ" number comes from the same estimator. The calibration data is timestep-aware (Q-Diffusion style):
+x_t from FP DDIM trajectories at evenly spaced steps (``calibset``). :func:`select_ptq_method` picks the method
+with the lowest noise-prediction error against the FP teacher on held-out calibration points.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from pqcad_deploy.calibset import CalibSet, collect_calibset, forward_loop_from, random_conditioning
-from pqcad_deploy.denoiser import TorchDenoiser
-from pqcad_deploy.quant import QuantConfig, calibrate, quantize_model
+from pqcad_deploy.calibset import CalibSet, eps_mse, forward_loop_from
+from pqcad_deploy.cli.common import (
+    add_calib_args,
+    add_device,
+    add_subcommand,
+    calib_collect_kwargs,
+    check_output_path,
+    float_range,
+    resolve_device,
+)
+from pqcad_deploy.loading import open_model
+from pqcad_deploy.quant import QuantConfig, calibrate, parse_bits, quantize_model
+from pqcad_deploy.quant.config import BLOCK_SIZES, CALIB_METHODS, TARGETS
 from pqcad_deploy.student import save_student
-from pqcad_deploy.zoo import MODEL_SPECS, TEACHER_PATH, ModelSpec, build_model, load_model
+from pqcad_deploy.zoo import TEACHER_PATH
+
+from .calib import load_or_collect_calib
 
 log = logging.getLogger(__name__)
 
-BITS = {"w8a8": (8, 8), "w4a8": (4, 8)}
-
-
-def parse_bits(text: str) -> tuple[int, int]:
-    if text not in BITS:
-        raise ValueError(f"--bits {text!r} is not supported; choose one of {sorted(BITS)}.")
-    return BITS[text]
-
-
-def load_teacher(path_or_name: str) -> tuple[nn.Module, ModelSpec]:
-    """An FP model from safetensors + sidecar, or a zoo name (random weights: for smoke tests only)."""
-    if Path(path_or_name).is_file():
-        return load_model(path_or_name)
-    if path_or_name in MODEL_SPECS:
-        log.warning("--teacher %s is a zoo name: using RANDOM weights (smoke test only)", path_or_name)
-        spec = MODEL_SPECS[path_or_name]
-        return build_model(spec, seed=0).eval(), spec
-    raise FileNotFoundError(
-        f"Teacher {path_or_name} is neither a file nor a zoo model ({sorted(MODEL_SPECS)}); "
-        f"the shipped teacher is {TEACHER_PATH}."
-    )
-
-
-def get_calibset(
-    teacher: nn.Module, spec: ModelSpec, args: argparse.Namespace, device: torch.device
-) -> CalibSet:
-    if args.calib:
-        return CalibSet.load(args.calib)
-    cond_fn = random_conditioning(spec.cond_shape, args.seed + 7) if spec.cond_shape else None
-    cs = collect_calibset(
-        TorchDenoiser(teacher.to(device)),
-        spec,
-        n_trajectories=args.n_trajectories,
-        steps=args.calib_steps,
-        n_points=args.n_points,
-        seed=args.seed,
-        device=device,
-        batch_size=args.batch_size,
-        cond_fn=cond_fn,
-    )
-    if args.save_calib:
-        cs.save(args.save_calib)
-    return cs
+CALIB_BATCH = 256  # calibration forward batch; every point of the set is used
 
 
 def ptq_student(
-    teacher: nn.Module,
-    cfg: QuantConfig,
-    cs: CalibSet,
-    method: str,
-    batch_size: int = 256,
-    max_batches: int | None = None,
+    fp_model: nn.Module,
+    qcfg: QuantConfig,
+    calib: CalibSet,
     device: str | torch.device = "cpu",
-    percentile: float | None = None,
-) -> tuple[nn.Module, dict]:
-    """Quantize ``teacher`` in place and calibrate it on ``cs``; returns (model, history entry)."""
+    batch_size: int = CALIB_BATCH,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Quantize a copy of ``fp_model`` with ``qcfg`` and calibrate it on every point of ``calib`` with
+    ``qcfg.calib_method``; returns (model in eval mode on ``device``, history entry). The FP model is untouched."""
     t0 = time.perf_counter()
-    model = quantize_model(teacher.to(device).eval(), cfg)
-    loop = forward_loop_from(cs, batch_size=batch_size, device=device, max_batches=max_batches)
-    calibrate(model, loop, method=method, percentile=percentile or cfg.percentile)
+    model = quantize_model(copy.deepcopy(fp_model).to(device).eval(), qcfg)
+    loop = forward_loop_from(calib, batch_size=batch_size, device=device)
+    calibrate(model, loop, method=qcfg.calib_method, percentile=qcfg.percentile)
     entry = {
-        "stage": "ptq",
-        "method": method,
-        "weight_bits": cfg.weight_bits,
-        "act_bits": cfg.act_bits,
-        "target": cfg.target,
-        "calib_points": len(cs),
-        "calib_meta": cs.meta,
-        "max_batches": max_batches,
+        "event": "ptq",
+        "method": qcfg.calib_method,
+        "bits": f"w{qcfg.weight_bits}a{qcfg.act_bits}",
+        "target": qcfg.target,
+        "calib_points": len(calib),
+        "calib": {k: v for k, v in calib.meta.items() if isinstance(v, (int, float, str, bool))},
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return model, entry
 
 
-def run(args: argparse.Namespace) -> Path:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    wbits, abits = parse_bits(args.bits)
-    cfg = QuantConfig(
-        target=args.target,
-        weight_bits=wbits,
-        act_bits=abits,
-        int4_block_size=args.int4_block_size,
-        calib_method=args.method,
-        percentile=args.percentile,
-        quantize_conv_in=args.quantize_conv_in,
-        quantize_conv_out=args.quantize_conv_out,
-        weight_reduce_range={"auto": None, "on": True, "off": False}[args.weight_reduce_range],
-    )
-    teacher, spec = load_teacher(args.teacher)
-    cs = get_calibset(teacher, spec, args, device)
-    model, entry = ptq_student(
-        teacher, cfg, cs, args.method, args.batch_size, args.max_batches, device, args.percentile
-    )
-    entry["teacher"] = str(args.teacher)
-    meta = {"history": [entry], "sampling": {"scheduler": "ddim", "steps": None}}
-    out = save_student(args.out, model.cpu(), spec, cfg, meta)
-    log.info("PTQ %s %s (%s) -> %s", args.bits, args.method, args.target, out)
-    return out
+def probe_indices(calib: CalibSet, n: int = 2048, seed: int = 99) -> torch.Tensor:
+    """A fixed random subset of calibration points for scoring (the same for every candidate)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(len(calib), generator=g)[:n]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ptq", help="post-training quantization baseline -> student checkpoint")
-    p.add_argument("--teacher", default=str(TEACHER_PATH), help="FP model .safetensors (+ .json) or zoo name")
-    p.add_argument("--method", choices=["maxabs", "percentile", "mse"], default="maxabs")
-    p.add_argument("--bits", choices=sorted(BITS), default="w8a8")
-    p.add_argument("--target", choices=["tensorrt", "onnxruntime"], default="tensorrt")
-    p.add_argument("--int4-block-size", type=int, default=None, help="block size for 4-bit Linear weights")
-    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile")
-    p.add_argument("--quantize-conv-in", action="store_true")
-    p.add_argument("--quantize-conv-out", action="store_true")
-    p.add_argument(
+def select_ptq_method(
+    fp_model: nn.Module,
+    qcfg: QuantConfig,
+    calib: CalibSet,
+    methods: tuple[str, ...] = CALIB_METHODS,
+    device: str | torch.device = "cpu",
+    probe: CalibSet | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """PTQ with every method in ``methods``; keep the one whose noise prediction is closest to the FP teacher's
+    (eps-MSE on ``probe``, default: a fixed subset of ``calib``). Returns (best model, its history entry, which
+    records every method's score under ``selection``)."""
+    probe = probe or calib
+    idx = probe_indices(probe)
+    best, scores = None, {}
+    for m in methods:
+        model, entry = ptq_student(fp_model, qcfg.replace(calib_method=m), calib, device)
+        scores[m] = eps_mse(model, probe, idx, device)
+        if best is None or scores[m] < scores[best[0]]:
+            best = (m, model, entry)
+        log.info("PTQ %s: eps-MSE %.4g", m, scores[m])
+    method, model, entry = best
+    entry["selection"] = {"best": method, "eps_mse": scores}
+    return model, entry
+
+
+# ---------------------------------------------------------------- CLI
+def add_quant_args(
+    p: argparse.ArgumentParser, bits_help: str, bits_default: str, method_default: str = "mse"
+) -> None:
+    """The quantization knobs of ``ptq`` and ``pqcad`` (one group, one meaning, mapped onto QuantConfig)."""
+    d = QuantConfig()
+    g = p.add_argument_group("quantization")
+    g.add_argument("--bits", default=bits_default, help=bits_help)
+    g.add_argument(
+        "--target", choices=TARGETS, default=d.target, help="engine whose Q/DQ placement is trained"
+    )
+    g.add_argument(
+        "--ptq-method", choices=CALIB_METHODS, default="mse", help="activation/weight range estimator"
+    )
+    g.add_argument(
+        "--percentile",
+        type=float_range(50.0, 100.0, lo_open=True),
+        default=d.percentile,
+        help="for --ptq-method percentile",
+    )
+    g.add_argument(
+        "--int4-block-size",
+        type=int,
+        choices=[b for b in BLOCK_SIZES if b],
+        default=None,
+        help="4-bit Linear weights in blocks along in_features (default: per output channel)",
+    )
+    g.add_argument("--quantize-conv-in", action="store_true", help="also quantize the first convolution")
+    g.add_argument("--quantize-conv-out", action="store_true", help="also quantize the last convolution")
+    g.add_argument(
         "--weight-reduce-range",
         choices=["auto", "on", "off"],
         default="auto",
         help="8-bit weights on the 7-bit grid (auto: on for onnxruntime, whose x86 U8S8 kernels saturate)",
     )
-    g = p.add_argument_group("calibration data")
-    g.add_argument("--calib", default=None, help="saved calibration set (calibset); else collected now")
-    g.add_argument("--save-calib", default=None, help="where to save a collected calibration set")
-    g.add_argument("--n-trajectories", type=int, default=64)
-    g.add_argument("--calib-steps", type=int, default=100, help="DDIM steps of the FP trajectories")
-    g.add_argument("--n-points", type=int, default=20, help="evenly spaced steps kept per trajectory")
-    g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--max-batches", type=int, default=None)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", required=True, help="student checkpoint (.pt, or .safetensors + .json)")
+
+
+def quant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """QuantConfig keywords (all but the bit-widths) from :func:`add_quant_args`."""
+    return {
+        "target": args.target,
+        "calib_method": args.ptq_method,
+        "percentile": args.percentile,
+        "int4_block_size": args.int4_block_size,
+        "quantize_conv_in": args.quantize_conv_in,
+        "quantize_conv_out": args.quantize_conv_out,
+        "weight_reduce_range": {"auto": None, "on": True, "off": False}[args.weight_reduce_range],
+    }
+
+
+def run(args: argparse.Namespace) -> Path:
+    check_output_path(args.out, inputs=[args.teacher, args.calib])
+    wbits, abits = parse_bits(args.bits)
+    qcfg = QuantConfig(weight_bits=wbits, act_bits=abits, **quant_kwargs(args))
+    device = resolve_device(args.device)
+    bundle = open_model(args.teacher)
+    cs = load_or_collect_calib(args.calib, bundle.model, bundle.spec, device, calib_collect_kwargs(args))
+    model, entry = ptq_student(bundle.model, qcfg, cs, device)
+    entry["teacher"] = bundle.source
+    meta = {"history": [entry], "sampling": {"scheduler": "ddim", "steps": None}}
+    out = save_student(args.out, model.cpu(), bundle.spec, meta=meta)
+    print(f"wrote {out}: PTQ {args.bits} {qcfg.calib_method} ({qcfg.target}) on {len(cs)} calibration points")
+    return out
+
+
+def register(sub: Any) -> None:
+    p = add_subcommand(sub, "ptq", "post-training quantization baseline -> student checkpoint", __doc__)
+    p.add_argument("--teacher", default=str(TEACHER_PATH), help="FP model (.safetensors + .json) or zoo name")
+    p.add_argument(
+        "--out", type=Path, required=True, help="student checkpoint (.pt, or .safetensors + .json)"
+    )
+    add_quant_args(p, "bit-widths, wXaY (w8a8, w4a8)", "w8a8", method_default="maxabs")
+    add_calib_args(p)
+    add_device(p)
     p.set_defaults(func=run)

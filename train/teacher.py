@@ -13,12 +13,23 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
+from pqcad_deploy.cli.common import (
+    add_device,
+    add_subcommand,
+    float_range,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    resolve_device,
+)
 from pqcad_deploy.data import load_fashion_mnist
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.images import save_grid
@@ -84,7 +95,7 @@ def _load_resume(path: Path, model, ema, opt) -> int:
 
 
 def train(args: argparse.Namespace) -> Path:
-    ctx = distributed.setup(args.device)
+    ctx = distributed.setup(str(resolve_device(args.device)))
     dev = ctx.device
     spec = get_spec(args.model)
     data = load_fashion_mnist("train", args.data_dir).as_model_input().to(dev)
@@ -105,7 +116,7 @@ def train(args: argparse.Namespace) -> Path:
     net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None) if ctx.enabled else model
     alphas = make_scheduler("ddpm").alphas_cumprod.to(dev)
     per_rank = args.batch_size // ctx.world_size
-    use_bf16 = dev.type == "cuda" and not args.no_bf16
+    use_bf16 = dev.type == "cuda" and args.mixed_precision == "bf16"
     if ctx.is_main:
         log.info(
             "teacher %s: %.2fM params, %d images, batch %d x %d ranks, %d steps, bf16=%s",
@@ -191,35 +202,34 @@ def train(args: argparse.Namespace) -> Path:
     return weights
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "teacher",
-        help="train the full-precision teacher (DDPM eps-prediction) on Fashion-MNIST",
-        description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def register(sub: Any) -> None:
+    p = add_subcommand(
+        sub, "teacher", "train the full-precision teacher (DDPM eps-prediction) on Fashion-MNIST", __doc__
     )
     p.add_argument("--model", default="fmnist-ddpm", help="model zoo config")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     p.add_argument("--out", default="runs/teacher", help="output folder (checkpoint, weights, grid)")
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--batch-size", type=int, default=256, help="global batch (split across DDP ranks)")
-    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--steps", type=positive_int, default=20000)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=256, help="GLOBAL batch, split across DDP ranks"
+    )
+    p.add_argument("--lr", type=positive_float, default=4e-4)
     p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine")
-    p.add_argument("--warmup", type=int, default=500)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--ema-decay", type=float, default=0.9995)
+    p.add_argument("--warmup", type=nonneg_int, default=500)
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
+    p.add_argument("--ema-decay", type=float_range(0.0, 1.0), default=0.9995)
     p.add_argument("--hflip", action="store_true", help="random horizontal flips")
-    p.add_argument("--save-every", type=int, default=1000, help="atomic checkpoint interval (steps)")
+    p.add_argument("--save-every", type=positive_int, default=1000, help="atomic checkpoint interval (steps)")
     p.add_argument(
         "--resume", default=None, help="checkpoint to resume from, or 'auto' for <out>/teacher_train.pt"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument(
         "--time-limit",
-        type=float,
+        type=nonneg_float,
         default=0,
         help="stop after this many seconds (checkpoint kept; --resume continues)",
     )
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast on GPU")
+    add_device(p)
+    p.add_argument("--mixed-precision", choices=["no", "bf16"], default="bf16", help="bf16 autocast on GPU")
     p.set_defaults(func=train)

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from ..errors import Interrupted, PQCADError, UsageError
+from ..errors import Interrupted, OutputPathError, PQCADError, UsageError
+from ..io import writable_parent
 
 # Calibration-set defaults shared by `pqcad-train calib`, `ptq` and `pqcad`. Sized so that a 2-core CPU collects
 # the set in about a minute on the shipped teacher; the GPU recipes in the README ask for more.
@@ -40,6 +41,36 @@ def make_parser(prog: str, description: str | None, epilog: str | None = None) -
     return argparse.ArgumentParser(
         prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter
     )
+
+
+def add_subcommand(sub: Any, name: str, help: str, description: str | None) -> argparse.ArgumentParser:
+    """A subcommand parser with the same help formatting as its parent (argparse does not inherit it); ``-v``
+    works before or after the subcommand."""
+    p = sub.add_parser(name, help=help, description=description, formatter_class=HelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    return p
+
+
+def check_output_path(path: str | Path, inputs: list[Any] = (), what: str = "--out") -> Path:
+    """Validate an output location before any work: not a directory, not one of the command's inputs (writing it
+    would destroy what the command reads), and a writable folder (created when missing)."""
+    out = Path(path)
+    if out.is_dir():
+        raise OutputPathError(f"{what} {out} is a directory; give a file path.")
+    resolved = out.resolve()
+    for src in inputs:
+        if src is not None and Path(src).exists() and Path(src).resolve() == resolved:
+            raise OutputPathError(
+                f"{what} {out} is also an input of this command; choose another output path."
+            )
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as e:
+            raise OutputPathError(f"{what} {out}: cannot create folder {parent} ({e.strerror}).") from e
+    writable_parent(out, OutputPathError, f"choose another {what}")
+    return out
 
 
 # ---------------------------------------------------------------- typed flag values

@@ -5,7 +5,7 @@ Flow: ``quantize_model(model, QuantConfig(...))`` -> ``calibrate(model, forward_
 """
 
 from .calibrate import calibrate, calibrate_weight
-from .config import QUANT_CONFIG_VERSION, QuantConfig, QuantConfigError
+from .config import QUANT_CONFIG_VERSION, QuantConfig, QuantConfigError, parse_bits
 from .control import UncalibratedError, check_calibrated, export_mode, set_weight_bits
 from .modules import QUANT_MODULES, QuantConv2d, QuantLinear
 from .placement import (
@@ -35,6 +35,7 @@ __all__ = [
     "export_mode",
     "get_quant_config",
     "iter_quantizers",
+    "parse_bits",
     "qrange",
     "quantize_model",
     "set_weight_bits",

@@ -33,6 +33,22 @@ class QuantConfigError(PQCADError, ValueError):
     """A QuantConfig value is out of range or a serialized config cannot be read."""
 
 
+def parse_bits(text: str) -> tuple[int, int]:
+    """The one bit-width grammar: ``"w4a8"`` -> (4, 8), checked against the supported widths."""
+    s = str(text).strip().lower()
+    try:
+        if not s.startswith("w") or s.count("a") != 1:
+            raise ValueError
+        w, a = (int(v) for v in s[1:].split("a"))
+    except ValueError:
+        raise QuantConfigError(f"Bad bit-width {text!r}; write it as wXaY, e.g. w8a8 or w4a8.") from None
+    if w not in WEIGHT_BITS or a not in ACT_BITS:
+        raise QuantConfigError(
+            f"Bit-width {text!r}: weights must be one of {list(WEIGHT_BITS)} and activations one of {list(ACT_BITS)}."
+        )
+    return w, a
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """How to quantize a UNet for one target engine.

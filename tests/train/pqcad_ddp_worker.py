@@ -12,10 +12,12 @@ def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     from pqcad_deploy.calibset import collect_calibset
     from pqcad_deploy.denoiser import TorchDenoiser
-    from pqcad_deploy.train.pqcad import load_teacher, train_pqcad
+    from pqcad_deploy.loading import open_model
+    from pqcad_deploy.train.pqcad import train_pqcad
     from pqcad_deploy.train.pqcad_config import PQCADConfig
 
-    teacher, spec = load_teacher("tiny-unet")
+    bundle = open_model("tiny-unet")
+    teacher, spec = bundle.model, bundle.spec
     cs = collect_calibset(
         TorchDenoiser(teacher),
         spec,

@@ -9,8 +9,18 @@ def test_calib_cli_conditional_model(tmp_path):
     spec = get_spec("tiny-unet-cond")
     teacher = save_weights(build_model(spec, seed=0), spec, tmp_path / "cond.safetensors")
     out = tmp_path / "calib.safetensors"
-    argv = ["calib", "--teacher", str(teacher), "--out", str(out), "--trajectories", "2", "--steps", "4"]
-    main([*argv, "--points", "2", "--batch-size", "2", "--device", "cpu"])
+    argv = [
+        "calib",
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        "--calib-trajectories",
+        "2",
+        "--calib-steps",
+        "4",
+    ]
+    assert main([*argv, "--calib-points", "2", "--calib-batch-size", "2", "--device", "cpu"]) == 0
     cs = CalibSet.load(out)
     assert cs.cond is not None
     assert tuple(cs.cond.shape) == (len(cs), *spec.cond_shape)

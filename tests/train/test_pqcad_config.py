@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from pqcad_deploy.train.pqcad_config import PQCADConfig, parse_bits
+from pqcad_deploy.quant import parse_bits
+from pqcad_deploy.train.pqcad_config import PQCADConfig
 
 
 def test_round_trip_and_stage_bits():

@@ -9,7 +9,8 @@ import torch
 
 from pqcad_deploy import calibset
 from pqcad_deploy import student as student_mod
-from pqcad_deploy.train.pqcad import load_teacher, train_pqcad
+from pqcad_deploy.loading import open_model
+from pqcad_deploy.train.pqcad import train_pqcad
 from pqcad_deploy.train.pqcad_config import PQCADConfig
 
 CAL_STEPS = 10
@@ -18,7 +19,8 @@ CAL_STEPS = 10
 @pytest.fixture(scope="module")
 def tiny():
     torch.set_num_threads(1)
-    teacher, spec = load_teacher("tiny-unet")
+    bundle = open_model("tiny-unet")
+    teacher, spec = bundle.model, bundle.spec
     from pqcad_deploy.denoiser import TorchDenoiser
 
     cs = calibset.collect_calibset(
@@ -130,7 +132,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path)
 def test_ptq_only_and_branch_from_stage1(tiny, tmp_path):
     out = run(tiny, tmp_path / "ptq.pt", config=cfg(steps=0, bits=("w8a8",), ptq_method="maxabs"))
     _, _, qcfg, meta = student_mod.load_student(out)
-    assert qcfg.weight_bits == 8 and meta["history"][0]["event"] == "ptq_init"
+    assert qcfg.weight_bits == 8 and meta["history"][0]["event"] == "ptq"
     run(tiny, tmp_path / "pq.pt", config=cfg(steps=20))
     stage1 = tmp_path / "pq_train_stage1.pt"
     # branch: same stage 1, stage 2 at w8a8 with step halving and an FP-only loss

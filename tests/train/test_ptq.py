@@ -21,23 +21,23 @@ def test_ptq_cli_produces_loadable_student(tmp_path, method, bits, target):
         "ptq",
         "--teacher",
         "tiny-unet",
-        "--method",
+        "--ptq-method",
         method,
         "--bits",
         bits,
         "--target",
         target,
-        "--n-trajectories",
+        "--calib-trajectories",
         "4",
         "--calib-steps",
         "6",
-        "--n-points",
+        "--calib-points",
         "3",
-        "--batch-size",
+        "--calib-batch-size",
         "8",
         "--device",
         "cpu",
-        "--save-calib",
+        "--calib",
         str(calib),
         "--out",
         str(out),
@@ -45,7 +45,8 @@ def test_ptq_cli_produces_loadable_student(tmp_path, method, bits, target):
     assert main(argv) == 0
     model, spec, qcfg, meta = load_student(out)
     assert qcfg.target == target and qcfg.weight_bits == int(bits[1])
-    assert meta["history"][0]["stage"] == "ptq" and meta["history"][0]["method"] == method
+    assert meta["history"][0]["event"] == "ptq" and meta["history"][0]["method"] == method
+    assert qcfg.calib_method == method  # the stored config says what PTQ ran
     assert all(q.is_calibrated for _, q in iter_quantizers(model))
     x = torch.randn(2, *spec.sample_shape)
     with torch.no_grad():
@@ -60,7 +61,7 @@ def test_ptq_cli_produces_loadable_student(tmp_path, method, bits, target):
                 "tiny-unet",
                 "--calib",
                 str(calib),
-                "--method",
+                "--ptq-method",
                 "percentile",
                 "--device",
                 "cpu",
@@ -73,7 +74,11 @@ def test_ptq_cli_produces_loadable_student(tmp_path, method, bits, target):
     assert load_student(out2)[3]["history"][0]["method"] == "percentile"
 
 
-def test_ptq_cli_errors(tmp_path):
+def test_ptq_cli_errors(tmp_path, capsys):
     assert (
         main(["ptq", "--teacher", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "s.pt")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert (
+        "pqcad-train: error:" in err and "nope.safetensors does not exist" in err and "Traceback" not in err
     )
