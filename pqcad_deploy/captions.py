@@ -180,7 +180,7 @@ def train_colours(classes: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return assign_colours(classes, seed, allow_held_out=False)
 
 
-def test_colours(classes: torch.Tensor, seed: int = 1) -> torch.Tensor:
+def eval_colours(classes: torch.Tensor, seed: int = 1) -> torch.Tensor:
     """Test images' colours for evaluation: any colour, held-out pairs included (they are what evaluation asks for)."""
     return assign_colours(classes, seed, allow_held_out=True)
 

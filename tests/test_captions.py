@@ -107,7 +107,7 @@ def test_colour_assignment_is_deterministic_and_keeps_held_out_pairs_out_of_trai
     assert not torch.equal(train, cap.train_colours(classes, seed=1))
     pairs = set(zip(train.tolist(), classes.tolist(), strict=True))
     assert pairs == set(cap.TRAIN_PAIRS)  # every allowed pair used, no held-out one
-    test = set(zip(cap.test_colours(classes).tolist(), classes.tolist(), strict=True))
+    test = set(zip(cap.eval_colours(classes).tolist(), classes.tolist(), strict=True))
     assert test == set(cap.ALL_PAIRS)
 
 
