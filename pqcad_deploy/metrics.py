@@ -19,15 +19,27 @@ from .data import load_fashion_mnist
 log = logging.getLogger(__name__)
 
 
+def classifier_input(images: torch.Tensor) -> torch.Tensor:
+    """Map images in [-1, 1] onto the classifier's [N, 1, 32, 32]: RGB tinted garments become grey (the brightest
+    channel, which tinting leaves untouched), other channel counts (latents of tiny test models) keep channel 0,
+    and other sizes are resized (nearest), so every sampler's output can be scored the same way."""
+    if images.dim() != 4:
+        raise ValueError(f"images must be [N, C, H, W], got {tuple(images.shape)}")
+    x = images.amax(dim=1, keepdim=True) if images.shape[1] == 3 else images[:, :1]
+    if x.shape[-2:] != (32, 32):
+        x = torch.nn.functional.interpolate(x.float(), size=(32, 32), mode="nearest")
+    return x
+
+
 @torch.inference_mode()
 def classifier_outputs(
     images: torch.Tensor, device: str | torch.device = "cpu", batch: int = 1000
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(features [N, 128] float64, class probabilities [N, 10]) for images in [-1, 1], [N, 1, 32, 32]."""
+    """(features [N, 128] float64, class probabilities [N, 10]) for images in [-1, 1] (:func:`classifier_input`)."""
     net = _classifier(str(device))
     feats, probs = [], []
     for i in range(0, len(images), batch):
-        x = images[i : i + batch].to(device, torch.float32).clamp(-1, 1)
+        x = classifier_input(images[i : i + batch]).to(device, torch.float32).clamp(-1, 1)
         f = net.forward_features(x)
         feats.append(f.double().cpu())
         probs.append(torch.softmax(net.head(f), dim=1).double().cpu())
@@ -120,3 +132,14 @@ def fidelity(images: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     psnr = float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
     rel = float((a - b).norm() / b.norm().clamp_min(1e-12))
     return {"psnr_db": psnr, "rel_l2": rel, "max_abs": float((a - b).abs().max())}
+
+
+def fd_between(images: torch.Tensor, reference: torch.Tensor, device: str | torch.device = "cpu") -> float:
+    """Frechet distance between two image sets in the classifier's feature space; with ``reference`` the FP
+    model's images for the same prompts and noise this is PCR's "FD to FP" (how far quantization moved the
+    distribution, independent of how good the FP model is)."""
+    _check_count(images)
+    _check_count(reference)
+    fa, _ = classifier_outputs(images, device)
+    fb, _ = classifier_outputs(reference, device)
+    return frechet_distance(*gaussian_stats(fa), *gaussian_stats(fb))

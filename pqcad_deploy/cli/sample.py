@@ -1,57 +1,97 @@
-"""``pqcad-sample``: sample a PNG grid from a teacher or student checkpoint with the torch backend."""
+"""``pqcad-sample``: a PNG grid from a teacher or student checkpoint (torch backend, the shared sampler loop).
+
+pqcad-sample --checkpoint student.pt --out grid.png --num-samples 64
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-
-import torch
+import time
 
 from ..denoiser import TorchDenoiser
 from ..images import save_grid
-from ..io import CheckpointError
-from ..loading import default_steps, load_checkpoint
-from ..sampling import make_scheduler, sample
+from ..io import atomic_json_save
+from ..loading import default_steps, open_model
+from ..sampling import SCHEDULERS, make_scheduler, sample
 from ..zoo import TEACHER_PATH
+from .common import (
+    add_device,
+    add_json,
+    add_verbose,
+    check_output_path,
+    int_range,
+    make_parser,
+    nonneg_int,
+    positive_int,
+    resolve_device,
+    run_cli,
+    setup_logging,
+)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="pqcad-sample", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--checkpoint", default=str(TEACHER_PATH), help="FP .safetensors (+ .json) or student.pt")
-    p.add_argument("--out", default="samples.png", help="PNG grid to write")
-    p.add_argument("--n", type=int, default=64, help="number of images")
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("pqcad-sample", __doc__)
     p.add_argument(
-        "--steps", type=int, default=None, help="sampling steps (default: the checkpoint's, else 50)"
+        "--checkpoint", default=str(TEACHER_PATH), help="FP .safetensors (+ .json), student .pt, or zoo name"
     )
-    p.add_argument("--scheduler", choices=["ddim", "ddpm"], default="ddim")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        model, spec, meta = load_checkpoint(args.checkpoint)
-    except CheckpointError as e:
-        print(f"pqcad-sample: {e}", file=sys.stderr)
-        return 2
-    steps = default_steps(meta, args.steps)
-    model = model.to(args.device)
+    p.add_argument("--out", default="samples.png", help="PNG grid to write")
+    p.add_argument("--num-samples", type=int_range(1, 4096), default=64, help="images in the grid")
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="sampler steps (default: the checkpoint's, else 50)"
+    )
+    p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="noise seed")
+    add_device(p)
+    add_json(p, "the run's settings and timing")
+    add_verbose(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output_path(args.out, inputs=[args.checkpoint])
+    if args.json:
+        check_output_path(args.json, inputs=[args.checkpoint, args.out], what="--json")
+    device = resolve_device(args.device)
+    bundle = open_model(args.checkpoint)
+    steps = default_steps(bundle.meta, args.steps)
+    t0 = time.perf_counter()
     res = sample(
-        TorchDenoiser(model),
-        make_scheduler(args.scheduler, **spec.scheduler),
-        (args.n, *spec.sample_shape),
+        TorchDenoiser(bundle.model.to(device)),
+        make_scheduler(args.scheduler, **bundle.spec.scheduler),
+        (args.num_samples, *bundle.spec.sample_shape),
         steps=steps,
         seed=args.seed,
-        device=args.device,
+        device=device,
         progress=True,
     )
     save_grid(res.images, args.out)
     print(
-        f"wrote {args.out}: {args.n} images, {steps} {args.scheduler} steps, {res.total_ms / 1e3:.2f} s end to end"
+        f"wrote {args.out}: {args.num_samples} images, {steps} {args.scheduler} steps, "
+        f"{res.total_ms / 1e3:.2f} s end to end"
     )
+    if args.json:
+        atomic_json_save(
+            {
+                "source": bundle.source,
+                "out": str(args.out),
+                "num_samples": args.num_samples,
+                "steps": steps,
+                "scheduler": args.scheduler,
+                "seed": args.seed,
+                "device": str(device),
+                "sampler_ms": res.total_ms,
+                "wall_s": round(time.perf_counter() - t0, 3),
+            },
+            args.json,
+        )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return run_cli("pqcad-sample", run, args)
 
 
 if __name__ == "__main__":
