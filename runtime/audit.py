@@ -106,10 +106,14 @@ def audit_layer_info(info: dict[str, Any] | list | str | os.PathLike) -> LayerAu
         if ltype == "Reformat" or name.startswith("Reformatting CopyNode"):
             rep.reformat.append(name)
             continue
-        if ltype in ("Quantize", "Dequantize") or (parts and all(_QDQ_NAME.search(p) for p in parts)):
+        compute_type = bool(_COMPUTE_TYPES.search(ltype))
+        # Names decide only when the type does not: a standalone Q can be a "Scale" layer, while a convolution
+        # may well be named like a quantizer ("conv_q").
+        named_qdq = not compute_type and parts and all(_QDQ_NAME.search(p) for p in parts)
+        if ltype in ("Quantize", "Dequantize") or named_qdq:
             rep.standalone_qdq.append(name)
             continue
-        is_compute = bool(_COMPUTE_TYPES.search(ltype)) or any(_COMPUTE_NAMES.search(p) for p in parts)
+        is_compute = compute_type or any(_COMPUTE_NAMES.search(p) for p in parts)
         if not is_compute:
             continue
         rep.compute_layers += 1

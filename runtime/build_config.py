@@ -1,8 +1,9 @@
-"""Pure mapping from trtexec-style build flags to builder settings (no TensorRT import here).
+"""Pure mapping from trtexec-style build flags to a validated build plan (no TensorRT import here).
 
 ``plan_from_args`` validates the flag combination the way trtexec does (e.g. ``--stronglyTyped`` cannot be
-combined with ``--fp16/--int8``) and returns a frozen :class:`BuildPlan`; ``trt_settings`` turns a plan into
-the names of the TensorRT enums and values the thin builder (``trt_builder.py``) applies one to one.
+combined with ``--fp16/--int8``) and returns a frozen :class:`BuildPlan`; ``check_profile_fits_network`` checks
+the shape flags against the parsed network's inputs, so a wrong flag fails before the slow build.
+``trt_builder.py`` hands the plan's plain values to Polygraphy's loaders.
 """
 
 from __future__ import annotations
@@ -243,21 +244,51 @@ def _implied(attr: str, notes: list[str]) -> bool:
     return attr == "profiling_verbosity" and any("--exportLayerInfo" in n for n in notes)
 
 
-def trt_settings(plan: BuildPlan) -> dict[str, Any]:
-    """Plan -> TensorRT enum member names and values, applied verbatim by ``trt_builder.build_engine``."""
-    if plan.backend != "tensorrt":
-        raise BuildConfigError("trt_settings() is only for --backend tensorrt.")
-    builder_flags = [f for f, on in (("FP16", plan.fp16), ("INT8", plan.int8)) if on]
-    return {
-        "network_flags": ["STRONGLY_TYPED"] if plan.strongly_typed else [],
-        "builder_flags": builder_flags,
-        "memory_pool_limits": {MEM_POOLS[k]: v for k, v in plan.mem_pool.items()},
-        "builder_optimization_level": plan.builder_optimization_level,
-        "profiling_verbosity": VERBOSITY[plan.profiling_verbosity] if plan.profiling_verbosity else None,
-        "profiles": (
-            [{n: (plan.profile.min[n], plan.profile.opt[n], plan.profile.max[n]) for n in plan.profile.opt}]
-            if plan.profile
-            else []
-        ),
-        "timing_cache": str(plan.timing_cache) if plan.timing_cache else None,
-    }
+def dynamic_inputs_without_profile(inputs: dict[str, Shape], profile_names: set[str]) -> list[str]:
+    """Inputs with a dynamic (-1) dimension that no optimization profile covers."""
+    return [n for n, shape in inputs.items() if any(d < 0 for d in shape) and n not in profile_names]
+
+
+def check_profile_fits_network(profile: ShapeProfile | None, inputs: dict[str, Shape]) -> None:
+    """Raise :class:`BuildConfigError` when the shape flags cannot describe the network's inputs.
+
+    ``inputs`` are the parsed network's input shapes, -1 where a dimension is dynamic. Run before the build:
+    TensorRT would otherwise fail (or Polygraphy silently pin a dynamic dimension to 1) only after minutes.
+    """
+    given = profile.opt if profile else {}
+    unknown = sorted(set(given) - set(inputs))
+    if unknown:
+        raise BuildConfigError(
+            f"--minShapes/--optShapes/--maxShapes name {unknown}, which the network does not have; its inputs "
+            f"are {format_shapes(inputs)}. Use those names."
+        )
+    if profile is not None:
+        # opt first: with trtexec's fill-in rule the other two often repeat it
+        for flag, shapes in (
+            ("--optShapes", profile.opt),
+            ("--minShapes", profile.min),
+            ("--maxShapes", profile.max),
+        ):
+            for name, shape in shapes.items():
+                _check_shape_fits(flag, name, shape, inputs[name])
+    missing = dynamic_inputs_without_profile(inputs, set(given))
+    if missing:
+        raise BuildConfigError(
+            f"Inputs {format_shapes({n: inputs[n] for n in missing})} have dynamic (-1) dimensions; give them in "
+            "--minShapes/--optShapes/--maxShapes (or --optShapes alone for one fixed shape)."
+        )
+
+
+def _check_shape_fits(flag: str, name: str, shape: Shape, dims: Shape) -> None:
+    network = format_shapes({name: dims})
+    if len(shape) != len(dims):
+        raise BuildConfigError(
+            f"{flag}: {name} has {len(shape)} dimensions, but the network input is {network}; "
+            f"give {len(dims)} dimensions."
+        )
+    for i, (want, got) in enumerate(zip(dims, shape, strict=True)):
+        if want >= 0 and want != got:
+            raise BuildConfigError(
+                f"{flag}: {name} dimension {i} is {got}, but the network fixes it at {want} ({network}); "
+                "only the -1 dimensions can vary."
+            )

@@ -1,6 +1,10 @@
-"""Thin TensorRT build: apply ``build_config.trt_settings`` to the TRT 10 builder API, serialize, export
-layer info and audit it. Every decision is made in the pure ``build_config`` module; this file only calls
-TensorRT (which cannot be installed on the development machines, so it is exercised on GPU machines only).
+"""Build a TensorRT engine from a :class:`BuildPlan` with Polygraphy's loaders, write it atomically, export the
+layer info and audit it.
+
+``NetworkFromOnnxPath``, ``CreateConfig`` and ``EngineBytesFromNetwork`` are builder code that NVIDIA tests
+against every TensorRT release (on 8.6 Polygraphy also sets the explicit-batch flag that release needs). This
+module only turns the plan's plain values into their arguments, and checks the plan against this TensorRT and
+the parsed network first, because the build is the slow step. docs/jetson.md lists the trtexec equivalents.
 """
 
 from __future__ import annotations
@@ -9,14 +13,22 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pqcad_deploy.errors import PQCADError
-from pqcad_deploy.io import atomic_write
+from pqcad_deploy.io import atomic_write, writable_parent
 
 from .audit import audit_layer_info
 from .backends.base import require
-from .build_config import BuildConfigError, BuildPlan, ShapeMap, trt_settings
+from .build_config import (
+    MEM_POOLS,
+    VERBOSITY,
+    BuildConfigError,
+    BuildPlan,
+    ShapeMap,
+    check_profile_fits_network,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,87 +37,152 @@ class BuildError(PQCADError, RuntimeError):
     """TensorRT refused to parse or build the network."""
 
 
-def dynamic_inputs_without_profile(inputs: dict[str, tuple[int, ...]], profile_names: set[str]) -> list[str]:
-    """Inputs with a dynamic (-1) dimension that no optimization profile covers."""
-    return [n for n, shape in inputs.items() if any(d < 0 for d in shape) and n not in profile_names]
-
-
 def build_engine(plan: BuildPlan, verbose: bool = False) -> dict[str, Any]:
-    """Parse ``plan.onnx``, build, write ``plan.save_engine`` (+ timing cache, layer info); return a report."""
-    trt = require("tensorrt")
-    s = trt_settings(plan)
-    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    for f in s["network_flags"]:
-        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, f))
-    if int(trt.__version__.split(".")[0]) < 10:  # TRT 8.6 (JetPack 6.0) still needs explicit batch
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(plan.onnx)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BuildError(f"TensorRT could not parse {plan.onnx}: {errors}")
-    inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
-
-    config = builder.create_builder_config()
-    for f in s["builder_flags"]:
-        config.set_flag(getattr(trt.BuilderFlag, f))
-    for pool, size in s["memory_pool_limits"].items():
-        config.set_memory_pool_limit(getattr(trt.MemoryPoolType, pool), size)
-    if s["builder_optimization_level"] is not None:
-        config.builder_optimization_level = s["builder_optimization_level"]
-    if s["profiling_verbosity"]:
-        config.profiling_verbosity = getattr(trt.ProfilingVerbosity, s["profiling_verbosity"])
-    covered: set[str] = set()
-    for prof in s["profiles"]:
-        p = builder.create_optimization_profile()
-        for name, (mn, opt, mx) in prof.items():
-            if name not in inputs:
-                raise BuildConfigError(
-                    f"Shape given for {name!r}, but the network inputs are {sorted(inputs)}."
-                )
-            p.set_shape(name, mn, opt, mx)
-            covered.add(name)
-        config.add_optimization_profile(p)
-    missing = dynamic_inputs_without_profile(inputs, covered)
-    if missing:
+    """Parse ``plan.onnx``, check the plan against it, build, and write ``plan.save_engine`` atomically (plus
+    the timing cache and layer info when asked); return a JSON-able report."""
+    if plan.backend != "tensorrt":
         raise BuildConfigError(
-            f"Inputs {missing} have dynamic dimensions ({ {n: inputs[n] for n in missing} }); give them in "
-            "--minShapes/--optShapes/--maxShapes."
+            "build_engine() builds TensorRT engines; --backend onnxruntime uses ort_builder."
         )
-    cache_path = Path(s["timing_cache"]) if s["timing_cache"] else None
-    if cache_path is not None:
-        data = cache_path.read_bytes() if cache_path.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False)
+    check_paths(plan)
+    trt = require("tensorrt")
+    poly = require("polygraphy.backend.trt")
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
 
-    t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    build_s = time.perf_counter() - t0
-    if serialized is None:
-        raise BuildError("TensorRT failed to build the engine; rerun with --verbose for the builder log.")
-    atomic_write(plan.save_engine, lambda tmp: Path(tmp).write_bytes(bytes(serialized)))
-    if cache_path is not None:
-        cache = config.get_timing_cache()
-        atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(bytes(cache.serialize())))
+    check_tensorrt_supports(trt, plan)
+    with G_LOGGER.verbosity(G_LOGGER.EXTRA_VERBOSE if verbose else G_LOGGER.WARNING):
+        try:
+            parsed = poly.NetworkFromOnnxPath(str(plan.onnx), strongly_typed=plan.strongly_typed)()
+        except PolygraphyException as e:
+            raise BuildError(
+                f"TensorRT {trt.__version__} could not parse {plan.onnx}: {e} (parser errors are printed above)."
+            ) from None
+        check_network(trt, plan, parsed[1])
+        log.info("building %s (%s)", plan.save_engine, describe_typing(plan))
+        build = poly.EngineBytesFromNetwork(
+            parsed,
+            config=poly.CreateConfig(**config_arguments(trt, poly, plan)),
+            save_timing_cache=str(plan.timing_cache) if plan.timing_cache else None,
+        )
+        t0 = time.perf_counter()
+        try:
+            engine_bytes = build()
+        except PolygraphyException as e:
+            raise BuildError(
+                f"TensorRT {trt.__version__} failed to build {plan.onnx}: {e}; rerun with --verbose for the "
+                "builder log."
+            ) from None
+        build_s = time.perf_counter() - t0
+    atomic_write(plan.save_engine, lambda tmp: Path(tmp).write_bytes(engine_bytes))
     report: dict[str, Any] = {
         "engine": str(plan.save_engine),
         "tensorrt": trt.__version__,
         "build_s": round(build_s, 2),
         "size_mb": round(plan.save_engine.stat().st_size / 2**20, 2),
-        "settings": s,
+        "plan": plan.to_dict(),
     }
     if plan.export_layer_info is not None:
-        info = engine_layer_info(trt, logger, plan.save_engine, plan.profile.opt if plan.profile else None)
+        engine = poly.EngineFromBytes(engine_bytes)()
+        info = engine_layer_info(trt, engine, plan.profile.opt if plan.profile else None)
         atomic_write(plan.export_layer_info, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
         report["audit"] = audit_layer_info(info).to_dict()
     return report
 
 
-def engine_layer_info(trt: Any, logger: Any, engine_path: Path, shapes: ShapeMap | None) -> dict[str, Any]:
+def config_arguments(trt: ModuleType, poly: ModuleType, plan: BuildPlan) -> dict[str, Any]:
+    """``CreateConfig`` keyword arguments for the plan (each comment names the trtexec flag)."""
+    profile = poly.Profile()
+    if plan.profile is not None:
+        for name, opt in plan.profile.opt.items():
+            profile.add(name, plan.profile.min[name], opt, plan.profile.max[name])
+    return {
+        "tf32": True,  # TensorRT and trtexec enable TF32 by default; Polygraphy clears it unless asked
+        "fp16": plan.fp16,  # --fp16
+        "int8": plan.int8,  # --int8
+        "profiles": [profile],  # --minShapes/--optShapes/--maxShapes; static inputs are filled in
+        "load_timing_cache": str(plan.timing_cache) if plan.timing_cache else None,  # --timingCacheFile
+        "builder_optimization_level": plan.builder_optimization_level,  # --builderOptimizationLevel
+        "memory_pool_limits": {  # --memPoolSize
+            getattr(trt.MemoryPoolType, MEM_POOLS[pool]): size for pool, size in plan.mem_pool.items()
+        }
+        or None,
+        # --profilingVerbosity; trtexec's default (layer names only), where Polygraphy's would be detailed
+        "profiling_verbosity": getattr(
+            trt.ProfilingVerbosity, VERBOSITY[plan.profiling_verbosity or "default"]
+        ),
+    }
+
+
+def describe_typing(plan: BuildPlan) -> str:
+    if plan.strongly_typed:
+        return "strongly typed"
+    return "weakly typed " + "+".join(p for p, on in (("fp16", plan.fp16), ("int8", plan.int8)) if on)
+
+
+def check_paths(plan: BuildPlan) -> None:
+    """Fail on a missing input or an unwritable output before TensorRT is even loaded."""
+    if not plan.onnx.is_file():
+        raise BuildConfigError(f"--onnx {plan.onnx} does not exist; export the model first (pqcad-export).")
+    for flag, path in (
+        ("--saveEngine", plan.save_engine),
+        ("--timingCacheFile", plan.timing_cache),
+        ("--exportLayerInfo", plan.export_layer_info),
+    ):
+        if path is not None:
+            try:
+                writable_parent(path, BuildConfigError, "choose a path you can write to")
+            except BuildConfigError as e:
+                raise BuildConfigError(f"{flag} {path}: {e}") from None
+
+
+def check_tensorrt_supports(trt: ModuleType, plan: BuildPlan) -> None:
+    """The plan's typing mode and memory pools must exist in the installed TensorRT."""
+    version = trt.__version__
+    if plan.strongly_typed and not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        raise BuildConfigError(
+            f"TensorRT {version} has no strongly typed networks (they arrived in 9.1), and a build is strongly "
+            "typed unless --fp16/--int8 are given. For TensorRT 8.6 (JetPack 6.0) build a QDQ model with "
+            "--int8 --fp16."
+        )
+    gone = [
+        f for f, on in (("FP16", plan.fp16), ("INT8", plan.int8)) if on and not hasattr(trt.BuilderFlag, f)
+    ]
+    if gone:
+        flags = " ".join(f"--{f.lower()}" for f in gone)
+        raise BuildConfigError(
+            f"TensorRT {version} has no {flags} (weak typing was removed); drop them and build "
+            "--stronglyTyped from an FP16 export."
+        )
+    for pool in plan.mem_pool:
+        if not hasattr(trt.MemoryPoolType, MEM_POOLS[pool]):
+            raise BuildConfigError(f"--memPoolSize: TensorRT {version} has no {pool!r} pool; drop it.")
+
+
+def check_network(trt: ModuleType, plan: BuildPlan, network: Any) -> None:
+    """Shape flags against the network inputs, and precision flags against its Q/DQ layers."""
+    inputs = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        inputs[tensor.name] = tuple(tensor.shape)
+    check_profile_fits_network(plan.profile, inputs)
+    qdq = (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
+    has_qdq = any(network.get_layer(i).type in qdq for i in range(network.num_layers))
+    if has_qdq and not plan.strongly_typed and not plan.int8:
+        raise BuildConfigError(
+            f"{plan.onnx} has Q/DQ nodes, and a weakly typed build of it needs --int8 (TensorRT fails with "
+            "'int8 is not configured' otherwise): add --int8 --fp16, or build --stronglyTyped."
+        )
+    if plan.int8 and not has_qdq:
+        log.warning(
+            "--int8 on %s, which has no Q/DQ nodes: TensorRT uses placeholder scales, so the engine is only "
+            "good for timing; export a QDQ model for correct INT8 outputs.",
+            plan.onnx,
+        )
+
+
+def engine_layer_info(trt: ModuleType, engine: Any, shapes: ShapeMap | None) -> dict[str, Any]:
     """Engine information as JSON, with input shapes set so that formats of dynamic tensors resolve."""
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     inspector = engine.create_engine_inspector()
     if shapes:
         ctx = engine.create_execution_context()

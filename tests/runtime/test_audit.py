@@ -131,3 +131,11 @@ def test_onnx_op_audit_counts_integer_and_float_ops():
     assert a["float_compute"] == {"Conv": 1} and a["dequantize_linear"] == 1 and a["quantize_linear"] == 0
     assert "QLinearConv 1" in format_onnx_audit(a)
     assert isinstance(onnx.ModelProto(), onnx.ModelProto)
+
+
+def test_layer_type_beats_a_quantizer_like_name():
+    conv = {"Name": "conv_q", "LayerType": "CaskConvolution", "Inputs": [t("x", INT8)]}
+    scale = {"Name": "/in/input_quantizer/QuantizeLinear", "LayerType": "Scale", "Inputs": [t("x", FP16)]}
+    rep = audit_layer_info({"Layers": [conv, scale]})
+    assert rep.quantized_compute == ["conv_q"]
+    assert rep.standalone_qdq == ["/in/input_quantizer/QuantizeLinear"]

@@ -8,13 +8,13 @@ from pqcad_deploy.runtime.build_cli import build_parser
 from pqcad_deploy.runtime.build_config import (
     BuildConfigError,
     ShapeProfile,
+    check_profile_fits_network,
+    dynamic_inputs_without_profile,
     format_shapes,
     parse_mem_pool,
     parse_shapes,
     plan_from_args,
-    trt_settings,
 )
-from pqcad_deploy.runtime.trt_builder import dynamic_inputs_without_profile
 
 
 def plan(*flags: str):
@@ -66,17 +66,14 @@ def test_profile_fill_in_and_validation():
 def test_strongly_typed_default_and_conflicts():
     p = plan()
     assert p.strongly_typed and not p.fp16 and not p.int8
-    assert trt_settings(p)["network_flags"] == ["STRONGLY_TYPED"] and trt_settings(p)["builder_flags"] == []
     weak = plan("--fp16", "--int8")
-    assert not weak.strongly_typed
-    assert trt_settings(weak) | {} and trt_settings(weak)["builder_flags"] == ["FP16", "INT8"]
-    assert trt_settings(weak)["network_flags"] == []
+    assert not weak.strongly_typed and weak.fp16 and weak.int8
     with pytest.raises(BuildConfigError, match="cannot be combined with --fp16 --int8"):
         plan("--stronglyTyped", "--fp16", "--int8")
     assert any("without --fp16" in n for n in plan("--int8").notes)
 
 
-def test_full_mapping_to_trt_settings():
+def test_full_plan_from_trtexec_flags():
     p = plan(
         "--minShapes",
         "sample:1x1x32x32,timestep:1",
@@ -94,13 +91,11 @@ def test_full_mapping_to_trt_settings():
         "layers.json",
         "--skipInference",
     )
-    s = trt_settings(p)
-    assert s["profiles"] == [
-        {"sample": ((1, 1, 32, 32), (4, 1, 32, 32), (8, 1, 32, 32)), "timestep": ((1,), (4,), (8,))}
-    ]
-    assert s["memory_pool_limits"] == {"WORKSPACE": 2 << 30}
-    assert s["builder_optimization_level"] == 4 and s["timing_cache"] == "tc.bin"
-    assert s["profiling_verbosity"] == "DETAILED"  # implied by --exportLayerInfo
+    assert p.profile.min == {"sample": (1, 1, 32, 32), "timestep": (1,)}
+    assert p.profile.max == {"sample": (8, 1, 32, 32), "timestep": (8,)}
+    assert p.mem_pool == {"workspace": 2 << 30}
+    assert p.builder_optimization_level == 4 and str(p.timing_cache) == "tc.bin"
+    assert p.profiling_verbosity == "detailed"  # implied by --exportLayerInfo
     assert p.skip_inference and p.to_dict()["profile"]["opt"] == "sample:4x1x32x32,timestep:4"
 
 
@@ -119,11 +114,28 @@ def test_onnxruntime_plan_notes_ignored_trt_flags():
     p = plan("--backend", "onnxruntime", "--fp16", "--timingCacheFile", "tc.bin", "--ortThreads", "2")
     assert p.backend == "onnxruntime" and p.ort_threads == 2
     assert any("--fp16" in n and "--timingCacheFile" in n for n in p.notes)
-    with pytest.raises(BuildConfigError, match="only for --backend tensorrt"):
-        trt_settings(p)
 
 
 def test_dynamic_inputs_need_a_profile():
     inputs = {"sample": (-1, 1, 32, 32), "timestep": (-1,), "static": (1, 3)}
     assert dynamic_inputs_without_profile(inputs, {"sample"}) == ["timestep"]
     assert dynamic_inputs_without_profile(inputs, {"sample", "timestep"}) == []
+
+
+def test_profile_is_checked_against_the_network_inputs():
+    inputs = {"sample": (-1, 1, 32, 32), "timestep": (-1,)}
+    ok = ShapeProfile.from_flags("sample:1x1x32x32,timestep:1", None, "sample:8x1x32x32,timestep:8")
+    check_profile_fits_network(ok, inputs)
+    check_profile_fits_network(None, {"static": (1, 3)})
+    for profile, message in [
+        (ShapeProfile.from_flags(None, "sample:2x1x32x32,timestep:2,t:1", None), r"name \['t'\]"),
+        (ShapeProfile.from_flags(None, "sample:2x1x32x32", None), "timestep:-1 have dynamic"),
+        (None, "sample:-1x1x32x32,timestep:-1 have dynamic"),
+        (ShapeProfile.from_flags(None, "sample:2x1x32,timestep:2", None), "sample has 3 dimensions"),
+        (
+            ShapeProfile.from_flags(None, "sample:2x1x32x32,timestep:2", "sample:4x3x32x32,timestep:4"),
+            "--maxShapes: sample dimension 1 is 3, but the network fixes it at 1",
+        ),
+    ]:
+        with pytest.raises(BuildConfigError, match=message):
+            check_profile_fits_network(profile, inputs)
