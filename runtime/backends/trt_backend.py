@@ -1,14 +1,15 @@
 """TensorRT runner (TRT 10 I/O-tensor API): deserialize a plan, set input shapes, bind torch tensors by
 address, ``execute_async_v3`` on a dedicated torch CUDA stream, optionally replay a captured CUDA graph.
 
-Kept thin on purpose: TensorRT cannot be installed on the development machines, so everything that can be
-tested without it (dtype mapping, shape signatures, feed checks) lives in plain functions here.
+TensorRT cannot be installed on the development machines: the tests run this code against a recording fake
+of ``tensorrt`` and of the ``torch.cuda`` stream and graph calls, with host memory behind ``_empty``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 
 from pqcad_deploy.denoiser import OUTPUT_NAME
 
-from .base import Runner, require
+from .base import Runner, RunnerError, require
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def torch_dtype(trt_dtype: Any) -> torch.dtype:
     return TRT_TO_TORCH[name]
 
 
-def shape_key(feed: dict[str, torch.Tensor], input_names: list[str]) -> tuple:
+def shape_key(feed: dict[str, torch.Tensor], input_names: Sequence[str]) -> tuple:
+    """One buffer set (and CUDA graph) per input-shape signature."""
     return tuple((n, tuple(feed[n].shape)) for n in input_names)
 
 
@@ -80,7 +82,7 @@ class TrtRunner(Runner):
     def activate(self) -> None:
         trt = require("tensorrt")
         if not torch.cuda.is_available():
-            raise RuntimeError("The TensorRT runner needs a CUDA GPU visible to torch.")
+            raise RunnerError("The TensorRT runner needs a CUDA GPU visible to torch.")
         if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self._trt = trt
@@ -88,7 +90,7 @@ class TrtRunner(Runner):
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:
-            raise RuntimeError(
+            raise RunnerError(
                 f"TensorRT {trt.__version__} could not deserialize {self.engine_path}: engines are tied to the "
                 "TensorRT version and GPU that built them; rebuild it with pqcad-build on this machine."
             )
@@ -101,27 +103,26 @@ class TrtRunner(Runner):
 
     def deactivate(self) -> None:
         self._bindings.clear()
+        self._last_key = None  # the next context starts with nothing bound
         self.context = None
         self.engine = None
+
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """One binding's device buffer (the single allocation point, which tests back with host memory)."""
+        return torch.empty(shape, dtype=dtype, device=self.device)
 
     def _allocate(self, feed: dict[str, torch.Tensor]) -> _Bindings:
         ctx = self.context
         inputs = {}
         for n in self.input_names:
             if not ctx.set_input_shape(n, tuple(feed[n].shape)):
-                raise ValueError(
-                    f"Input {n} shape {tuple(feed[n].shape)} is outside the engine's optimization profile; "
-                    "rebuild with wider --minShapes/--maxShapes."
+                raise RunnerError(
+                    f"{self.name}: input {n} shape {tuple(feed[n].shape)} is outside the engine's optimization "
+                    "profile; rebuild with wider --minShapes/--maxShapes."
                 )
-            inputs[n] = torch.empty(
-                tuple(feed[n].shape), dtype=torch_dtype(self.engine.get_tensor_dtype(n)), device=self.device
-            )
+            inputs[n] = self._empty(tuple(feed[n].shape), torch_dtype(self.engine.get_tensor_dtype(n)))
         outputs = {
-            n: torch.empty(
-                tuple(ctx.get_tensor_shape(n)),
-                dtype=torch_dtype(self.engine.get_tensor_dtype(n)),
-                device=self.device,
-            )
+            n: self._empty(tuple(ctx.get_tensor_shape(n)), torch_dtype(self.engine.get_tensor_dtype(n)))
             for n in self.output_names
         }
         return _Bindings(inputs=inputs, outputs=outputs)
@@ -135,7 +136,7 @@ class TrtRunner(Runner):
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise RuntimeError(f"{self.name}: execute_async_v3 failed (see the TensorRT log above).")
+            raise RunnerError(f"{self.name}: execute_async_v3 failed (see the TensorRT log above).")
 
     def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         key = shape_key(feed, self.input_names)
