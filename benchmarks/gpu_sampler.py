@@ -32,8 +32,8 @@ import torch
 
 from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.runtime.backends.torch_backend import TorchRunner
-from pqcad_deploy.runtime.timing import environment_info, environment_line, summarize, time_calls
 from pqcad_deploy.sampling import make_scheduler, sample
+from pqcad_deploy.timing import environment_info, environment_line, summarize, time_calls
 from pqcad_deploy.zoo import TEACHER_PATH, build_model, get_spec, load_model
 
 MODES = {  # name -> (precision, cuda_graph)

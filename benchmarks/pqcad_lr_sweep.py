@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     best = min(trained, key=lambda r: r["eps_mse_heldout"])
     print_sweep(rows, a)
     print(f"pick (lowest held-out eps-MSE): --lr {best['lr']:g}")
-    from pqcad_deploy.runtime.timing import environment_info
+    from pqcad_deploy.timing import environment_info
 
     out = (
         a.out

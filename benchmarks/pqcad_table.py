@@ -383,7 +383,7 @@ class Bench:
         return bool(self.args.deadline_s) and time.perf_counter() - self.t0 > self.args.deadline_s
 
     def save(self) -> None:
-        from pqcad_deploy.runtime.timing import environment_info
+        from pqcad_deploy.timing import environment_info
 
         a = self.args
         out = (

@@ -17,8 +17,8 @@ from pqcad_deploy.data import load_fashion_mnist
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.images import save_grid
 from pqcad_deploy.metrics import sample_quality
-from pqcad_deploy.runtime.timing import environment_info
 from pqcad_deploy.sampling import make_scheduler, sample_many
+from pqcad_deploy.timing import environment_info
 from pqcad_deploy.zoo import TEACHER_PATH, load_model
 
 

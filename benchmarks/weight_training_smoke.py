@@ -19,8 +19,8 @@ import torch
 from pqcad_deploy.calibset import collect_calibset, eps_mse
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.io import atomic_json_save
-from pqcad_deploy.runtime.timing import environment_info
 from pqcad_deploy.student import load_student
+from pqcad_deploy.timing import environment_info
 from pqcad_deploy.train.pqcad import train_pqcad
 from pqcad_deploy.train.pqcad_config import PQCADConfig
 from pqcad_deploy.zoo import TEACHER_PATH, load_model

@@ -7,7 +7,6 @@ seed gives the same noise on every device and backend (needed for fidelity-to-FP
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from tqdm.auto import tqdm
 
 from .denoiser import Denoiser
+from .timing import DeviceTimer
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +34,6 @@ def make_scheduler(kind: str = "ddim", **config) -> DDIMScheduler | DDPMSchedule
         cfg.pop("set_alpha_to_one", None)
         cfg.pop("timestep_spacing", None)
     return SCHEDULERS[kind](**cfg)
-
-
-class StepTimer:
-    """Wall-clock on CPU; CUDA events on GPU so the timings are device time, not launch time."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def start(self):
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return time.perf_counter()
-
-    def stop(self, mark) -> float:
-        """Milliseconds since ``mark``; synchronises the device."""
-        if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            end.synchronize()
-            return float(mark.elapsed_time(end))
-        return (time.perf_counter() - mark) * 1e3
 
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -101,7 +78,7 @@ def sample(
     # Timesteps stay on the CPU as Python ints: indexing the scheduler's tables with a CUDA scalar would force a
     # device->host sync every step (measurable sampler overhead on small UNets).
     scheduler.set_timesteps(steps)
-    timer = StepTimer(device)
+    timer = DeviceTimer(device)
     x0 = noise if noise is not None else initial_noise(shape, seed)
     gen = (
         torch.Generator(device=device).manual_seed(seed + 1) if isinstance(scheduler, DDPMScheduler) else None

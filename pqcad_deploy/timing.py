@@ -1,4 +1,4 @@
-"""Latency statistics and the machine/version header every benchmark JSON carries."""
+"""The one device timer, latency statistics, and the machine/version header every benchmark JSON carries."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import platform
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,26 +45,39 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def time_calls(fn: Callable[[], Any], n: int, device: torch.device) -> float:
-    """Mean milliseconds per call of ``fn`` over ``n`` back-to-back calls (CUDA events on GPU).
+class DeviceTimer:
+    """Wall-clock on CPU; CUDA events on GPU, so the timings are device time, not launch time."""
 
-    No synchronisation between calls, so this is the pipelined cost the sampler pays per call.
-    """
-    if device.type == "cuda":
+    def __init__(self, device: torch.device | str):
+        self.cuda = torch.device(device).type == "cuda"
+
+    def start(self) -> Any:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def stop(self, mark: Any) -> float:
+        """Milliseconds since ``mark``; synchronises the device."""
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            return float(mark.elapsed_time(end))
+        return (time.perf_counter() - mark) * 1e3
+
+
+def time_calls(fn: Callable[[], Any], n: int, device: torch.device | str) -> float:
+    """Mean milliseconds per call of ``fn`` over ``n`` back-to-back calls, with no synchronisation between calls:
+    the pipelined cost a sampler pays per call."""
+    timer = DeviceTimer(device)
+    if timer.cuda:
         torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n):
-            fn()
-        end.record()
-        end.synchronize()
-        return float(start.elapsed_time(end)) / n
-    import time
-
-    t0 = time.perf_counter()
+    mark = timer.start()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - t0) * 1e3 / n
+    return timer.stop(mark) / n
 
 
 def _version(dist: str) -> str | None:

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from pqcad_deploy.sampling import make_scheduler, sample, sample_many
+from pqcad_deploy.timing import environment_info, environment_line, summarize
 from pqcad_deploy.zoo import ModelSpec
 
 from .audit import audit_onnx_ops
 from .backends.base import Runner
-from .timing import environment_info, environment_line, summarize
 
 log = logging.getLogger(__name__)
 

@@ -1,133 +1,115 @@
 """``pqcad-bench``: one sampler, several engines, one table (latency, speed-ups against FP baselines, quality).
 
-    pqcad-bench --model fmnist-ddpm --engine torch:fp32 --engine ort:unet_fp32.onnx \\
-        --engine ort:unet_int8.onnx --steps 50 --batch 1 --threads 2 --json bench.json
-    pqcad-bench --model fmnist-ddpm --device cuda --engine torch:fp32 --engine torch:fp16 \\
+    pqcad-bench --checkpoint fmnist-ddpm --engine torch:fp32 --engine ort:unet_fp32.onnx \\
+        --engine ort:unet_int8.ort.json@50 --steps 100 --batch-size 8 --threads 2 --json bench.json
+    pqcad-bench --checkpoint sd15-unet --random-weights --device cuda --engine torch:fp16 \\
         --engine torch:fp16+graph --engine trt16=trt:unet_fp16.plan --engine trt:unet_int8.plan --baseline trt16
 
-Engines: [label=]kind:target with kind torch (fp32|fp16|bf16, +graph for CUDA graphs), ort (an .onnx file or
-an ORT engine .json from pqcad-build) or trt (a .plan, +graph). Torch FP32/FP16 eager and unquantized ONNX
-models are baselines automatically; --baseline LABEL adds others (e.g. a TensorRT FP16 engine).
+Engines: [label=]kind:target[@steps] with kind torch (fp32|fp16|bf16, +graph for CUDA graphs), ort (an .onnx file
+or an ORT engine .json from pqcad-build) or trt (a .plan, +graph). Torch FP32/FP16 eager and unquantized ONNX
+models are baselines automatically; --baseline LABEL adds others (e.g. a TensorRT FP16 engine). Every engine
+samples from the same noise; quality columns compare the final images with the first baseline's.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 import torch
 
+from pqcad_deploy import metrics
+from pqcad_deploy.cli.common import (
+    add_device,
+    add_json,
+    add_verbose,
+    check_output_path,
+    int_range,
+    make_parser,
+    nonneg_int,
+    positive_int,
+    resolve_device,
+    run_cli,
+    setup_logging,
+)
+from pqcad_deploy.errors import UsageError
+from pqcad_deploy.images import save_grid
 from pqcad_deploy.io import atomic_json_save
-from pqcad_deploy.loading import open_checkpoint
-from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec, build_model, get_spec, load_model
+from pqcad_deploy.loading import open_model
 
-from .backends.base import MissingBackendError
 from .bench import BenchConfig, format_table, parse_engine, run_bench
-
-log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pqcad-bench",
-        description="End-to-end sampler latency and quality over several engines in one process.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
+    doc = __doc__.split("\n\n")
+    p = make_parser("pqcad-bench", doc[0].strip("`"), "\n\n".join(doc[1:]))
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="model whose spec (shapes, scheduler) every engine shares and that torch engines run: an FP "
+        ".safetensors, a student .pt, or a zoo name (shipped weights, else random)",
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="zoo name (fmnist-ddpm uses the shipped teacher when present)")
-    src.add_argument(
-        "--checkpoint", type=Path, help="FP model (.safetensors + .json) or student checkpoint (.pt)"
-    )
-    p.add_argument("--engine", action="append", required=True, help="[label=]kind:target, repeatable")
+    p.add_argument("--random-weights", action="store_true", help="with a zoo name: seeded random weights")
+    p.add_argument("--engine", action="append", required=True, help="[label=]kind:target[@steps], repeatable")
     p.add_argument("--baseline", action="append", default=[], help="extra baseline engine label")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default 50, or the student's)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="sampler steps (default 50, or the student's)"
+    )
+    p.add_argument("--batch-size", type=int_range(1, 4096), default=1, help="images per sampler run")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="noise seed (the same for every engine)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed end-to-end runs per engine")
+    p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed runs per engine first")
     p.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm"])
-    p.add_argument("--device", default="cpu", help="cpu or cuda (ORT engines follow their providers)")
-    p.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads")
-    p.add_argument("--quality-samples", type=int, default=0, help="images per engine for FD-fmnist (0: skip)")
-    p.add_argument("--json", type=Path, help="write the results here")
+    add_device(p)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch and ORT intra-op threads")
+    p.add_argument(
+        "--num-samples",
+        type=nonneg_int,
+        default=0,
+        help="images per engine for FD-fmnist (0: skip; slow on CPU)",
+    )
+    add_json(p)
     p.add_argument("--grid", type=Path, help="folder for one PNG grid per engine")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbose(p)
     return p
 
 
-def load_source(args: argparse.Namespace) -> tuple[torch.nn.Module, ModelSpec, dict]:
-    """The torch model for torch engines plus the spec (shapes, scheduler) every engine shares."""
-    if args.checkpoint is not None:
-        model, spec, qcfg, meta = open_checkpoint(args.checkpoint)
-        if qcfg is None:
-            return model, spec, {"weights": str(args.checkpoint)}
-        return model, spec, {"weights": str(args.checkpoint), "sampling": meta.get("sampling")}
-    spec = get_spec(args.model)
-    if args.model == "fmnist-ddpm" and TEACHER_PATH.is_file():
-        model, spec = load_model(TEACHER_PATH)
-        return model, spec, {"weights": str(TEACHER_PATH)}
-    log.warning("%s: random weights (latency only; quality columns are meaningless)", args.model)
-    return build_model(spec, seed=0).eval(), spec, {"weights": "random (seed 0)"}
-
-
-def _metrics():
-    try:
-        from pqcad_deploy import metrics
-    except ImportError as e:
-        log.warning("quality columns skipped: pqcad_deploy.metrics is not importable (%s)", e)
-        return None
-    return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
-    try:
-        engines = [parse_engine(e) for e in args.engine]
-        labels = [e.label for e in engines]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"Engine labels must be unique, got {labels}; name them with label=kind:target.")
-        model, spec, source = load_source(args)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"pqcad-bench: error: {e}", file=sys.stderr)
-        return 2
-    steps = args.steps or (source.get("sampling") or {}).get("steps") or 50
+def run(args: argparse.Namespace) -> int:
+    engines = [parse_engine(e) for e in args.engine]
+    labels = [e.label for e in engines]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"Engine labels must be unique, got {labels}; name them with label=kind:target.")
+    if args.json:
+        check_output_path(args.json, inputs=[args.checkpoint], what="--json")
+    device = resolve_device(args.device)
+    bundle = open_model(args.checkpoint, random_weights=True if args.random_weights else None)
+    steps = args.steps or bundle.trained_steps or 50
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = BenchConfig(
         steps=steps,
-        batch=args.batch,
+        batch=args.batch_size,
         seed=args.seed,
         repeats=args.repeats,
         warmup=args.warmup,
-        quality_samples=args.quality_samples,
+        quality_samples=args.num_samples,
         scheduler=args.scheduler,
     )
-    try:
-        result = run_bench(
-            engines,
-            model,
-            spec,
-            cfg,
-            device=args.device,
-            threads=args.threads,
-            baselines=args.baseline,
-            metrics=_metrics(),
-        )
-    except (ValueError, MissingBackendError) as e:
-        print(f"pqcad-bench: error: {e}", file=sys.stderr)
-        return 2
+    result = run_bench(
+        engines,
+        bundle.model,
+        bundle.spec,
+        cfg,
+        device=str(device),
+        threads=args.threads,
+        baselines=args.baseline,
+        metrics=metrics,
+    )
     images = result.pop("_images")
-    result["source"] = source
+    result["source"] = bundle.source
     print(format_table(result))
     if args.grid is not None:
-        from pqcad_deploy.images import save_grid
-
         args.grid.mkdir(parents=True, exist_ok=True)
         for label, imgs in images.items():
             save_grid(imgs, args.grid / f"{label.replace(':', '_').replace('/', '_')}.png")
@@ -135,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         atomic_json_save(result, args.json)
         print(f"wrote {args.json}")
     return 1 if any(r["error"] for r in result["rows"]) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, quiet_default=True)
+    return run_cli("pqcad-bench", run, args)
 
 
 if __name__ == "__main__":

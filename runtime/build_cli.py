@@ -5,35 +5,41 @@
         --maxShapes sample:16x1x32x32,timestep:16 --timingCacheFile tc.bin --exportLayerInfo layers.json
     pqcad-build --backend onnxruntime --onnx unet_int8.onnx --saveEngine unet_int8.ort.json --ortThreads 2
 
-Unless --skipInference is given, the engine is loaded back and timed on random inputs at the opt shapes.
+Flags follow trtexec's names (camelCase); --ortThreads/--ortOptimization/--ortProviders are this tool's own for
+the ONNX Runtime backend. Unless --skipInference is given, the engine is loaded back and timed on random inputs at
+the opt shapes (--warmUp untimed calls first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
+from typing import Any
 
-import torch
+import onnx
+
+from pqcad_deploy.cli.common import (
+    add_verbose,
+    check_output_path,
+    make_parser,
+    nonneg_int,
+    positive_int,
+    run_cli,
+    setup_logging,
+)
+from pqcad_deploy.denoiser import sampler_feed
+from pqcad_deploy.timing import summarize, time_calls
 
 from .audit import LayerAuditReport, format_onnx_audit
-from .backends.base import MissingBackendError, Runner
+from .backends.base import Runner
 from .build_config import BuildConfigError, BuildPlan, ShapeMap, format_shapes, plan_from_args
-from .timing import summarize, time_calls
-
-log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pqcad-build",
-        description="Build a TensorRT engine (or an ONNX Runtime optimized model) from an ONNX file; "
-        "flags follow trtexec.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    doc = __doc__.split("\n\n")
+    p = make_parser("pqcad-build", doc[0].strip("`"), "\n\n".join(doc[1:]))
     p.add_argument("--onnx", required=True, help="input ONNX model")
     p.add_argument("--saveEngine", required=True, help="engine to write (.plan; ORT: the engine .json)")
     p.add_argument("--backend", default="tensorrt", choices=["tensorrt", "onnxruntime"])
@@ -51,27 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profilingVerbosity", help="layer_names_only | detailed | none")
     p.add_argument("--exportLayerInfo", help="write engine layer info JSON and run the fusion audit")
     p.add_argument("--skipInference", action="store_true", help="build only; do not time the engine")
-    p.add_argument("--iterations", type=int, default=20, help="timed inferences after the build")
-    p.add_argument("--ortThreads", type=int, help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    p.add_argument("--warmUp", type=nonneg_int, default=3, help="untimed inferences before timing (calls)")
+    p.add_argument("--iterations", type=positive_int, default=20, help="timed inferences after the build")
+    p.add_argument(
+        "--ortThreads", type=positive_int, help="ONNX Runtime intra-op threads (default: ORT's choice)"
+    )
     p.add_argument("--ortOptimization", default="all", choices=["disable", "basic", "extended", "all"])
     p.add_argument("--ortProviders", default="cpu", help="comma list: cpu, cuda, tensorrt")
-    p.add_argument("--verbose", action="store_true", help="verbose builder log")
+    add_verbose(p)
     return p
-
-
-def random_feed(shapes: ShapeMap, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Sampler-like random inputs: N(0,1) floats, timesteps in [0, 1000)."""
-    g = torch.Generator().manual_seed(seed)
-    return {
-        n: torch.randint(0, 1000, s, generator=g) if n == "timestep" else torch.randn(s, generator=g)
-        for n, s in shapes.items()
-    }
 
 
 def onnx_input_shapes(path: Path, batch: int = 1) -> ShapeMap:
     """Static input shapes of an ONNX file, with symbolic dimensions set to ``batch``."""
-    import onnx
-
     m = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in m.graph.initializer}
     return {
@@ -81,67 +79,92 @@ def onnx_input_shapes(path: Path, batch: int = 1) -> ShapeMap:
     }
 
 
-def time_runner(runner: Runner, feed: dict[str, torch.Tensor], iterations: int) -> dict[str, float]:
+def check_profile(plan: BuildPlan) -> None:
+    """Shape flags against the ONNX inputs, before any build: names, ranks and static dimensions must match."""
+    if plan.profile is None or not plan.onnx.is_file():
+        return
+    try:
+        inputs = onnx_input_shapes(plan.onnx, batch=-1)
+    except Exception as e:  # protobuf DecodeError and friends: say which file
+        raise BuildConfigError(
+            f"--onnx {plan.onnx} is not a readable ONNX model ({type(e).__name__}: {e})."
+        ) from e
+    for name in plan.profile.opt:
+        if name not in inputs:
+            raise BuildConfigError(f"Shape given for {name!r}, but the model inputs are {sorted(inputs)}.")
+        want = inputs[name]
+        for key in ("min", "opt", "max"):
+            got = getattr(plan.profile, key)[name]
+            if len(got) != len(want) or any(w > 0 and g != w for g, w in zip(got, want, strict=False)):
+                dims = "x".join("?" if w < 0 else str(w) for w in want)
+                raise BuildConfigError(
+                    f"--{key}Shapes {name}:{'x'.join(map(str, got))} does not fit the input {dims}."
+                )
+
+
+def time_runner(runner: Runner, shapes: ShapeMap, warmup: int, iterations: int) -> dict[str, float]:
+    """Per-call latency on the one sampler-like random feed (``denoiser.sampler_feed``)."""
+    feed = sampler_feed(shapes)
     with runner:
-        for _ in range(3):
+        for _ in range(warmup):
             runner.infer(feed)
         per_call = [time_calls(lambda: runner.infer(feed), 1, runner.device) for _ in range(iterations)]
     return summarize(per_call)
 
 
-def run_build(plan: BuildPlan, iterations: int = 20, verbose: bool = False) -> dict:
-    for note in plan.notes:
-        print(f"note: {note}")
+def build(plan: BuildPlan, verbose: bool = False) -> tuple[dict[str, Any], Runner, ShapeMap | None]:
+    """Build the engine; returns (report, a runner for it, the shapes to time it at or None)."""
     if plan.backend == "onnxruntime":
         from .backends.ort_backend import OrtRunner
         from .ort_builder import build_ort_engine
 
         report = build_ort_engine(plan)
+        shapes = plan.profile.opt if plan.profile else onnx_input_shapes(plan.onnx)
+        return report, OrtRunner.from_engine(plan.save_engine), shapes
+    from .backends.trt_backend import TrtRunner
+    from .trt_builder import build_engine
+
+    report = build_engine(plan, verbose=verbose)
+    return report, TrtRunner(plan.save_engine), (plan.profile.opt if plan.profile else None)
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = plan_from_args(args)
+    check_output_path(plan.save_engine, inputs=[plan.onnx], what="--saveEngine")
+    check_profile(plan)
+    for note in plan.notes:
+        print(f"note: {note}")
+    report, runner, shapes = build(plan, verbose=args.verbose)
+    if plan.backend == "onnxruntime":
         print(f"wrote {plan.save_engine} (optimized model {report['model']}, {report['build_s']} s)")
         print(f"source:    {format_onnx_audit(report['audit']['source'])}")
         print(f"optimized: {format_onnx_audit(report['audit']['optimized'])}")
-        shapes = plan.profile.opt if plan.profile else onnx_input_shapes(plan.onnx)
-        make_runner = lambda: OrtRunner.from_engine(plan.save_engine)  # noqa: E731
     else:
-        from .backends.trt_backend import TrtRunner
-        from .trt_builder import build_engine
-
-        report = build_engine(plan, verbose=verbose)
         print(
             f"wrote {plan.save_engine} ({report['size_mb']} MB, TensorRT {report['tensorrt']}, {report['build_s']} s)"
         )
         if "audit" in report:
-            rep = LayerAuditReport(**report["audit"])
-            print(f"fusion audit ({plan.export_layer_info}):\n{rep.summary()}")
-        shapes = plan.profile.opt if plan.profile else None
-        make_runner = lambda: TrtRunner(plan.save_engine)  # noqa: E731
+            print(
+                f"fusion audit ({plan.export_layer_info}):\n{LayerAuditReport(**report['audit']).summary()}"
+            )
     if not plan.skip_inference:
         if shapes is None:
             print("skipping inference: give --optShapes to time a TensorRT engine")
         else:
-            stats = time_runner(make_runner(), random_feed(shapes), iterations)
-            report["inference_ms"] = stats
+            stats = time_runner(runner, shapes, args.warmUp, args.iterations)
             print(
                 f"inference at {format_shapes(shapes)}: median {stats['median']:.3f} ms, "
                 f"p90 {stats['p90']:.3f} ms over {stats['n']} runs"
             )
-    return report
+    if args.verbose:
+        print(json.dumps(plan.to_dict(), indent=1))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
-    try:
-        plan = plan_from_args(args)
-        report = run_build(plan, iterations=args.iterations, verbose=args.verbose)
-    except (BuildConfigError, MissingBackendError, FileNotFoundError) as e:
-        print(f"pqcad-build: error: {e}", file=sys.stderr)
-        return 2
-    if args.verbose:
-        print(json.dumps(plan.to_dict(), indent=1))
-    return 0 if report else 1
+    setup_logging(args.verbose, quiet_default=True)
+    return run_cli("pqcad-build", run, args)
 
 
 if __name__ == "__main__":

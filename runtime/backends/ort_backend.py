@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from pqcad_deploy.denoiser import OUTPUT_NAME, SAMPLE
+from pqcad_deploy.errors import UsageError
 
-from .base import MissingBackendError, Runner, require
+from .base import MissingBackendError, Runner, RunnerError, require
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ PROVIDERS = {
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
 OPT_LEVELS["all"] = "ORT_ENABLE_ALL"
 ENGINE_FORMAT = "pqcad-ort-engine"
+ENGINE_VERSION = 1
 
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -73,7 +75,7 @@ def session_settings(
 ) -> dict[str, Any]:
     """The JSON-able session settings an ORT engine records (validated here, applied in ``activate``)."""
     if optimization not in OPT_LEVELS:
-        raise ValueError(
+        raise UsageError(
             f"Unknown ORT optimization level {optimization!r}; choose one of {sorted(OPT_LEVELS)}."
         )
     if isinstance(providers, str):
@@ -84,6 +86,31 @@ def session_settings(
         "graph_optimization_level": optimization,
         "providers": list(providers or ["cpu"]),
     }
+
+
+def read_engine_json(path: Path) -> dict[str, Any]:
+    """An ORT engine file, validated (format, version, field types) before anything is opened."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunnerError(f"Cannot read ORT engine file {path}: {e}.") from e
+    if not isinstance(meta, dict) or meta.get("format") != ENGINE_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise RunnerError(f"{path} is not an ORT engine file (format {got!r}, want {ENGINE_FORMAT!r}).")
+    if meta.get("version") != ENGINE_VERSION:
+        raise RunnerError(
+            f"{path} is ORT engine version {meta.get('version')!r}; this code reads {ENGINE_VERSION}. Rebuild it "
+            "with pqcad-build --backend onnxruntime."
+        )
+    session, model = meta.get("session"), meta.get("model")
+    if not isinstance(session, dict) or not isinstance(model, str) or Path(model).name != model:
+        raise RunnerError(f"{path}: 'session' must be an object and 'model' a file name beside it.")
+    if not (path.parent / model).is_file():
+        raise RunnerError(f"{path} names the optimized model {model}, which is missing; rebuild the engine.")
+    threads = session.get("intra_op_num_threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise RunnerError(f"{path}: intra_op_num_threads must be a non-negative integer, got {threads!r}.")
+    return meta
 
 
 class OrtRunner(Runner):
@@ -99,18 +126,20 @@ class OrtRunner(Runner):
         optimized_model_filepath: str | os.PathLike | None = None,
         io_binding: bool | None = None,
         provider_options: dict[str, dict[str, Any]] | None = None,
+        session_config_entries: dict[str, str] | None = None,
+        log_severity: int | None = None,
         name: str | None = None,
     ):
         super().__init__()
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
-            raise FileNotFoundError(
-                f"ONNX model {self.model_path} does not exist; export one with pqcad-export."
-            )
+            raise RunnerError(f"ONNX model {self.model_path} does not exist; export one with pqcad-export.")
         self.settings = session_settings(intra_op_threads, inter_op_threads, optimization, providers)
         self.optimized_model_filepath = optimized_model_filepath
         self.io_binding = io_binding
         self.provider_options = provider_options or {}
+        self.session_config_entries = dict(session_config_entries or {})
+        self.log_severity = log_severity
         self.name = name or f"ort:{self.model_path.name}"
         self.session = None
         self._inputs: dict[str, Any] = {}
@@ -119,14 +148,7 @@ class OrtRunner(Runner):
     def from_engine(cls, engine_json: str | os.PathLike, **overrides: Any) -> OrtRunner:
         """Reopen an ORT engine written by ``pqcad-build --backend onnxruntime``."""
         path = Path(engine_json)
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"Cannot read ORT engine file {path}: {e}.") from e
-        if meta.get("format") != ENGINE_FORMAT:
-            raise ValueError(
-                f"{path} is not an ORT engine file (format {meta.get('format')!r}, want {ENGINE_FORMAT!r})."
-            )
+        meta = read_engine_json(path)
         s = meta["session"]
         kwargs = dict(
             providers=s.get("providers"),
@@ -153,11 +175,20 @@ class OrtRunner(Runner):
         )
         if self.optimized_model_filepath:
             so.optimized_model_filepath = str(self.optimized_model_filepath)
+        for key, value in self.session_config_entries.items():
+            so.add_session_config_entry(key, value)
+        if self.log_severity is not None:
+            so.log_severity_level = self.log_severity
         providers = resolve_providers(s["providers"], ort.get_available_providers())
         opts = [self.provider_options.get(p, {}) for p in providers]
-        self.session = ort.InferenceSession(
-            str(self.model_path), sess_options=so, providers=providers, provider_options=opts
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(self.model_path), sess_options=so, providers=providers, provider_options=opts
+            )
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types, all with a message
+            raise RunnerError(
+                f"ONNX Runtime cannot load {self.model_path}: {str(e).strip().splitlines()[0]}"
+            ) from e
         self._inputs = {i.name: i for i in self.session.get_inputs()}
         self.input_names = tuple(self._inputs)
         self._outputs = [o.name for o in self.session.get_outputs()]

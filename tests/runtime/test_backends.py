@@ -104,5 +104,5 @@ def test_ort_missing_inputs_and_providers(tiny_cond_onnx, tmp_path):
     )
     with pytest.raises(ValueError, match="optimization level"):
         session_settings(optimization="max")
-    with pytest.raises(FileNotFoundError, match="pqcad-export"):
+    with pytest.raises(RunnerError, match="pqcad-export"):
         OrtRunner(tmp_path / "nope.onnx")

@@ -31,9 +31,17 @@ def test_ort_build_then_run(tiny_onnx, tmp_path, capsys):
     assert rc == 0
     meta = json.loads(eng.read_text())
     assert meta["format"] == "pqcad-ort-engine" and (tmp_path / meta["model"]).is_file()
+    first_model = meta["model"]
     assert meta["session"]["intra_op_num_threads"] == 1
     assert meta["audit"]["optimized"]["nodes"] < meta["audit"]["source"]["nodes"]
     assert "ignored for --backend onnxruntime: --fp16" in out and "inference at sample:1x1x16x16" in out
+    # a rebuild writes a new optimized model, flips the JSON to it, then removes the old one: never a mixed pair
+    args = ["--backend", "onnxruntime", "--onnx", str(tiny_onnx), "--saveEngine", str(eng), "--skipInference"]
+    assert build_cli.main([*args, "--ortOptimization", "basic"]) == 0
+    meta2 = json.loads(eng.read_text())
+    assert meta2["session"]["graph_optimization_level"] == "basic" and (tmp_path / meta2["model"]).is_file()
+    assert sorted(p.name for p in tmp_path.glob("*.opt.onnx")) == [meta2["model"]]
+    assert meta2["model"] != first_model or meta2["audit"] == meta["audit"]
 
 
 def test_build_errors_exit_2_with_one_line(tiny_onnx, tmp_path, capsys):
@@ -73,7 +81,7 @@ def test_bench_table_and_json(tiny_onnx, tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     rc = bench_cli.main(
         [
-            "--model",
+            "--checkpoint",
             "tiny-unet",
             "--engine",
             "torch:fp32",
@@ -85,7 +93,7 @@ def test_bench_table_and_json(tiny_onnx, tmp_path, capsys):
             "1",
             "--warmup",
             "0",
-            "--batch",
+            "--batch-size",
             "2",
             "--threads",
             "1",
@@ -105,14 +113,13 @@ def test_bench_table_and_json(tiny_onnx, tmp_path, capsys):
     assert t["speedups"]["torch:fp32"] == pytest.approx(1.0)
     assert o["step_ms"]["n"] == 2 and o["e2e_ms"]["median"] > 0
     assert "versions" in res["environment"] and len(list((tmp_path / "grids").glob("*.png"))) == 2
-    if o["fidelity"] is not None:  # once pqcad_deploy.metrics exists: ORT FP32 == torch FP32 numerically
-        assert o["fidelity"]["rel_l2"] < 1e-3
+    assert o["fidelity"]["rel_l2"] < 1e-3  # ORT FP32 == torch FP32 numerically
 
 
 def test_bench_reports_a_broken_engine_and_continues(tmp_path, capsys):
     rc = bench_cli.main(
         [
-            "--model",
+            "--checkpoint",
             "tiny-unet",
             "--engine",
             "torch:fp32",
