@@ -1,14 +1,21 @@
-"""Torch-free DDIM sampling on a TensorRT engine, for Jetson boards (numpy + tensorrt + pycuda + Pillow).
+"""Torch-free DDIM sampling on TensorRT engines, for Jetson boards (numpy + tensorrt + pycuda + Pillow; the
+``tokenizers`` package too when prompting).
 
-Copy this one file and the engine built on the device (``pqcad-build`` or ``trtexec``) to the board:
+Copy this one file, and the engines built on the device (``pqcad-build`` or ``trtexec``), to the board:
 
     python3 jetson_demo.py --engine unet.plan --steps 50 --batch 4 --out grid.png [--spec fmnist-ddpm.json]
+    python3 jetson_demo.py --engine unet_t2i.plan --text-engine text.plan --tokenizer minilm/ \
+        --prompt "a red shirt" --prompt "a blue dress" --guidance-scale 3 --steps 25
 
 Buffers: pinned host memory (``cuda.pagelocked_empty``) and device memory from pycuda in the *primary*
 context (``pycuda.autoprimaryctx``, so it also coexists with other CUDA users in the process). The DDIM math
 (eta = 0, "trailing" spacing, the project's scheduler defaults) runs in numpy on the host; on Jetson the CPU
 and GPU share DRAM, so the per-step copies are small. This is the project's one second sampler loop, kept
 tiny and tested against diffusers' DDIMScheduler.
+
+Prompts are tokenized (padded and truncated to ``--max-length``) and encoded once by the text-encoder engine.
+Classifier-free guidance batches the empty prompt's encoding and the prompts' encodings as [uncond; cond]
+rows, so the UNet engine runs once per step on twice the batch: eps = eps_u + S * (eps_c - eps_u).
 """
 
 from __future__ import annotations
@@ -18,9 +25,23 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+# Graph I/O names, as in pqcad_deploy.denoiser and the text-encoder export (this file runs without the package).
+SAMPLE, TIMESTEP, COND, OUTPUT_NAME = "sample", "timestep", "encoder_hidden_states", "out_sample"
+TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "last_hidden_state"
+EMPTY_PROMPT = ""  # the unconditional prompt of classifier-free guidance
+
+Denoise = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class DemoError(Exception):
+    """A missing package, an unusable engine or inputs that do not fit it; the message says what to do."""
+
 
 # -- DDIM (numpy) ---------------------------------------------------------------------------------------
 
@@ -56,7 +77,9 @@ def ddim_step(x: np.ndarray, eps: np.ndarray, t: int, prev_t: int, ac: np.ndarra
     return (np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps).astype(np.float32)
 
 
-def ddim_sample(denoise, x: np.ndarray, steps: int, schedule: dict | None = None, on_step=None) -> np.ndarray:
+def ddim_sample(
+    denoise: Denoise, x: np.ndarray, steps: int, schedule: dict | None = None, on_step=None
+) -> np.ndarray:
     """Run ``steps`` DDIM steps from noise ``x``; ``denoise(x, t_batch) -> eps`` (numpy in and out)."""
     sched = {"num_train_timesteps": 1000, "beta_schedule": "linear", **(schedule or {})}
     ac = alphas_cumprod(
@@ -100,35 +123,50 @@ def save_grid_png(images: np.ndarray, path: str | Path) -> Path:
 # -- TensorRT + pycuda ----------------------------------------------------------------------------------
 
 
-class PycudaEngine:
-    """A deserialized engine with pinned host + device buffers for one batch size (TRT 8.6 and 10.x API)."""
+def _import_gpu_modules() -> tuple[Any, Any]:
+    try:
+        import pycuda.autoprimaryctx  # noqa: F401  (the primary context, not autoinit's private one)
+        import pycuda.driver as cuda
+        import tensorrt as trt
+    except ImportError as e:
+        raise DemoError(
+            f"{e.name} is missing: on Jetson use the JetPack TensorRT and `pip install pycuda`."
+        ) from None
+    return cuda, trt
 
-    def __init__(self, engine_path: str | Path, batch: int):
-        try:
-            import pycuda.autoprimaryctx  # noqa: F401  (primary context, not autoinit)
-            import pycuda.driver as cuda
-            import tensorrt as trt
-        except ImportError as e:
-            raise SystemExit(
-                f"{e.name} is missing: on Jetson use the JetPack TensorRT and `pip install pycuda`."
-            ) from None
-        self.cuda, self.trt = cuda, trt
+
+class PycudaEngine:
+    """A deserialized engine with pinned host and device buffers for one set of input shapes (TRT 8.6 and 10.x).
+
+    Each input's shape is ``shapes[name]`` where given, else ``batch`` followed by the profile's opt dims.
+    """
+
+    def __init__(self, engine_path: str | Path, batch: int, shapes: dict[str, tuple[int, ...]] | None = None):
+        self.cuda, self.trt = cuda, trt = _import_gpu_modules()
+        self.path = Path(engine_path)
+        if not self.path.is_file():
+            raise DemoError(f"engine {self.path} does not exist; build it on this device (docs/jetson.md).")
         logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise SystemExit(
-                f"Could not load {engine_path}: build the engine on this device with this TensorRT."
+            raise DemoError(
+                f"could not load {self.path}: build the engine on this device with this TensorRT."
             )
         self.ctx = self.engine.create_execution_context()
         self.stream = cuda.Stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
-        self.sample_chw = tuple(self._profile_opt("sample")[1:])
-        for n in self.inputs:
-            shape = (batch, *self._profile_opt(n)[1:])
+        self.input_shapes = {
+            n: tuple((shapes or {}).get(n) or (batch, *self.profile(n)[1][1:])) for n in self.inputs
+        }
+        for n, shape in self.input_shapes.items():
             if not self.ctx.set_input_shape(n, shape):
-                raise SystemExit(f"Input {n} shape {shape} is outside the engine's profile; rebuild with it.")
+                low, _, high = self.profile(n)
+                raise DemoError(
+                    f"{self.path.name}: input {n} shape {shape} is outside the engine's profile {low}..{high}; "
+                    "rebuild the engine with that shape in --minShapes/--maxShapes."
+                )
         self.buf = {}
         for n in names:
             shape = tuple(self.ctx.get_tensor_shape(n))
@@ -137,69 +175,219 @@ class PycudaEngine:
             self.ctx.set_tensor_address(n, int(dev))
             self.buf[n] = (host, dev)
 
-    def _profile_opt(self, name: str) -> tuple[int, ...]:
+    def profile(self, name: str) -> tuple[tuple[int, ...], ...]:
+        """(min, opt, max) shapes of an input; all three equal its shape when it is static."""
         shape = tuple(self.engine.get_tensor_shape(name))
-        if all(d > 0 for d in shape):
-            return shape
-        return tuple(self.engine.get_tensor_profile_shape(name, 0)[1])
+        if all(d >= 0 for d in shape):
+            return shape, shape, shape
+        return tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
 
-    def __call__(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Copy ``feed`` in, execute, copy every output back (fresh arrays: the pinned buffers are reused)."""
         cuda = self.cuda
-        feed = {"sample": x, "timestep": t, "encoder_hidden_states": cond}
         for n in self.inputs:
             host, dev = self.buf[n]
-            np.copyto(host, feed[n] if feed.get(n) is not None else 0, casting="unsafe")
+            if n not in feed or np.shape(feed[n]) != host.shape:
+                got = np.shape(feed[n]) if n in feed else "nothing"
+                raise DemoError(f"{self.path.name}: input {n} needs shape {host.shape}, got {got}.")
+            np.copyto(host, feed[n], casting="unsafe")
             cuda.memcpy_htod_async(dev, host, self.stream)
         if not self.ctx.execute_async_v3(stream_handle=self.stream.handle):
-            raise RuntimeError("execute_async_v3 failed")
-        out = self.outputs[0]
-        cuda.memcpy_dtoh_async(self.buf[out][0], self.buf[out][1], self.stream)
+            raise DemoError(f"{self.path.name}: execute_async_v3 failed (see the TensorRT log above).")
+        for n in self.outputs:
+            cuda.memcpy_dtoh_async(self.buf[n][0], self.buf[n][1], self.stream)
         self.stream.synchronize()
-        return self.buf[out][0].astype(np.float32)
+        return {n: self.buf[n][0].copy() for n in self.outputs}
+
+
+def unet_denoiser(unet: PycudaEngine, cond: np.ndarray | None) -> Denoise:
+    """``(x, t) -> eps`` on the UNet engine; ``cond`` (fixed for the whole loop) feeds its encoder states."""
+
+    def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        feed = {SAMPLE: x, TIMESTEP: t} | ({COND: cond} if COND in unet.inputs else {})
+        return unet.run(feed)[unet.outputs[0]].astype(np.float32)
+
+    return denoise
+
+
+def guided(denoise: Denoise, scale: float) -> Denoise:
+    """Classifier-free guidance with one UNet call per step: ``denoise`` sees every row twice, first against
+    the empty prompt's states, then against the prompts' (the [uncond; cond] batching of its conditioning)."""
+
+    def step(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        eps_u, eps_c = np.split(denoise(np.concatenate([x, x]), np.concatenate([t, t])), 2)
+        return (eps_u + np.float32(scale) * (eps_c - eps_u)).astype(np.float32)
+
+    return step
+
+
+# -- prompts ----------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(folder: str | Path, max_length: int) -> Any:
+    """``tokenizers.Tokenizer`` from ``folder/tokenizer.json``, padding and truncating to ``max_length``."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise DemoError("--tokenizer needs the tokenizers package: pip3 install tokenizers") from None
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise DemoError(f"--tokenizer {folder}: no tokenizer.json there (copy the text encoder's folder).")
+    tok = Tokenizer.from_file(str(path))
+    pad_token = (tok.padding or {}).get("pad_token") or "[PAD]"
+    pad_id = tok.token_to_id(pad_token)
+    tok.enable_truncation(max_length)
+    tok.enable_padding(length=max_length, pad_id=pad_id or 0, pad_token=pad_token)
+    return tok
+
+
+def tokenize(tok: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``input_ids`` and ``attention_mask`` (int64 [B, L]) and, per text, how many tokens truncation cut."""
+    encodings = tok.encode_batch(texts)
+    ids = np.array([e.ids for e in encodings], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+    cut = [
+        sum(
+            1
+            for o in e.overflowing
+            for s, m in zip(o.special_tokens_mask, o.attention_mask, strict=True)
+            if m and not s
+        )
+        for e in encodings
+    ]
+    return ids, mask, cut
+
+
+def encode(text_engine: PycudaEngine, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Token states [B, L, D] from the text-encoder engine."""
+    if set(text_engine.inputs) != set(TEXT_INPUTS) or TEXT_OUTPUT not in text_engine.outputs:
+        raise DemoError(
+            f"{text_engine.path.name} has inputs {text_engine.inputs} and outputs {text_engine.outputs}; a text "
+            f"encoder engine takes {list(TEXT_INPUTS)} and returns {TEXT_OUTPUT}."
+        )
+    return text_engine.run({TEXT_INPUTS[0]: ids, TEXT_INPUTS[1]: mask})[TEXT_OUTPUT].astype(np.float32)
+
+
+# -- the command ------------------------------------------------------------------------------------------
 
 
 def _percentile(a: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(a), q)) if a else float("nan")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Torch-free DDIM sampling on a TensorRT engine (Jetson demo).")
-    p.add_argument("--engine", required=True, help="TensorRT plan built on this device")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Torch-free DDIM sampling on TensorRT engines (Jetson demo).")
+    p.add_argument("--engine", required=True, help="UNet TensorRT plan built on this device")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--batch", type=int, help="images per run (default: the number of --prompt, else 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--spec", help="model JSON sidecar (scheduler config); default: linear betas, 1000 steps")
     p.add_argument("--warmup", type=int, default=1, help="untimed sampling runs first")
     p.add_argument("--out", default="jetson_grid.png")
+    p.add_argument("--prompt", action="append", help="text prompt; repeat it for one per batch row")
+    p.add_argument("--tokenizer", help="folder with the text encoder's tokenizer.json")
+    p.add_argument("--text-engine", help="text-encoder TensorRT plan (input_ids, attention_mask -> states)")
+    p.add_argument("--max-length", type=int, default=16, help="tokens per prompt after padding/truncation")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale S (needs --prompt)")
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The prompt of each batch row ([] without --prompt); argparse errors name the flags to fix."""
+    prompts = args.prompt or []
+    if prompts and not (args.text_engine and args.tokenizer):
+        p.error("--prompt needs --text-engine PLAN and --tokenizer DIR to encode it")
+    if args.guidance_scale is not None and not prompts:
+        p.error("--guidance-scale needs --prompt (guidance moves from the empty prompt towards the prompt)")
+    for flag, value in (("--max-length", args.max_length), ("--batch", args.batch), ("--steps", args.steps)):
+        if value is not None and value < 1:
+            p.error(f"{flag} must be at least 1, got {value}")
+    args.batch = args.batch or len(prompts) or 4
+    if len(prompts) not in (0, 1, args.batch):
+        p.error(f"give one --prompt, or one per batch row (--batch {args.batch}); got {len(prompts)}")
+    return prompts * args.batch if len(prompts) == 1 else prompts
+
+
+def encode_prompts(
+    args: argparse.Namespace, rows: list[str], cfg: bool
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The UNet's encoder states for every row ([empty prompt rows; prompt rows] under guidance), timed."""
+    t0 = time.perf_counter()
+    texts = [EMPTY_PROMPT] * len(rows) + rows if cfg else rows
+    ids, mask, cut = tokenize(load_tokenizer(args.tokenizer, args.max_length), texts)
+    tokenize_ms = (time.perf_counter() - t0) * 1e3
+    for text, n in sorted(set(zip(texts, cut, strict=True))):
+        if n:
+            print(f"warning: prompt {text!r} was truncated to --max-length {args.max_length}: {n} tokens cut")
+    engine = PycudaEngine(args.text_engine, len(texts), {n: ids.shape for n in TEXT_INPUTS})
+    for _ in range(args.warmup):
+        encode(engine, ids, mask)
+    t0 = time.perf_counter()
+    states = encode(engine, ids, mask)
+    return states, {"tokenize_ms": tokenize_ms, "encoder_ms": (time.perf_counter() - t0) * 1e3}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
+    rows = check_args(p, args)
+    try:
+        return run(args, rows)
+    except DemoError as e:
+        print(f"jetson_demo: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, rows: list[str]) -> int:
     schedule = {}
     if args.spec:
         meta = json.loads(Path(args.spec).read_text())
         schedule = (meta.get("model") or meta).get("scheduler") or {}
-    eng = PycudaEngine(args.engine, args.batch)
-    shape = (args.batch, *eng.sample_chw)
+    cfg = args.guidance_scale is not None
+    cond, text_ms = encode_prompts(args, rows, cfg) if rows else (None, None)
+    unet_batch = 2 * args.batch if cfg else args.batch
+    eng = PycudaEngine(args.engine, unet_batch, {COND: cond.shape} if cond is not None else None)
+    if cond is None and COND in eng.inputs:
+        print(f"note: {args.engine} takes {COND} but no --prompt was given: feeding zeros")
+        cond = np.zeros(eng.input_shapes[COND], dtype=np.float32)
+    if rows and COND not in eng.inputs:
+        raise DemoError(f"{args.engine} has no {COND} input (an unconditional UNet); drop --prompt.")
+    denoise = unet_denoiser(eng, cond)
+    if cfg:
+        denoise = guided(denoise, args.guidance_scale)
+    shape = (args.batch, *eng.input_shapes[SAMPLE][1:])
     noise = np.random.default_rng(args.seed).standard_normal(shape, dtype=np.float32)
     for _ in range(args.warmup):
-        ddim_sample(eng, noise.copy(), args.steps, schedule)
+        ddim_sample(denoise, noise.copy(), args.steps, schedule)
     step_ms: list[float] = []
 
-    def timed(x, t):
+    def timed(x: np.ndarray, t: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
-        eps = eng(x, t)
+        eps = denoise(x, t)
         step_ms.append((time.perf_counter() - t0) * 1e3)
         return eps
 
     t0 = time.perf_counter()
     images = ddim_sample(timed, noise.copy(), args.steps, schedule)
     total = (time.perf_counter() - t0) * 1e3
-    print(f"engine {args.engine}: batch {args.batch}, {args.steps} DDIM steps, sample {shape}")
+    if text_ms is not None:
+        print(
+            f"text encoder {args.text_engine}: {len(cond)} texts x {cond.shape[1]} tokens, "
+            f"{text_ms['encoder_ms']:.2f} ms (tokenizer {text_ms['tokenize_ms']:.2f} ms), once per run"
+        )
+    rows_note = f" (x2 rows for guidance scale {args.guidance_scale:g})" if cfg else ""
+    print(f"engine {args.engine}: batch {args.batch}{rows_note}, {args.steps} DDIM steps, sample {shape}")
     print(
-        f"per step (UNet + copies): median {np.median(step_ms):.2f} ms, p90 {_percentile(step_ms, 90):.2f} ms"
+        f"sampler per step (UNet + copies): median {np.median(step_ms):.2f} ms, "
+        f"p90 {_percentile(step_ms, 90):.2f} ms"
     )
     print(
-        f"end to end: {total:.1f} ms ({total / args.batch:.1f} ms per image); "
+        f"sampler end to end: {total:.1f} ms ({total / args.batch:.1f} ms per image); "
         f"host DDIM math {100 * (total - sum(step_ms)) / total:.1f}% of it"
     )
+    if text_ms is not None:
+        prompt_to_image = total + text_ms["tokenize_ms"] + text_ms["encoder_ms"]
+        print(f"prompt to image: {prompt_to_image:.1f} ms (tokenizer + text encoder + sampler)")
     print(f"wrote {save_grid_png(images, args.out)}")
     return 0
 
