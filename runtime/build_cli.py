@@ -34,7 +34,14 @@ from pqcad_deploy.timing import summarize, time_calls
 
 from .audit import LayerAuditReport, format_onnx_audit
 from .backends.base import Runner
-from .build_config import BuildConfigError, BuildPlan, ShapeMap, format_shapes, plan_from_args
+from .build_config import (
+    BuildConfigError,
+    BuildPlan,
+    ShapeMap,
+    check_profile_fits_network,
+    format_shapes,
+    plan_from_args,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +87,7 @@ def onnx_input_shapes(path: Path, batch: int = 1) -> ShapeMap:
 
 
 def check_profile(plan: BuildPlan) -> None:
-    """Shape flags against the ONNX inputs, before any build: names, ranks and static dimensions must match."""
+    """Shape flags against the ONNX inputs, before any build (names, ranks, static dimensions)."""
     if plan.profile is None or not plan.onnx.is_file():
         return
     try:
@@ -89,17 +96,7 @@ def check_profile(plan: BuildPlan) -> None:
         raise BuildConfigError(
             f"--onnx {plan.onnx} is not a readable ONNX model ({type(e).__name__}: {e})."
         ) from e
-    for name in plan.profile.opt:
-        if name not in inputs:
-            raise BuildConfigError(f"Shape given for {name!r}, but the model inputs are {sorted(inputs)}.")
-        want = inputs[name]
-        for key in ("min", "opt", "max"):
-            got = getattr(plan.profile, key)[name]
-            if len(got) != len(want) or any(w > 0 and g != w for g, w in zip(got, want, strict=False)):
-                dims = "x".join("?" if w < 0 else str(w) for w in want)
-                raise BuildConfigError(
-                    f"--{key}Shapes {name}:{'x'.join(map(str, got))} does not fit the input {dims}."
-                )
+    check_profile_fits_network(plan.profile, inputs)
 
 
 def time_runner(runner: Runner, shapes: ShapeMap, warmup: int, iterations: int) -> dict[str, float]:
