@@ -68,11 +68,15 @@ def sample(
     time_steps: bool = False,
     progress: bool = False,
     callback: StepCallback | None = None,
+    uncond: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
 ) -> SampleResult:
     """Run ``steps`` denoising steps from seeded Gaussian noise of ``shape`` (B, C, H, W).
 
-    ``time_steps=True`` synchronises after each denoiser call to record per-step latency; leave it off for
-    throughput runs (the end-to-end time is measured either way).
+    Classifier-free guidance: with ``uncond`` (the empty prompt's states, [1 or B, ...]) and ``guidance_scale``
+    != 1, every step is ONE denoiser call on the batched ``[uncond; cond]`` inputs, as diffusers pipelines do, and
+    eps = eps_u + scale * (eps_c - eps_u). ``time_steps=True`` synchronises after each denoiser call to record
+    per-step latency; leave it off for throughput runs (the end-to-end time is measured either way).
     """
     device = torch.device(device)
     # Timesteps stay on the CPU as Python ints: indexing the scheduler's tables with a CUDA scalar would force a
@@ -83,21 +87,27 @@ def sample(
     gen = (
         torch.Generator(device=device).manual_seed(seed + 1) if isinstance(scheduler, DDPMScheduler) else None
     )
-    if cond is not None:
+    batch = shape[0]
+    guided = uncond is not None and guidance_scale != 1.0
+    if guided:
+        if cond is None:
+            raise ValueError("classifier-free guidance needs cond (the prompt states) beside uncond.")
+        cond = torch.cat([uncond.expand(batch, *uncond.shape[1:]), cond]).to(device)
+    elif cond is not None:
         cond = cond.to(device)
+    eps_fn = _guided(denoiser, guidance_scale) if guided else denoiser
     t_all = timer.start()
     x = x0.to(device) * scheduler.init_noise_sigma
     step_ms: list[float] = []
-    batch = x.shape[0]
     bar = tqdm(scheduler.timesteps.tolist(), desc="sampling", disable=not progress, leave=False)
     for i, t in enumerate(bar):
         t_batch = torch.full((batch,), t, device=device, dtype=torch.int64)
         if time_steps:
             mark = timer.start()
-            eps = denoiser(x, t_batch, cond)
+            eps = eps_fn(x, t_batch, cond)
             step_ms.append(timer.stop(mark))
         else:
-            eps = denoiser(x, t_batch, cond)
+            eps = eps_fn(x, t_batch, cond)
         kwargs = {"generator": gen} if gen is not None else {"eta": 0.0}
         x_next = scheduler.step(eps, t, x, **kwargs).prev_sample
         if callback is not None:
@@ -105,6 +115,17 @@ def sample(
         x = x_next
     total = timer.stop(t_all)
     return SampleResult(images=x, step_ms=step_ms, total_ms=total)
+
+
+def _guided(denoiser: Denoiser, scale: float) -> Denoiser:
+    """One batched call on [x; x] with [uncond; cond] states, combined with the guidance scale."""
+
+    def eps(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        out = denoiser(torch.cat([x, x]), torch.cat([t, t]), cond)
+        eps_u, eps_c = out.chunk(2)
+        return eps_u + scale * (eps_c - eps_u)
+
+    return eps
 
 
 def sample_many(
@@ -117,12 +138,28 @@ def sample_many(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    cond: torch.Tensor | None = None,
+    uncond: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Generate ``n`` images in batches (batch i uses seed ``seed + i``); returns them on the CPU."""
+    """Generate ``n`` images in batches (batch i uses seed ``seed + i``); returns them on the CPU. ``cond``
+    holds one row of states per image (``n`` rows) for conditional models."""
+    if cond is not None and len(cond) != n:
+        raise ValueError(f"cond has {len(cond)} rows for {n} images; give one row of states per image.")
     out = []
     n_batches = (n + batch_size - 1) // batch_size
     for i in tqdm(range(n_batches), desc=f"sampling {n} images, {steps} steps", disable=not progress):
-        b = min(batch_size, n - i * batch_size)
-        res = sample(denoiser, scheduler_factory(), (b, *shape), steps=steps, seed=seed + i, device=device)
+        lo, hi = i * batch_size, min(n, (i + 1) * batch_size)
+        res = sample(
+            denoiser,
+            scheduler_factory(),
+            (hi - lo, *shape),
+            steps=steps,
+            seed=seed + i,
+            device=device,
+            cond=cond[lo:hi] if cond is not None else None,
+            uncond=uncond,
+            guidance_scale=guidance_scale,
+        )
         out.append(res.images.float().cpu())
     return torch.cat(out)

@@ -43,9 +43,12 @@ class ModelSpec:
     scheduler: dict[str, Any] = field(
         default_factory=lambda: {"num_train_timesteps": 1000, "beta_schedule": "linear"}
     )
+    # Text-conditioned models: the encoder their cross-attention was trained on ({"fingerprint", "max_length",
+    # "hidden_size"}); prompts must be encoded by that encoder (an embedding cache or engine of another is refused).
+    text: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "name": self.name,
             "cls": self.cls,
             "config": self.config,
@@ -53,6 +56,13 @@ class ModelSpec:
             "cond_shape": list(self.cond_shape) if self.cond_shape else None,
             "scheduler": self.scheduler,
         }
+        if self.text is not None:
+            d["text"] = dict(self.text)
+        return d
+
+    @property
+    def text_conditioned(self) -> bool:
+        return self.text is not None
 
     @classmethod
     def from_dict(cls, d: Any) -> ModelSpec:
@@ -74,6 +84,16 @@ class ModelSpec:
         if not isinstance(scheduler, dict):
             raise CheckpointError(f"Model spec 'scheduler' must be an object, got {scheduler!r:.60}.")
         cond = d.get("cond_shape")
+        text = d.get("text")
+        if text is not None and not (
+            isinstance(text, dict)
+            and isinstance(text.get("max_length"), int)
+            and isinstance(text.get("hidden_size"), int)
+            and isinstance(text.get("fingerprint", ""), (str, type(None)))
+        ):
+            raise CheckpointError(
+                f"Model spec 'text' must hold max_length, hidden_size (and a fingerprint), got {text!r:.80}."
+            )
         return cls(
             name=d["name"],
             cls=d["cls"],
@@ -81,10 +101,11 @@ class ModelSpec:
             sample_shape=_dims("sample_shape", d["sample_shape"], 3),
             cond_shape=_dims("cond_shape", cond, 2) if cond else None,
             scheduler=dict(scheduler),
+            text=dict(text) if text is not None else None,
         )
 
 
-_SPEC_KEYS = {"name", "cls", "config", "sample_shape", "cond_shape", "scheduler"}
+_SPEC_KEYS = {"name", "cls", "config", "sample_shape", "cond_shape", "scheduler", "text"}
 _MAX_DIM = 1 << 16
 
 
@@ -145,6 +166,21 @@ _SD15 = dict(
     flip_sin_to_cos=True,
     freq_shift=0,
 )
+# The text-to-image testbed: colour-tinted, captioned Fashion-MNIST in pixel space (3x32x32, no VAE),
+# cross-attention on the 16 x 384 token states of all-MiniLM-L6-v2 at 8x8 and in the mid block (colour and
+# garment are global properties; 16x16 attention would double the CPU cost for little gain), 11.5M parameters.
+_FMNIST_T2I = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=2,
+    block_out_channels=(64, 128, 160),
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    cross_attention_dim=384,
+    attention_head_dim=5,  # diffusers' legacy name: the number of heads (32 channels each)
+    norm_num_groups=32,
+)
 _TINY = dict(
     sample_size=16,
     in_channels=1,
@@ -190,14 +226,33 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             "beta_end": 0.012,
         },
     ),
+    "fmnist-t2i": ModelSpec(
+        "fmnist-t2i",
+        "UNet2DConditionModel",
+        _FMNIST_T2I,
+        (3, 32, 32),
+        cond_shape=(16, 384),
+        notes="shipped text-to-image testbed, trained by pqcad-train teacher --model fmnist-t2i",
+        text={"max_length": 16, "hidden_size": 384},
+    ),
     "tiny-unet": ModelSpec("tiny-unet", "UNet2DModel", _TINY, (1, 16, 16), notes="tests"),
     "tiny-unet-cond": ModelSpec(
         "tiny-unet-cond", "UNet2DConditionModel", _TINY_COND, (4, 16, 16), cond_shape=(8, 32), notes="tests"
     ),
+    "tiny-t2i": ModelSpec(
+        "tiny-t2i",
+        "UNet2DConditionModel",
+        {**_TINY_COND, "in_channels": 3, "out_channels": 3},
+        (3, 16, 16),
+        cond_shape=(16, 32),
+        notes="tests: a text-conditioned model on a tiny encoder (16 tokens x 32 dims)",
+        text={"max_length": 16, "hidden_size": 32},
+    ),
 }
 
 # Zoo entries whose trained weights ship with the package (``loading.open_model`` opens them by name).
-SHIPPED_WEIGHTS: dict[str, Path] = {"fmnist-ddpm": TEACHER_PATH}
+T2I_TEACHER_PATH = ASSETS / "fmnist_t2i.safetensors"
+SHIPPED_WEIGHTS: dict[str, Path] = {"fmnist-ddpm": TEACHER_PATH, "fmnist-t2i": T2I_TEACHER_PATH}
 
 _CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
 
@@ -242,11 +297,20 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def save_weights(
-    model: torch.nn.Module, spec: ModelSpec, path: str | os.PathLike, extra: dict | None = None
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    path: str | os.PathLike,
+    extra: dict | None = None,
+    half: bool = False,
 ) -> Path:
-    """safetensors weights + ``<path>.json`` sidecar with the model spec (and anything in ``extra``)."""
+    """safetensors weights + ``<path>.json`` sidecar with the model spec (and anything in ``extra``). ``half``
+    stores float weights in float16 (a shipped teacher at half the size; they load back into a float32 model)."""
     path = Path(path)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    dtype = torch.float16 if half else None
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"model": spec.name}))
     atomic_json_save({"model": spec.to_dict(), **(extra or {})}, sidecar_path(path))
     return path

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pqcad_deploy.data import DataError, load_fashion_mnist
-from tests.conftest import write_idx
+from tests._utils import write_idx
 
 
 def test_reads_gz_and_scales_to_model_range(fake_fmnist):

@@ -54,3 +54,31 @@ def test_conditional_model():
     cond = example_inputs(spec, 2)["encoder_hidden_states"]
     res = sample(den, make_scheduler("ddim", **spec.scheduler), (2, *spec.sample_shape), steps=2, cond=cond)
     assert res.images.shape == (2, 4, 16, 16)
+
+
+def test_classifier_free_guidance_is_one_batched_call_per_step():
+    """eps = eps_u + s (eps_c - eps_u) from ONE denoiser call on [uncond; cond], equal to two separate calls."""
+    spec = get_spec("tiny-t2i")
+    model = build_model(spec, seed=0).eval()
+    den = TorchDenoiser(model)
+    calls = []
+
+    def recording(x, t, c):
+        calls.append(tuple(x.shape))
+        return den(x, t, c)
+
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, *spec.cond_shape, generator=g), torch.randn(1, *spec.cond_shape, generator=g)
+    shape = (2, *spec.sample_shape)
+    got = sample(recording, make_scheduler("ddim"), shape, steps=3, seed=1, cond=cond, uncond=uncond, guidance_scale=4.0)
+    assert calls == [(4, *spec.sample_shape)] * 3
+
+    def manual(x, t, c):
+        eps_u = den(x, t, uncond.expand(len(x), *uncond.shape[1:]))
+        eps_c = den(x, t, c)
+        return eps_u + 4.0 * (eps_c - eps_u)
+
+    ref = sample(manual, make_scheduler("ddim"), shape, steps=3, seed=1, cond=cond)
+    torch.testing.assert_close(got.images, ref.images, atol=1e-5, rtol=1e-5)
+    plain = sample(den, make_scheduler("ddim"), shape, steps=3, seed=1, cond=cond, uncond=uncond, guidance_scale=1.0)
+    assert not torch.allclose(plain.images, got.images)  # the scale matters

@@ -59,6 +59,12 @@ def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return value
 
 
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The generator of one training step on one rank: data order and noise are a function of (seed, step, rank),
+    which is what makes resume exact."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step * 131 + rank)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

@@ -76,7 +76,7 @@ class CalibTensors:
         self.meta = meta
 
     def batch(self, step: int, seed: int, rank: int, size: int) -> torch.Tensor:
-        g = torch.Generator(device=self.x_t.device).manual_seed(seed * 1_000_003 + step * 131 + rank)
+        g = distributed.step_generator(seed, step, rank, self.x_t.device)
         return torch.randint(0, self.n, (size,), device=self.x_t.device, generator=g)
 
 

@@ -1,4 +1,5 @@
-"""``pqcad-train teacher``: train the full-precision DDPM (eps-prediction) on Fashion-MNIST.
+"""``pqcad-train teacher``: train the full-precision DDPM (eps-prediction) on Fashion-MNIST, or the
+text-to-image testbed on captioned, colour-tinted Fashion-MNIST (``--model fmnist-t2i --embeddings CACHE``).
 
 AdamW + EMA, bf16 autocast on GPU, cosine or constant LR with warm-up, atomic resumable checkpoints.
 Resume is exact: data order and noise come from generators seeded by (seed, step, rank), and the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
+from pqcad_deploy.captions import evaluation_prompts
 from pqcad_deploy.cli.common import (
     add_device,
     add_subcommand,
@@ -30,17 +33,23 @@ from pqcad_deploy.cli.common import (
     positive_int,
     resolve_device,
 )
-from pqcad_deploy.data import load_fashion_mnist
+from pqcad_deploy.conditioning import DEFAULT_GUIDANCE
 from pqcad_deploy.denoiser import TorchDenoiser
+from pqcad_deploy.errors import PQCADError, UsageError
 from pqcad_deploy.images import save_grid
 from pqcad_deploy.io import CheckpointError, atomic_torch_save, safe_torch_load
 from pqcad_deploy.sampling import make_scheduler, sample
 from pqcad_deploy.zoo import build_model, count_parameters, get_spec, save_weights
 
 from . import distributed
+from .teacher_data import teacher_data
 
 log = logging.getLogger(__name__)
 FORMAT = "pqcad-teacher-train/1"
+
+
+class TrainingDiverged(PQCADError, RuntimeError):
+    """The loss or the weights became non-finite; the last good checkpoint is kept."""
 
 
 def lr_at(step: int, base: float, warmup: int, total: int, schedule: str) -> float:
@@ -56,10 +65,6 @@ def lr_at(step: int, base: float, warmup: int, total: int, schedule: str) -> flo
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
         pe.lerp_(pm.detach(), 1 - decay)
-
-
-def _near_limit(args, t0: float) -> bool:
-    return bool(args.time_limit) and time.perf_counter() - t0 > args.time_limit
 
 
 def _state(step, model, ema, opt, args) -> dict:
@@ -79,6 +84,8 @@ def _load_resume(path: Path, model, ema, opt) -> int:
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a teacher training checkpoint (format {FORMAT!r}).")
     for name, module in (("model", model), ("ema", ema)):
+        if not isinstance(ck.get(name), dict):
+            raise CheckpointError(f"{path}: {name!r} is missing or not a weight dict.")
         missing, unexpected = (
             set(module.state_dict()) - set(ck[name]),
             set(ck[name]) - set(module.state_dict()),
@@ -94,15 +101,34 @@ def _load_resume(path: Path, model, ema, opt) -> int:
     return int(ck["step"])
 
 
+def _save_checkpoint(path: Path, step: int, model, ema, opt, args) -> None:
+    """Replace the training checkpoint only with finite weights: a diverged run never overwrites the last good
+    state (the error names the file that is kept)."""
+    bad = [
+        n
+        for m in (model, ema)
+        for n, v in m.state_dict().items()
+        if v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:
+        kept = f"the last good checkpoint is {path}" if path.exists() else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"non-finite weights at step {step} (e.g. {bad[0]}); {kept}. Lower --lr and --resume."
+        )
+    atomic_torch_save(_state(step, model, ema, opt, args), path)
+
+
 def train(args: argparse.Namespace) -> Path:
     ctx = distributed.setup(str(resolve_device(args.device)))
     dev = ctx.device
     spec = get_spec(args.model)
-    data = load_fashion_mnist("train", args.data_dir).as_model_input().to(dev)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; the teacher writes a folder (checkpoint, weights, grid).")
+    data, prompts = teacher_data(spec, args.data_dir, dev, args.hflip, args.embeddings)
     model = build_model(spec, seed=args.seed).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "teacher_train.pt"
     step = 0
@@ -114,7 +140,8 @@ def train(args: argparse.Namespace) -> Path:
         elif args.resume != "auto":
             raise CheckpointError(f"--resume {resume_from} does not exist.")
     net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None) if ctx.enabled else model
-    alphas = make_scheduler("ddpm").alphas_cumprod.to(dev)
+    noise_sched = make_scheduler("ddpm", **spec.scheduler)
+    n_train_t = noise_sched.config.num_train_timesteps
     per_rank = args.batch_size // ctx.world_size
     use_bf16 = dev.type == "cuda" and args.mixed_precision == "bf16"
     if ctx.is_main:
@@ -129,35 +156,27 @@ def train(args: argparse.Namespace) -> Path:
             use_bf16,
         )
     bar = tqdm(total=args.steps, initial=step, desc="teacher", disable=not ctx.is_main)
-    t0, seen = time.perf_counter(), 0
-    loss_ema = None
-    stopped_early = False
+    t0, seen, loss_ema, stopped_early = time.perf_counter(), 0, None, False
+    curve: list[list[float]] = []
     while step < args.steps:
-        if args.time_limit and time.perf_counter() - t0 > args.time_limit:
+        out_of_time = bool(args.time_limit) and time.perf_counter() - t0 > args.time_limit
+        if out_of_time:
             stopped_early = True
             log.info(
-                "time limit %.0fs reached at step %d; checkpoint saved, continue with --resume",
-                args.time_limit,
-                step,
+                "time limit %.0fs reached at step %d; continue with --resume auto", args.time_limit, step
             )
             break
-        g = torch.Generator(device=dev).manual_seed(args.seed * 1_000_003 + step * 131 + ctx.rank)
-        idx = torch.randint(0, len(data), (per_rank,), device=dev, generator=g)
-        x0 = data[idx]
-        if args.hflip:
-            flip = torch.rand(per_rank, device=dev, generator=g) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        t = torch.randint(0, alphas.numel(), (per_rank,), device=dev, generator=g)
+        g = distributed.step_generator(args.seed, step, ctx.rank, dev)
+        x0, cond = data.batch(g, per_rank)
+        t = torch.randint(0, n_train_t, (per_rank,), device=dev, generator=g)
         noise = torch.randn(x0.shape, device=dev, generator=g)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        xt = noise_sched.add_noise(x0, noise, t)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            pred = net(xt, t, return_dict=False)[0]
+            kwargs = {"encoder_hidden_states": cond} if cond is not None else {}
+            pred = net(xt, t, return_dict=False, **kwargs)[0]
         loss = F.mse_loss(pred.float(), noise)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt_path}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -167,14 +186,21 @@ def train(args: argparse.Namespace) -> Path:
         seen += per_rank * ctx.world_size
         if step % 50 == 0 or step == args.steps:
             lv = distributed.all_reduce_mean(loss.detach(), ctx).item()
+            if not math.isfinite(lv):
+                kept = (
+                    f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint yet"
+                )
+                raise TrainingDiverged(f"non-finite loss at step {step}; {kept}. Lower --lr and --resume.")
             loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
+            curve.append([step, lv])
             rate = seen / (time.perf_counter() - t0)
             bar.set_postfix(
                 loss=f"{loss_ema:.4f}", img_s=f"{rate:.0f}", lr=f"{opt.param_groups[0]['lr']:.2e}"
             )
-            bar.update(50 if step % 50 == 0 else step % 50)
-        if ctx.is_main and (step % args.save_every == 0 or step == args.steps or _near_limit(args, t0)):
-            atomic_torch_save(_state(step, model, ema, opt, args), ckpt_path)
+            bar.update(step - bar.n)
+        near_limit = bool(args.time_limit) and time.perf_counter() - t0 > args.time_limit
+        if ctx.is_main and (step % args.save_every == 0 or step == args.steps or near_limit):
+            _save_checkpoint(ckpt_path, step, model, ema, opt, args)
     bar.close()
     elapsed = time.perf_counter() - t0
     weights = out / f"{spec.name}.safetensors"
@@ -186,28 +212,63 @@ def train(args: argparse.Namespace) -> Path:
             "batch_size": args.batch_size,
             "world_size": ctx.world_size,
             "wall_s_this_run": round(elapsed, 1),
-            "img_per_s": round(seen / elapsed, 1),
+            "img_per_s": round(seen / elapsed, 1) if elapsed else None,
             "final_loss_ema": loss_ema,
+            "loss_curve_this_run": curve,
             "lr": args.lr,
             "ema_decay": args.ema_decay,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         }
-        save_weights(ema, spec, weights, extra={"training": stats})
-        log.info("saved EMA weights to %s (%s)", weights, stats)
-        res = sample(
-            TorchDenoiser(ema), make_scheduler("ddim"), (64, *spec.sample_shape), steps=50, seed=0, device=dev
+        if prompts is not None:
+            spec = dataclasses.replace(spec, text={**(spec.text or {}), "fingerprint": prompts.fingerprint})
+        save_weights(ema, spec, weights, extra={"training": stats}, half=args.save_fp16)
+        log.info(
+            "saved EMA weights to %s (%s)",
+            weights,
+            {k: v for k, v in stats.items() if k != "loss_curve_this_run"},
         )
-        save_grid(res.images, out / "teacher_grid.png", nrow=8)
+        save_grid(teacher_samples(ema, spec, prompts, dev), out / "teacher_grid.png", nrow=8)
     distributed.teardown(ctx)
     return weights
+
+
+def teacher_samples(model, spec, prompts, device, steps: int = 50) -> torch.Tensor:
+    """64 samples for the grid; for a text-to-image model one row per evaluation prompt (8 prompts x 8 seeds)."""
+    sched = make_scheduler("ddim", **spec.scheduler)
+    if prompts is None:
+        return sample(
+            TorchDenoiser(model), sched, (64, *spec.sample_shape), steps=steps, seed=0, device=device
+        ).images
+    ev = evaluation_prompts("seen", 8, seed=0)
+    cond = prompts.states(list(ev.prompts)).repeat_interleave(8, dim=0)
+    res = sample(
+        TorchDenoiser(model),
+        sched,
+        (64, *spec.sample_shape),
+        steps=steps,
+        seed=0,
+        device=device,
+        cond=cond,
+        uncond=prompts.uncond(),
+        guidance_scale=DEFAULT_GUIDANCE,
+    )
+    return res.images
 
 
 def register(sub: Any) -> None:
     p = add_subcommand(
         sub, "teacher", "train the full-precision teacher (DDPM eps-prediction) on Fashion-MNIST", __doc__
     )
-    p.add_argument("--model", default="fmnist-ddpm", help="model zoo config")
+    p.add_argument("--model", default="fmnist-ddpm", help="model zoo config (fmnist-ddpm, fmnist-t2i, ...)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    p.add_argument(
+        "--embeddings",
+        default=None,
+        help="caption embedding cache for text-to-image models (python -m pqcad_deploy.text OUT.safetensors)",
+    )
+    p.add_argument(
+        "--save-fp16", action="store_true", help="store the EMA weights in float16 (half the file)"
+    )
     p.add_argument("--out", default="runs/teacher", help="output folder (checkpoint, weights, grid)")
     p.add_argument("--steps", type=positive_int, default=20000)
     p.add_argument(

@@ -6,11 +6,11 @@ from pqcad_deploy.io import CheckpointError
 from pqcad_deploy.train.cli import main
 
 
-def _run(out, fake_fmnist, *extra):
+def _run(out, fake_fmnist, *extra, model="tiny-unet"):
     args = [
         "teacher",
         "--model",
-        "tiny-unet",
+        model,
         "--data-dir",
         str(fake_fmnist),
         "--out",
@@ -65,3 +65,28 @@ def test_resume_from_foreign_file_refused(tmp_path, fake_fmnist, capsys):
     ]
     assert main(args) == 2
     assert "missing.pt does not exist" in capsys.readouterr().err
+
+
+def test_text_to_image_teacher_trains_on_captioned_tinted_data(tmp_path, fake_fmnist, tiny_t2i_cache):
+    """tiny-t2i trains from the embedding cache, records the encoder it was trained on, and samples a grid."""
+    import json
+
+    from pqcad_deploy.loading import open_model
+
+    out = tmp_path / "t2i"
+    _run(
+        out, fake_fmnist, "--steps", "2", "--embeddings", str(tiny_t2i_cache), "--save-fp16", model="tiny-t2i"
+    )
+    weights = out / "tiny-t2i.safetensors"
+    assert all(v.dtype in (torch.float16, torch.int64) for v in load_file(str(weights)).values())
+    spec = json.loads(weights.with_suffix(".json").read_text())["model"]
+    assert len(spec["text"]["fingerprint"]) == 64 and spec["cond_shape"] == [16, 32]
+    bundle = open_model(weights)
+    assert next(bundle.model.parameters()).dtype is torch.float32  # fp16 file, fp32 model
+    assert (out / "teacher_grid.png").stat().st_size > 0
+
+
+def test_text_to_image_teacher_needs_the_cache(tmp_path, fake_fmnist, capsys):
+    args = ["teacher", "--model", "tiny-t2i", "--data-dir", str(fake_fmnist), "--out", str(tmp_path / "x")]
+    assert main([*args, "--steps", "1", "--device", "cpu"]) == 2
+    assert "--embeddings" in capsys.readouterr().err
