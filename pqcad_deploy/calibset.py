@@ -86,7 +86,7 @@ def eps_mse(
     total = 0.0
     for i in range(0, len(idx), chunk):
         j = idx[i : i + chunk]
-        c = cond[j].to(device) if cond is not None else None
+        c = cond[j].to(device, torch.float32) if cond is not None else None
         pred = wrapper(calib.x_t[j].to(device), calib.t[j].to(device), c)
         total += torch.sum((pred.float() - calib.eps_fp[j].to(device).float()) ** 2).item()
     model.train(was)
@@ -94,9 +94,9 @@ def eps_mse(
 
 
 def random_conditioning(cond_shape: tuple[int, ...], seed: int) -> Callable[[int], torch.Tensor]:
-    """``cond_fn`` of N(0, 1) encoder states for conditional UNets. This toolkit ships no text encoder, so the
-    cross-attention ranges of a conditional model are calibrated on random states; pass real prompt
-    embeddings as ``cond_fn`` for a production model."""
+    """``cond_fn`` of N(0, 1) encoder states, for conditional UNets without a text encoder (random-weight zoo
+    architectures measured for latency). Text-to-image models calibrate on real prompt states instead
+    (``conditioning.PromptEncoder.calibration_cond_fn``)."""
     gen = torch.Generator().manual_seed(seed)
     return lambda b: torch.randn(b, *cond_shape, generator=gen)
 
@@ -112,9 +112,16 @@ def collect_calibset(
     batch_size: int = 256,
     cond_fn: Callable[[int], torch.Tensor] | None = None,
     progress: bool = True,
+    uncond: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
 ) -> CalibSet:
     """Sample ``n_trajectories`` FP DDIM trajectories of ``steps`` steps and keep ``n_points`` evenly spaced
-    (even-indexed) steps of each. ``cond_fn(batch)`` supplies conditioning for conditional models."""
+    (even-indexed) steps of each. ``cond_fn(batch)`` supplies conditioning for conditional models.
+
+    With classifier-free guidance (``uncond`` and ``guidance_scale`` != 1) the trajectories are the guided ones the
+    deployed sampler follows, and every kept step stores BOTH UNet inputs of its batched call (the prompt's and the
+    empty prompt's), each with its own FP output: the deployed UNet sees both, so both are calibrated on and
+    distilled. The one- and two-step targets are the guided trajectory's, shared by the pair."""
     if steps < 2:
         raise ValueError("steps must be >= 2 (two-step targets are stored)")
     even = list(range(0, steps - 1, 2))
@@ -126,6 +133,14 @@ def collect_calibset(
     final_alpha = sched.final_alpha_cumprod
     timesteps = [int(t) for t in sched.timesteps]
     store: dict[str, list[torch.Tensor]] = {k: [] for k in (*_TENSORS, "cond")}
+    guided = uncond is not None and guidance_scale != 1.0
+    last_call: dict[str, torch.Tensor] = {}
+
+    def recording(x, t, c):
+        out = denoiser(x, t, c)
+        last_call.update(x=x, t=t, c=c, out=out)
+        return out
+
     n_batches = (n_trajectories + batch_size - 1) // batch_size
     for b in tqdm(range(n_batches), desc="calibration trajectories", disable=not progress):
         bs = min(batch_size, n_trajectories - b * batch_size)
@@ -134,26 +149,28 @@ def collect_calibset(
 
         def on_step(i, t, x, eps, x_next, pending=pending, cond=cond):
             if i in pick:
-                pending[i] = {
-                    "x_t": x.float().cpu(),
-                    "t": t.cpu(),
-                    "eps_fp": eps.float().cpu(),
-                    "x_next": x_next.float().cpu(),
-                }
+                if guided:  # both halves of the batched call, each with its own FP output
+                    call = {"x_t": last_call["x"], "t": last_call["t"], "eps_fp": last_call["out"]}
+                    call["cond"] = last_call["c"]
+                else:
+                    call = {"x_t": x, "t": t, "eps_fp": eps}
+                    if cond is not None:
+                        call["cond"] = cond
+                rec = {k: v.detach().cpu() for k, v in call.items()}
+                rec["x_next"] = _repeat_to(x_next.float().cpu(), len(rec["t"]))
+                pending[i] = rec
             if i - 1 in pending:
                 rec = pending.pop(i - 1)
-                rec["x_next2"] = x_next.float().cpu()
+                rec["x_next2"] = _repeat_to(x_next.float().cpu(), len(rec["t"]))
                 t_dest = timesteps[i + 1] if i + 1 < len(timesteps) else None
                 a_dest = alphas[t_dest] if t_dest is not None else final_alpha
                 rec["alpha_t"] = alphas[rec["t"]].float()
                 rec["alpha_next2"] = torch.full_like(rec["alpha_t"], float(a_dest))
                 for k, v in rec.items():
-                    store[k].append(v)
-                if cond is not None:
-                    store["cond"].append(cond.float().cpu())
+                    store[k].append(v.float() if k in ("x_t", "eps_fp") else v)
 
         sample(
-            denoiser,
+            recording if guided else denoiser,
             sched,
             (bs, *spec.sample_shape),
             steps=steps,
@@ -161,10 +178,12 @@ def collect_calibset(
             device=device,
             cond=cond,
             callback=on_step,
+            uncond=uncond,
+            guidance_scale=guidance_scale,
         )
     cs = CalibSet(
         **{k: torch.cat(store[k]) for k in _TENSORS},
-        cond=torch.cat(store["cond"]) if store["cond"] else None,
+        cond=torch.cat(store["cond"]).to(torch.float16) if store["cond"] else None,
         meta={
             "model": spec.name,
             "steps": steps,
@@ -174,6 +193,7 @@ def collect_calibset(
             "seed": seed,
             "scheduler": "ddim",
             "timestep_spacing": "trailing",
+            "guidance_scale": guidance_scale if guided else 1.0,
         },
     )
     log.info(
@@ -184,6 +204,11 @@ def collect_calibset(
         steps,
     )
     return cs
+
+
+def _repeat_to(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The guided step's result for both halves of a [uncond; cond] call (n = 2B), or as is (n = B)."""
+    return x if len(x) == n else x.repeat(n // len(x), *([1] * (x.dim() - 1)))
 
 
 def calib_batches(
@@ -199,7 +224,7 @@ def calib_batches(
         idx = order[i : i + batch_size]
         batch = {k: getattr(cs, k)[idx].to(device) for k in _TENSORS}
         if cs.cond is not None:
-            batch["cond"] = cs.cond[idx].to(device)
+            batch["cond"] = cs.cond[idx].to(device, torch.float32)
         yield batch
 
 

@@ -20,11 +20,14 @@ from pqcad_deploy.cli.common import (
     add_calib_args,
     add_device,
     add_subcommand,
+    add_text_args,
     calib_collect_kwargs,
     check_output_path,
     resolve_device,
 )
+from pqcad_deploy.conditioning import PromptEncoder
 from pqcad_deploy.denoiser import TorchDenoiser
+from pqcad_deploy.errors import UsageError
 from pqcad_deploy.io import CheckpointError
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec
@@ -39,8 +42,13 @@ def load_or_collect_calib(
     device: torch.device | str,
     collect: dict[str, int],
     progress: bool = True,
+    prompts: PromptEncoder | None = None,
+    guidance_scale: float = 1.0,
 ) -> CalibSet:
-    """Load the calibration set at ``path``; without one, collect it with the FP teacher (and save it there)."""
+    """Load the calibration set at ``path``; without one, collect it with the FP teacher (and save it there).
+
+    Text-to-image models calibrate on real prompt states (``prompts``, training captions of seen pairs) along the
+    guided trajectories the deployed sampler follows; other conditional models on random states."""
     if path is not None and Path(path).exists():
         cs = CalibSet.load(path)
         made_for = cs.meta.get("model")
@@ -50,18 +58,38 @@ def load_or_collect_calib(
                 f"teacher {spec.name} {tuple(spec.sample_shape)}; collect one for this teacher (pqcad-train calib)."
             )
         return cs
-    cond_fn = None
-    if spec.cond_shape:
-        log.warning("%s is conditional: calibrating on random encoder states (N(0, 1))", spec.name)
+    cond_fn, uncond = None, None
+    if spec.text_conditioned:
+        if prompts is None:
+            raise UsageError(f"{spec.name} is text-conditioned: calibration needs prompts (--embeddings).")
+        cond_fn, uncond = prompts.calibration_cond_fn(collect["seed"] + 7), prompts.uncond()
+    elif spec.cond_shape:
+        log.warning(
+            "%s is conditional without a text encoder: calibrating on random states (N(0, 1))", spec.name
+        )
         cond_fn = random_conditioning(spec.cond_shape, collect["seed"] + 7)
     log.info("collecting a calibration set (%s)", collect)
     cs = collect_calibset(
-        TorchDenoiser(teacher.to(device)), spec, device=device, cond_fn=cond_fn, progress=progress, **collect
+        TorchDenoiser(teacher.to(device)),
+        spec,
+        device=device,
+        cond_fn=cond_fn,
+        progress=progress,
+        uncond=uncond,
+        guidance_scale=guidance_scale if uncond is not None else 1.0,
+        **collect,
     )
     if path is not None:
         cs.save(path)
         log.info("saved calibration set to %s (%d points)", path, len(cs))
     return cs
+
+
+def open_prompts(spec: ModelSpec, args: argparse.Namespace, device: torch.device) -> PromptEncoder | None:
+    """The prompt states a text-to-image teacher calibrates on (None for other models)."""
+    if not spec.text_conditioned:
+        return None
+    return PromptEncoder.open(spec, args.embeddings, args.text_encoder, device)
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -70,7 +98,11 @@ def run(args: argparse.Namespace) -> Path:
     check_output_path(args.out, inputs=[args.teacher])
     bundle = open_model(args.teacher)
     dev = resolve_device(args.device)
-    cs = load_or_collect_calib(None, bundle.model, bundle.spec, dev, calib_collect_kwargs(args))
+    prompts = open_prompts(bundle.spec, args, dev)
+    collect = calib_collect_kwargs(args)
+    cs = load_or_collect_calib(
+        None, bundle.model, bundle.spec, dev, collect, True, prompts, args.guidance_scale
+    )
     cs.save(args.out)
     print(f"wrote {args.out}: {len(cs)} points ({cs.meta.get('n_trajectories')} trajectories)")
     return args.out
@@ -88,5 +120,6 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_calib_args(p, with_path=False)
+    add_text_args(p)
     add_device(p)
     p.set_defaults(func=run)

@@ -22,6 +22,7 @@ from pqcad_deploy.cli.common import (
     add_calib_args,
     add_device,
     add_subcommand,
+    add_text_args,
     calib_collect_kwargs,
     check_output_path,
     float_range,
@@ -36,7 +37,7 @@ from pqcad_deploy.loading import open_model
 from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec
 
 from . import distributed
-from .calib import load_or_collect_calib
+from .calib import load_or_collect_calib, open_prompts
 from .pqcad_config import PQCADConfig
 from .pqcad_trainer import PQCADTrainer
 from .ptq import add_quant_args, quant_kwargs
@@ -143,7 +144,11 @@ def _main(args: argparse.Namespace) -> None:
     bundle = open_model(args.teacher)
     if bundle.quantized:
         raise UsageError(f"--teacher {args.teacher} is a quantized student; PQCAD starts from an FP model.")
-    calib = load_or_collect_calib(args.calib, bundle.model, bundle.spec, dev, calib_collect_kwargs(args))
+    prompts = open_prompts(bundle.spec, args, dev)
+    collect = calib_collect_kwargs(args)
+    calib = load_or_collect_calib(
+        args.calib, bundle.model, bundle.spec, dev, collect, True, prompts, args.guidance_scale
+    )
     out = train_pqcad(
         cfg,
         bundle.model,
@@ -243,6 +248,7 @@ def register(sub: Any) -> None:
         "--halve-steps", action="store_true", help="last stage: one student step = two teacher DDIM steps"
     )
     add_calib_args(p)
+    add_text_args(p)
     add_device(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_main)

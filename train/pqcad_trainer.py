@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from pqcad_deploy.calibset import eps_mse
 from pqcad_deploy.denoiser import UNetWrapper
+from pqcad_deploy.errors import UsageError
 from pqcad_deploy.io import CheckpointError, atomic_torch_save, safe_torch_load
 from pqcad_deploy.quant import iter_quantizers, quantize_model, set_weight_bits
 from pqcad_deploy.sampling import make_scheduler
@@ -93,6 +94,12 @@ class PQCADTrainer:
         self.cfg, self.spec, self.ctx, self.ckpt_path = cfg, spec, ctx, Path(ckpt_path)
         self.dev = ctx.device
         self.calib = calib
+        if cfg.halve_steps and float((calib.meta or {}).get("guidance_scale", 1.0)) != 1.0:
+            raise UsageError(
+                "step halving distils two DDIM steps of the FP trajectory, but this calibration set follows "
+                "guided (classifier-free) trajectories whose two-step targets mix both UNet calls; train without "
+                "--halve-steps, or collect the set with --guidance-scale 1."
+            )
         self.data = CalibTensors(calib, spec, self.dev)
         self.fp = teacher.eval().requires_grad_(False)
         self.student: nn.Module | None = None

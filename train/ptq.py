@@ -23,6 +23,7 @@ from pqcad_deploy.cli.common import (
     add_calib_args,
     add_device,
     add_subcommand,
+    add_text_args,
     calib_collect_kwargs,
     check_output_path,
     float_range,
@@ -34,7 +35,7 @@ from pqcad_deploy.quant.config import BLOCK_SIZES, CALIB_METHODS, TARGETS
 from pqcad_deploy.student import save_student
 from pqcad_deploy.zoo import TEACHER_PATH
 
-from .calib import load_or_collect_calib
+from .calib import load_or_collect_calib, open_prompts
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,11 @@ def run(args: argparse.Namespace) -> Path:
     qcfg = QuantConfig(weight_bits=wbits, act_bits=abits, **quant_kwargs(args))
     device = resolve_device(args.device)
     bundle = open_model(args.teacher)
-    cs = load_or_collect_calib(args.calib, bundle.model, bundle.spec, device, calib_collect_kwargs(args))
+    prompts = open_prompts(bundle.spec, args, device)
+    collect = calib_collect_kwargs(args)
+    cs = load_or_collect_calib(
+        args.calib, bundle.model, bundle.spec, device, collect, True, prompts, args.guidance_scale
+    )
     model, entry = ptq_student(bundle.model, qcfg, cs, device)
     entry["teacher"] = bundle.source
     meta = {"history": [entry], "sampling": {"scheduler": "ddim", "steps": None}}
@@ -170,5 +175,6 @@ def register(sub: Any) -> None:
     )
     add_quant_args(p, "bit-widths, wXaY (w8a8, w4a8)", "w8a8", method_default="maxabs")
     add_calib_args(p)
+    add_text_args(p)
     add_device(p)
     p.set_defaults(func=run)

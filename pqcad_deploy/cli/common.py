@@ -172,6 +172,33 @@ def add_calib_args(p: argparse.ArgumentParser, *, with_path: bool = True, title:
     g.add_argument("--calib-seed", type=nonneg_int, default=d["seed"], help="noise seed of the trajectories")
 
 
+def add_text_args(p: argparse.ArgumentParser, guidance: bool = True) -> None:
+    """Prompt states of text-to-image models: the caption embedding cache or a text encoder, and the CFG scale."""
+    from ..conditioning import DEFAULT_GUIDANCE
+
+    g = p.add_argument_group("text-to-image models (ignored for unconditional ones)")
+    g.add_argument(
+        "--embeddings",
+        type=Path,
+        default=None,
+        help="caption embedding cache (python -m pqcad_deploy.text OUT.safetensors); needed on machines without "
+        "the text encoder",
+    )
+    g.add_argument(
+        "--text-encoder",
+        default=None,
+        help="BERT-style encoder folder (default: the installed all-MiniLM-L6-v2 wheel); used when --embeddings "
+        "is not given",
+    )
+    if guidance:
+        g.add_argument(
+            "--guidance-scale",
+            type=float_range(0.0, 100.0),
+            default=DEFAULT_GUIDANCE,
+            help="classifier-free guidance scale (1: no guidance, one UNet call per step)",
+        )
+
+
 def calib_collect_kwargs(args: argparse.Namespace) -> dict[str, int]:
     """``collect_calibset`` keyword arguments from the shared group."""
     return {
