@@ -1,13 +1,14 @@
-"""Torch -> ONNX with explicit Q/DQ, and the graph passes that make the file what the engines expect.
+"""Torch -> ONNX with explicit Q/DQ, and the Q/DQ passes that make the file what the engines expect.
 
-Exporter choice: the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``), opset <= 20.
-Why, from cpu-measurements.md section 1: it maps ``fake_quantize_per_{tensor,channel}_affine`` straight to
-QuantizeLinear/DequantizeLinear with an explicit ``axis`` under a dynamic batch, exports the 6.5M UNet in about
-1 s (dynamo: 12 s, and it needs hand-registered Meta kernels for the fake-quant ops whenever the batch is
-dynamic), and it is what NVIDIA's modelopt uses. Its limits are handled after export: opset 21 (INT4,
-``block_size``) comes from a post-pass (``int4.py`` + :func:`set_opset`), and 4-bit weights travel through
-the INT8 range (bit-identical when scale = amax/7). The exporter is deprecated in torch 2.9+; if it is removed,
-the dynamo path with Meta kernels is the replacement (same post-passes apply to its output).
+Exporter: TorchScript (``torch.onnx.export(..., dynamo=False)``, opset <= 20). It maps
+``fake_quantize_per_{tensor,channel}_affine`` straight to QuantizeLinear/DequantizeLinear with an explicit
+``axis`` under a dynamic batch and exports the 6.5M UNet in about 1 s; it is deprecated since torch 2.9. It
+refuses a 4-bit fake-quant range, so 4-bit weights travel through the INT8 range (bit-identical when
+scale = amax/7) and become INT4 initializers in a post-pass (``int4.py`` + :func:`set_opset`).
+
+Everything generic (use lists, dead-code removal, Identity elimination, constant folding, shape inference,
+external data) is onnx-ir / onnxscript. What stays here is Q/DQ-specific: weight codes rounded as torch
+rounds them, scale types for FP16 graphs, Casts around Q/DQ removed, opset raised in place, and Q/DQ counts.
 """
 
 from __future__ import annotations
@@ -17,9 +18,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
+import onnx_ir as ir
+import onnxscript.optimizer
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx_ir.passes.common import (
+    IdentityEliminationPass,
+    LiftConstantsToInitializersPass,
+    RemoveUnusedNodesPass,
+    ShapeInferencePass,
+)
 
 from pqcad_deploy.errors import PQCADError
 
@@ -32,8 +39,13 @@ MIN_OPSET_QDQ = 13  # per-channel QuantizeLinear/DequantizeLinear (axis)
 MIN_OPSET_FP16_QDQ = 19  # float16 x/scale in QuantizeLinear/DequantizeLinear
 MIN_OPSET_INT4 = 21
 TWO_GB_PROTO = 2**31 - 2**20  # protobuf cannot serialize a message this large
+# Constant folding must reach whole UNet weights (e.g. the 4-bit grid clamp on an SD-1.5 conv, 15M values);
+# onnxscript's defaults (8,192 in / 262,144 out) stop at small tensors.
+FOLD_SIZE_LIMIT = 1 << 31
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-_ONNX_FLOAT = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}
+_IR_FLOAT = {"fp32": ir.DataType.FLOAT, "fp16": ir.DataType.FLOAT16}
+_FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 class ExportError(PQCADError, RuntimeError):
@@ -58,13 +70,18 @@ def check_opset(opset: int, precision: str, quantized: bool, int4: bool) -> None
 
 
 def torch_to_onnx(
-    wrapper: torch.nn.Module, espec: ExportSpec, path: Path, opset: int, precision: str
+    wrapper: torch.nn.Module,
+    espec: ExportSpec,
+    path: Path,
+    opset: int,
+    precision: str,
 ) -> None:
     """Trace ``wrapper`` (a :class:`UNetWrapper`, quantizers already in export mode) into ``path``.
 
     Files above 2 GB get their weights written as external data by torch next to ``path``."""
     feed = espec.sampler_inputs(espec.batch, dtype=DTYPES[precision])
     args = tuple(feed[n] for n in espec.input_names)
+    names = {"input_names": list(espec.input_names), "output_names": list(espec.output_names)}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -75,147 +92,68 @@ def torch_to_onnx(
             str(path),
             dynamo=False,
             opset_version=min(opset, TORCHSCRIPT_MAX_OPSET),
-            input_names=list(espec.input_names),
-            output_names=list(espec.output_names),
             dynamic_axes=espec.dynamic_axes(),
             do_constant_folding=True,
+            **names,
         )
 
 
-# ---------------------------------------------------------------- graph helpers
-def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in graph.node for o in n.output}
+# ---------------------------------------------------------------- generic clean-up, by the libraries
+def remove_unused(model: ir.Model) -> None:
+    RemoveUnusedNodesPass()(model)
 
 
-def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
-
-
-def constant_value(graph: onnx.GraphProto, name: str, inits: dict | None = None) -> np.ndarray | None:
-    """Value of an initializer or Constant-node output, else None."""
-    inits = inits if inits is not None else {i.name: i for i in graph.initializer}
-    if name in inits:
-        return numpy_helper.to_array(inits[name])
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output[0] == name:
-            for a in n.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-    return None
-
-
-def get_attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def remove_unused(graph: onnx.GraphProto) -> None:
-    """Drop nodes whose outputs nobody reads and initializers nobody reads (repeat to a fixed point)."""
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in used for o in n.output)]
-        for n in dead:
-            graph.node.remove(n)
-        if not dead:
-            break
-    used = {i for n in graph.node for i in n.input} | outputs
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
-
-
-def inline_identities(graph: onnx.GraphProto) -> int:
+def eliminate_identities(model: ir.Model) -> int:
     """The TorchScript exporter routes deduplicated constants (zero-points) through Identity nodes. TensorRT's
     parser wants zero-points to come straight from a constant, so consumers read the source directly."""
-    outputs = {o.name for o in graph.output}
-    rename: dict[str, str] = {}
-    for n in list(graph.node):
-        if n.op_type == "Identity" and n.output[0] not in outputs:
-            rename[n.output[0]] = n.input[0]
-            graph.node.remove(n)
-    for n in graph.node:
-        for k, i in enumerate(n.input):
-            while i in rename:
-                i = rename[i]
-            n.input[k] = i
-    return len(rename)
+    before = _count(model, "Identity")
+    IdentityEliminationPass()(model)
+    return before - _count(model, "Identity")
 
 
-def _np_op(node: onnx.NodeProto, x: list[np.ndarray]) -> np.ndarray | None:
-    op = node.op_type
-    if op == "Min":
-        return np.minimum(x[0], x[1]) if len(x) == 2 else None
-    if op == "Max":
-        return np.maximum(x[0], x[1]) if len(x) == 2 else None
-    if op in ("Mul", "Div", "Add", "Sub"):
-        f = {"Mul": np.multiply, "Div": np.divide, "Add": np.add, "Sub": np.subtract}[op]
-        return f(x[0], x[1]).astype(np.result_type(x[0], x[1]))
-    if op == "Cast":
-        return x[0].astype(helper.tensor_dtype_to_np_dtype(get_attr(node, "to")))
-    if op == "Reshape":
-        shape = [d if d != 0 else x[0].shape[i] for i, d in enumerate(x[1].tolist())]
-        return x[0].reshape(shape)
-    if op == "Transpose":
-        return np.transpose(x[0], get_attr(node, "perm"))
-    if op == "Clip":
-        lo = x[1] if len(x) > 1 and x[1] is not None else None
-        hi = x[2] if len(x) > 2 and x[2] is not None else None
-        return np.clip(x[0], lo, hi)
-    return None
+def fold_constants(model: ir.Model) -> int:
+    """Arithmetic on constants is evaluated (the TorchScript exporter does not fold ops on parameters, e.g. the
+    4-bit grid clamp ``Max(Min(W, hi), lo)``) and Constant nodes become initializers, so every weight
+    quantizer reads an initializer, as TensorRT and :func:`fold_weight_quantizers` need. Q/DQ are never
+    folded (onnxscript keeps them by default; folding a weight Q would round as ONNX does, not as torch)."""
+    before = model.graph.num_nodes()
+    onnxscript.optimizer.fold_constants(
+        model, input_size_limit=FOLD_SIZE_LIMIT, output_size_limit=FOLD_SIZE_LIMIT
+    )
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    remove_unused(model)
+    return before - model.graph.num_nodes()
 
 
-FOLDABLE = ("Min", "Max", "Mul", "Div", "Add", "Sub", "Cast", "Reshape", "Transpose", "Clip")
+def infer_types(model: ir.Model) -> None:
+    """Element types of every tensor as exported, for :func:`fix_qdq_dtypes`. Call before the passes change
+    Q/DQ types: inference would then propagate the scales' types it is meant to fix. onnx-ir hands ONNX only
+    the initializers' types, never their data, so this also works above 2 GB."""
+    ShapeInferencePass(strict_mode=False)(model)
 
 
-def fold_constants(graph: onnx.GraphProto) -> int:
-    """Constant nodes become initializers, and arithmetic on constants feeding Q/DQ is evaluated (the
-    TorchScript exporter does not fold ops on parameters, e.g. the 4-bit grid clamp ``Max(Min(W, hi), lo)``),
-    so every weight quantizer reads an initializer, as TensorRT and the weight folding below need."""
-    inits = {i.name: i for i in graph.initializer}
-    folded = 0
-    for n in list(graph.node):
-        if n.op_type == "Constant" and get_attr(n, "value") is not None:
-            t = onnx.TensorProto()
-            t.CopyFrom(get_attr(n, "value"))
-            t.name = n.output[0]
-            graph.initializer.append(t)
-            inits[t.name] = t
-            graph.node.remove(n)
-    qdq_inputs = {
-        i for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for i in n.input
-    }
-    wanted: set[str] = set(qdq_inputs)
-    for n in reversed(list(graph.node)):  # outputs that (transitively) only feed Q/DQ inputs
-        if n.op_type in FOLDABLE and any(o in wanted for o in n.output):
-            wanted.update(n.input)
-    for n in list(graph.node):
-        if n.op_type not in FOLDABLE or n.output[0] not in wanted:
-            continue
-        if not all(i in inits for i in n.input if i):
-            continue
-        vals = [numpy_helper.to_array(inits[i]) if i else None for i in n.input]
-        out = _np_op(n, vals)
-        if out is None:
-            continue
-        t = numpy_helper.from_array(np.asarray(out), n.output[0])
-        graph.initializer.append(t)
-        inits[t.name] = t
-        graph.node.remove(n)
-        folded += 1
-    remove_unused(graph)
-    return folded
+def forget_inferred_types(model: ir.Model) -> None:
+    """Intermediate types were needed by the passes only; the file keeps no value_info, as exported."""
+    outputs = set(model.graph.outputs)
+    for node in model.graph:
+        for v in node.outputs:
+            if v not in outputs:
+                v.type, v.shape = None, None
+
+
+def initializer_bytes(model: ir.Model) -> int:
+    """Size of all weights, read from tensor metadata (external tensors are not loaded)."""
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def _count(model: ir.Model, op_type: str) -> int:
+    return sum(n.op_type == op_type for n in model.graph)
 
 
 # ---------------------------------------------------------------- Q/DQ passes
 def quantize_codes(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int, qmin: int, qmax: int):
     """Integer codes exactly as torch's fake-quant computes them: rint(w * (1/s)) + zp, clamped.
-    (ORT's QuantizeLinear divides instead; on 6.5M weights that flips ~15 codes, cpu-measurements §3.)"""
+    (ORT's QuantizeLinear divides instead; on 6.5M weights that flips ~15 codes.)"""
     w = w.astype(np.float32)
     inv = np.float32(1.0) / scale.astype(np.float32)
     if scale.ndim == 1 and scale.size > 1:
@@ -225,175 +163,133 @@ def quantize_codes(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int, 
     return np.clip(np.rint(w * inv) + zp.astype(np.float32), qmin, qmax)
 
 
-def fold_weight_quantizers(graph: onnx.GraphProto) -> int:
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray | ir.TensorProtocol) -> ir.Value:
+    tensor = array if isinstance(array, ir.TensorProtocol) else ir.Tensor(array, name=name)
+    value = ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def fold_weight_quantizers(model: ir.Model) -> int:
     """Q(float weight) -> DQ becomes INT8/UINT8 initializer -> DQ: a 4x smaller file, no runtime Q, and codes
     rounded as torch rounds them (TensorRT folds the weight Q anyway; ORT would round differently)."""
-    inits = {i.name: i for i in graph.initializer}
-    cons = consumers(graph)
+    graph = model.graph
     folded = 0
-    for q in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]:
-        w = numpy_helper.to_array(inits[q.input[0]])
-        scale = constant_value(graph, q.input[1], inits)
-        zp = constant_value(graph, q.input[2], inits) if len(q.input) > 2 and q.input[2] else None
-        if scale is None or not np.issubdtype(w.dtype, np.floating):
+    for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
+        w, scale = q.inputs[0], q.inputs[1]
+        zp = q.inputs[2] if len(q.inputs) > 2 else None
+        if w is None or not w.is_initializer() or scale is None or scale.const_value is None:
             continue
-        zdtype = zp.dtype if zp is not None else np.dtype(np.uint8)
+        weights = w.const_value.numpy()
+        if not np.issubdtype(weights.dtype, np.floating):
+            continue
+        zero = zp.const_value.numpy() if zp is not None and zp.const_value is not None else None
+        zdtype = zero.dtype if zero is not None else np.dtype(np.uint8)
         qmin, qmax = (0, 255) if zdtype == np.uint8 else (-128, 127)
-        axis = get_attr(q, "axis", 1)
-        axis = axis + w.ndim if axis < 0 else axis
-        codes = quantize_codes(w, scale, zp if zp is not None else np.zeros(1), axis, qmin, qmax)
-        name = f"{q.input[0]}_quantized"
-        graph.initializer.append(numpy_helper.from_array(codes.astype(zdtype), name))
-        for c in cons.get(q.output[0], []):
-            for k, i in enumerate(c.input):
-                if i == q.output[0]:
-                    c.input[k] = name
-        graph.node.remove(q)
+        axis = q.attributes.get_int("axis", 1)
+        axis = axis + weights.ndim if axis < 0 else axis
+        codes = quantize_codes(
+            weights, scale.const_value.numpy(), zero if zero is not None else np.zeros(1), axis, qmin, qmax
+        )
+        q.outputs[0].replace_all_uses_with(
+            add_initializer(graph, f"{w.name}_quantized", codes.astype(zdtype))
+        )
+        graph.remove(q, safe=True)
         folded += 1
-    remove_unused(graph)
+    remove_unused(model)
     return folded
 
 
-def model_bytes(model: onnx.ModelProto) -> int:
-    """Serialized size, also for protos over 2 GB (where ``ByteSize`` raises instead of counting)."""
-    try:
-        return model.ByteSize()
-    except Exception:  # protobuf EncodeError above 2 GB
-        data = sum(_tensor_bytes(t) for t in model.graph.initializer)
-        return data + sum(n.ByteSize() for n in model.graph.node)
-
-
-def _tensor_bytes(t: onnx.TensorProto) -> int:
-    if t.raw_data:
-        return len(t.raw_data)
-    return int(np.prod(t.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-
-
-def _weightless(model: onnx.ModelProto, keep_below: int = 1 << 20) -> onnx.ModelProto:
-    """The model itself below 2 GB; above, a copy whose large initializers are graph inputs of the same type
-    and shape (shape inference needs their types, not their values; protobuf cannot hold the full copy)."""
-    if model_bytes(model) < TWO_GB_PROTO:
-        return model
-    graph = model.graph
-    saved = list(graph.initializer)
-    del graph.initializer[:]
-    light = onnx.ModelProto()
-    try:
-        light.CopyFrom(model)
-    finally:
-        graph.initializer.extend(saved)
-    for t in saved:
-        if _tensor_bytes(t) < keep_below:
-            light.graph.initializer.append(t)
-        else:
-            light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return light
-
-
-def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element types of all tensors as exported (call before passes change Q/DQ types: inference would
-    propagate the scales' types it is meant to fix). Models over 2 GB are inferred on a weightless copy."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(_weightless(model), strict_mode=False)
-    except Exception as e:  # inference is a refinement: missing names fall back to the export precision
-        log.warning("shape inference failed (%s); Q/DQ scale types follow the export precision", e)
-        return {}
-    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
-    types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.input})
-    return types
-
-
-def fix_qdq_dtypes(model: onnx.ModelProto, precision: str, types: dict[str, int] | None = None) -> int:
+def fix_qdq_dtypes(model: ir.Model, precision: str) -> int:
     """Give every Q/DQ scale the float type of the tensor it scales (strong typing: a FP16 Q input needs a FP16
     scale, and a DQ's output type is its scale's type). Torch insists on FP32 scales, so FP16 exports need this.
-    ``types``: from :func:`tensor_types` on the graph as exported; missing names get the export precision."""
+    Tensor types come from :func:`infer_types` on the graph as exported; untyped tensors get the export
+    precision."""
     graph = model.graph
-    want = _ONNX_FLOAT[precision]
-    types = types or {}
-    inits = {i.name: i for i in graph.initializer}
-    prod = producers(graph)
+    want = _IR_FLOAT[precision]
     changed = 0
-    for n in graph.node:
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+    for n in graph:
+        if n.op_type not in _QDQ:
             continue
         if n.op_type == "QuantizeLinear":
-            dt = types.get(n.input[0], want)
+            dt = n.inputs[0].dtype
         else:
-            src = prod.get(n.input[0])
-            dt = (
-                types.get(src.input[0], want) if src is not None and src.op_type == "QuantizeLinear" else want
-            )
-        if dt not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+            src = n.inputs[0].producer()
+            dt = src.inputs[0].dtype if src is not None and src.op_type == "QuantizeLinear" else want
+        if dt not in _FLOAT_TYPES:
             dt = want
-        s = inits.get(n.input[1])
-        if s is None or s.data_type == dt:
+        scale = n.inputs[1]
+        if scale is None or not scale.is_initializer() or scale.const_value.dtype == dt:
             continue
-        arr = numpy_helper.to_array(s).astype(helper.tensor_dtype_to_np_dtype(dt))
-        name = f"{s.name}_{helper.tensor_dtype_to_string(dt).split('.')[-1].lower()}"
-        if name not in inits:
-            inits[name] = numpy_helper.from_array(arr, name)
-            graph.initializer.append(inits[name])
-        n.input[1] = name
+        name = f"{scale.name}_{dt.name.lower()}"
+        typed = graph.initializers.get(name) or add_initializer(
+            graph, name, scale.const_value.numpy().astype(dt.numpy())
+        )
+        n.replace_input_with(1, typed)
+        if n.op_type == "DequantizeLinear":
+            n.outputs[0].dtype = dt
         changed += 1
-    remove_unused(graph)
+    remove_unused(model)
     return changed
 
 
-def remove_qdq_casts(graph: onnx.GraphProto) -> int:
+def remove_qdq_casts(model: ir.Model) -> int:
     """FP16 graphs: the quantizers compute in FP32, so torch traces ``Cast(fp32) -> Q -> DQ -> Cast(fp16)``.
     A Cast between DQ and its Conv blocks TensorRT's fusion, so Q reads the FP16 tensor directly and the DQ
     output feeds the consumers directly; :func:`fix_qdq_dtypes` then gives the scales the FP16 type."""
-    prod, cons = producers(graph), consumers(graph)
-    outputs = {o.name for o in graph.output}
+    graph = model.graph
     removed = 0
-    for n in list(graph.node):
+    for n in list(graph):
         if n.op_type == "QuantizeLinear":
-            c = prod.get(n.input[0])
-            if c is not None and c.op_type == "Cast" and get_attr(c, "to") == TensorProto.FLOAT:
-                n.input[0] = c.input[0]
+            cast = n.inputs[0].producer()
+            if (
+                cast is not None
+                and cast.op_type == "Cast"
+                and cast.attributes.get_int("to") == ir.DataType.FLOAT
+            ):
+                n.replace_input_with(0, cast.inputs[0])
                 removed += 1
         elif n.op_type == "DequantizeLinear":
-            users = cons.get(n.output[0], [])
-            if len(users) == 1 and users[0].op_type == "Cast" and users[0].output[0] not in outputs:
-                cast = users[0]
-                if get_attr(cast, "to") not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
-                    continue
-                for u in cons.get(cast.output[0], []):
-                    for k, i in enumerate(u.input):
-                        if i == cast.output[0]:
-                            u.input[k] = n.output[0]
-                graph.node.remove(cast)
-                removed += 1
-    remove_unused(graph)
+            uses = n.outputs[0].uses()
+            if len(uses) != 1 or uses[0].node.op_type != "Cast":
+                continue
+            cast = uses[0].node
+            if cast.outputs[0].is_graph_output():
+                continue
+            if cast.attributes.get_int("to") not in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
+                continue
+            cast.outputs[0].replace_all_uses_with(n.outputs[0])
+            graph.remove(cast, safe=True)
+            removed += 1
+    remove_unused(model)
     return removed
 
 
-def set_opset(model: onnx.ModelProto, opset: int) -> None:
+def set_opset(model: ir.Model, opset: int) -> None:
     """Raise the default-domain opset after export. From 20 to 21 only type lists and the new Q/DQ
     attributes change, except GroupNormalization (scale/bias shape), which the TorchScript exporter never emits."""
-    cur = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    cur = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
     if cur is None or cur >= opset:
         return
-    if any(n.op_type == "GroupNormalization" for n in model.graph.node):
+    if any(n.op_type == "GroupNormalization" for n in model.graph):
         raise ExportError("GroupNormalization changed meaning in opset 21; cannot raise the opset in place.")
-    for o in model.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            o.version = opset
+    domain = "" if "" in model.opset_imports else "ai.onnx"
+    model.opset_imports[domain] = opset
     model.ir_version = max(model.ir_version, 10)  # INT4 needs IR 10
 
 
-def qdq_counts(graph: onnx.GraphProto) -> dict[str, int]:
-    ops = [n.op_type for n in graph.node]
-    inits = {i.name: i for i in graph.initializer}
+def qdq_counts(model: ir.Model) -> dict[str, int]:
+    graph = model.graph
+    ops = [n.op_type for n in graph]
     weights = [
-        inits[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+        n.inputs[0].const_value.dtype
+        for n in graph
+        if n.op_type == "DequantizeLinear" and n.inputs[0].is_initializer()
     ]
-    int4 = sum(w.data_type in (TensorProto.INT4, TensorProto.UINT4) for w in weights)
-    int8 = sum(w.data_type in (TensorProto.INT8, TensorProto.UINT8) for w in weights)
     return {
         "nodes": len(ops),
         "QuantizeLinear": ops.count("QuantizeLinear"),
         "DequantizeLinear": ops.count("DequantizeLinear"),
-        "int8_weight_initializers": int8,
-        "int4_weight_initializers": int4,
+        "int8_weight_initializers": sum(d in (ir.DataType.INT8, ir.DataType.UINT8) for d in weights),
+        "int4_weight_initializers": sum(d in (ir.DataType.INT4, ir.DataType.UINT4) for d in weights),
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 import torch
 from torch import nn
 
@@ -28,15 +29,16 @@ from .onnx_export import (
     TWO_GB_PROTO,
     ExportError,
     check_opset,
+    eliminate_identities,
     fix_qdq_dtypes,
     fold_constants,
     fold_weight_quantizers,
-    inline_identities,
-    model_bytes,
+    forget_inferred_types,
+    infer_types,
+    initializer_bytes,
     qdq_counts,
     remove_qdq_casts,
     set_opset,
-    tensor_types,
     torch_to_onnx,
 )
 from .spec import export_spec_for
@@ -163,38 +165,25 @@ def export(loaded: ModelBundle, onnx_path: str | os.PathLike, opts: ExportOption
         except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:
             raise ExportError(f"torch.onnx export failed: {str(e).splitlines()[0]}") from e
         report["torch_export_s"] = round(time.perf_counter() - t0, 3)
-        model = onnx.load(str(raw))
-        g = model.graph
-        types = tensor_types(model) if opts.precision != "fp32" else {}
-        passes = {"identities_inlined": inline_identities(g), "constants_folded": fold_constants(g)}
-        if opts.precision != "fp32":
-            passes["qdq_casts_removed"] = remove_qdq_casts(g)
-        passes["weights_folded"] = fold_weight_quantizers(g)
-        if int4:
-            passes["int4"] = rewrite_int4(g)
-        set_opset(model, opset)
-        passes["scale_dtype_fixes"] = fix_qdq_dtypes(model, opts.precision, types)
-        report["passes"] = passes
+        model = ir.load(raw)
+        report["passes"] = post_process(model, opts.precision, opset, int4)
         out = tmp / final.name
-        external = (
-            opts.external_data if opts.external_data is not None else model_bytes(model) >= TWO_GB_PROTO
-        )
+        external = opts.external_data
+        if external is None:
+            external = initializer_bytes(model) >= TWO_GB_PROTO
         data_name = f"{final.name}.data"
-        onnx.save_model(
-            model, str(out), save_as_external_data=external, all_tensors_to_one_file=True, location=data_name
-        )
-        del model
+        if not external:  # weights the exporter wrote beside raw.onnx must end up inside the file
+            model = ir.external_data.load_to_model(model)
+        ir.save(model, out, external_data=data_name if external else None)
         report["export_s"] = round(time.perf_counter() - t0, 3)
         report["files"] = {"onnx": final.name, "external_data": data_name if external else None}
         report["file_bytes"] = out.stat().st_size + ((tmp / data_name).stat().st_size if external else 0)
-        report["counts"] = qdq_counts(onnx.load(str(out), load_external_data=False).graph)
+        report["counts"] = qdq_counts(model)
         if opts.check:
             t1 = time.perf_counter()
             checks.checker(out)
             report["checker"] = "passed (full_check)"
-            report["audit"] = audit_model(
-                onnx.load(str(out), load_external_data=False), target, scopes or None
-            )
+            report["audit"] = audit_model(model, target, scopes or None)
             report["parity"] = checks.parity(
                 out, wrapper, espec, opts.precision, quantized, opts.parity_samples, ctx=ctx
             )
@@ -212,11 +201,31 @@ def export(loaded: ModelBundle, onnx_path: str | os.PathLike, opts: ExportOption
             os.replace(tmp / data_name, parent / data_name)
         os.chmod(out, mode)
         os.replace(out, final)
+    del model
     report["total_s"] = round(time.perf_counter() - t0, 3)
     from pqcad_deploy.io import atomic_json_save
 
     atomic_json_save(report, report_path(final))
     return report
+
+
+def post_process(model: ir.Model, precision: str, opset: int, int4: bool) -> dict[str, Any]:
+    """The passes every export gets, in order; returns what each one changed (for the report)."""
+    if precision != "fp32":
+        infer_types(model)  # before any pass: the scale types of FP16 graphs follow the exported tensors
+    passes: dict[str, Any] = {
+        "identities_inlined": eliminate_identities(model),
+        "constants_folded": fold_constants(model),
+    }
+    if precision != "fp32":
+        passes["qdq_casts_removed"] = remove_qdq_casts(model)
+    passes["weights_folded"] = fold_weight_quantizers(model)
+    if int4:
+        passes["int4"] = rewrite_int4(model)
+    set_opset(model, opset)
+    passes["scale_dtype_fixes"] = fix_qdq_dtypes(model, precision)
+    forget_inferred_types(model)
+    return passes
 
 
 def report_path(onnx_path: Path) -> Path:
@@ -229,8 +238,8 @@ def check_only(onnx_path: str | os.PathLike, target: str = "tensorrt") -> dict:
     if not path.is_file():
         raise ExportError(f"{path} does not exist.")
     checks.checker(path)
-    model = onnx.load(str(path), load_external_data=False)
-    report = {"onnx": str(path), "checker": "passed (full_check)", "counts": qdq_counts(model.graph)}
+    model = ir.load(path)  # external data stays on disk: the audit reads types and small scales only
+    report = {"onnx": str(path), "checker": "passed (full_check)", "counts": qdq_counts(model)}
     report["audit"] = audit_model(model, target)
     report["ort_smoke"] = checks.ort_smoke(path)
     return report
