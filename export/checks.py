@@ -2,15 +2,24 @@
 
 Parity tolerance, and why it is not a fixed number. A QDQ graph run by another engine rounds differently
 wherever float accumulation order differs: a value sitting on a rounding boundary flips one code, and in a
-deep quantized net the flips grow until the difference is the size of the quantization noise itself
-(cpu-measurements §3: ORT vs torch 0.049 rel-L2 on a random W8A8 UNet, but torch vs *itself* at batch 8 vs
-batch 1 is 0.047, and oneDNN on vs off 0.049). So the tolerance is measured per export: we run the torch model
-against itself with a different accumulation order (batch N vs one sample at a time, and oneDNN off) and allow
-ORT ``SENSITIVITY_FACTOR`` times that self-disagreement, never less than a floor for the precision. A real export
-bug (wrong axis, wrong scale, missing Q/DQ, wrong layer) moves the output by far more than the self-disagreement
-and fails; an FP32 graph gets ~1e-6 and a tight floor. FP16 graphs checked on the CPU compare against FP32
-compute of the FP16 weights and inputs (torch's FP16 CPU kernels are far too slow for an SD-1.5 UNet), and their
-self-disagreement is the same model with every intermediate rounded to FP16, as an FP16 engine stores it.
+deep quantized net the flips grow until the difference is the size of the quantization noise itself (a random
+W8A8 UNet: ORT vs torch 0.049 rel-L2, torch at batch 8 vs batch 1 0.047, oneDNN on vs off 0.049). So the
+tolerance is measured per export, from torch's disagreement with itself, and ORT may differ by
+``SENSITIVITY_FACTOR`` times that, never less than a floor for the precision. The probes:
+
+* batch N vs one sample at a time, and oneDNN off: a different accumulation order, where torch has one;
+* activation jitter (quantized graphs): every activation quantizer's input is moved by up to
+  ``JITTER_ULPS`` float32 ulps, the size of the difference another engine's summation order makes. This one
+  does not depend on torch's kernels: single-threaded oneDNN on a Xeon is batch-invariant, so the first two
+  probes saw no flip at all (4.5e-7) while ORT's MLAS GEMM differed from it by one ulp at a rounding boundary
+  and the flips grew to 0.026 through a W4 tiny UNet. Without the jitter probe, the tolerance on such a model
+  depended on the CPU and the thread count, not on the graph.
+
+A real export bug (wrong axis, wrong scale, missing Q/DQ, wrong layer) moves the output by far more than the
+self-disagreement and fails; an FP32 graph gets ~1e-6 and a tight floor. FP16 graphs checked on the CPU compare
+against FP32 compute of the FP16 weights and inputs (torch's FP16 CPU kernels are far too slow for an SD-1.5
+UNet), and their self-disagreement is the same model with every intermediate rounded to FP16, as an FP16
+engine stores it.
 """
 
 from __future__ import annotations
@@ -25,12 +34,14 @@ import onnx
 import torch
 
 from pqcad_deploy.errors import PQCADError
+from pqcad_deploy.quant.quantizer import TensorQuantizer
 
 from .spec import ExportSpec
 
 log = logging.getLogger(__name__)
 
 SENSITIVITY_FACTOR = 3.0
+JITTER_ULPS = 4  # relative size of the activation jitter, in float32 ulps (2**-23)
 # (rel-L2 floor, max-abs floor relative to max|ref|) per (precision, quantized)
 FLOORS = {
     ("fp32", False): (1e-4, 1e-3),
@@ -98,6 +109,29 @@ def _fp16_activations(model: torch.nn.Module):
             h.remove()
 
 
+@contextlib.contextmanager
+def _activation_jitter(model: torch.nn.Module, ulps: int = JITTER_ULPS, seed: int = 0):
+    """Multiply each activation quantizer's input by (1 + u), |u| <= ``ulps`` float32 ulps, seeded: what a
+    different accumulation order does to the values that reach a rounding decision. Weights stay exact."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def jitter(_m, args):
+        x = args[0]
+        u = (torch.rand(x.shape, generator=gen) * 2 - 1) * (ulps * 2.0**-23)
+        return (x * (1 + u.to(x.device)).to(x.dtype), *args[1:])
+
+    handles = [
+        m.register_forward_pre_hook(jitter)
+        for m in model.modules()
+        if isinstance(m, TensorQuantizer) and m.kind != "weight"
+    ]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _ort_run(sess, feed: dict[str, np.ndarray], n: int, chunk: int) -> np.ndarray:
     return np.concatenate(
         [
@@ -132,7 +166,7 @@ def parity(
     on_cpu = next(model.parameters()).device.type == "cpu"
     reference = "torch, export precision"
     with ctx():
-        self_diffs = []
+        probes: dict[str, dict[str, float]] = {}  # torch vs itself, by what was changed
         if dtype == torch.float16 and on_cpu:
             # torch has no fast FP16 CPU kernels (one SD-1.5 UNet call ran over 30 min on 2 cores). Reference: the FP16
             # weights and inputs computed in FP32, which is what FP16 engines do (FP32 accumulation).
@@ -142,28 +176,29 @@ def parity(
             run_model = copy.deepcopy(model).float()
             feed = {k: v.float() if v.is_floating_point() else v for k, v in feed.items()}
             ref = _torch_run(run_model, feed, names, chunk)
-            with _fp16_activations(
-                run_model
-            ):  # the model's sensitivity to FP16 intermediates sets the tolerance
-                self_diffs.append(compare(_torch_run(run_model, feed, names, chunk), ref))
+            with _fp16_activations(run_model):  # the sensitivity to FP16 intermediates sets the tolerance
+                probes["fp16_intermediates"] = compare(_torch_run(run_model, feed, names, chunk), ref)
         else:
             run_model = model
             ref = _torch_run(model, feed, names, chunk)
         if chunk > 1:
-            self_diffs.append(compare(_torch_run(run_model, feed, names, 1), ref))
+            probes["one_sample_at_a_time"] = compare(_torch_run(run_model, feed, names, 1), ref)
         if dtype == torch.float32:
             with torch.backends.mkldnn.flags(enabled=False):
-                self_diffs.append(compare(_torch_run(model, feed, names, chunk), ref))
+                probes["onednn_off"] = compare(_torch_run(model, feed, names, chunk), ref)
         elif not on_cpu:  # FP16 on GPU: engines accumulate in FP32 where torch may not
             m32 = copy.deepcopy(model).float()
             f32 = {k: v.float() if v.is_floating_point() else v for k, v in feed.items()}
-            self_diffs.append(compare(_torch_run(m32, f32, names, chunk), ref))
+            probes["fp32_compute"] = compare(_torch_run(m32, f32, names, chunk), ref)
             del m32
+        if quantized and (dtype == torch.float32 or on_cpu):  # FP32 compute, where FP32 ulps mean something
+            with _activation_jitter(run_model):
+                probes["activation_jitter"] = compare(_torch_run(run_model, feed, names, chunk), ref)
         del run_model
     feed = {k: v.to(dtype) if v.is_floating_point() else v for k, v in feed.items()}
     np_feed = {k: v.numpy() for k, v in feed.items()}
-    self_rel = max((d["rel_l2"] for d in self_diffs), default=0.0)  # none: the floors alone set the tolerance
-    self_abs = max((d["max_abs"] for d in self_diffs), default=0.0)
+    self_rel = max((d["rel_l2"] for d in probes.values()), default=0.0)  # none: the floors alone decide
+    self_abs = max((d["max_abs"] for d in probes.values()), default=0.0)
     floor_rel, floor_abs = FLOORS[(precision, quantized)]
     tol_rel = max(floor_rel, SENSITIVITY_FACTOR * self_rel)
     tol_abs = max(floor_abs * float(np.abs(ref).max()), SENSITIVITY_FACTOR * self_abs)
@@ -176,6 +211,7 @@ def parity(
         "reference": reference,
         "torch_self_rel_l2": self_rel,
         "torch_self_max_abs": self_abs,
+        "torch_self_probes": {k: d["rel_l2"] for k, d in probes.items()},
         "tol_rel_l2": tol_rel,
         "tol_max_abs": tol_abs,
         "passed": bool(res["rel_l2"] <= tol_rel and res["max_abs"] <= tol_abs),

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 import torch
 from onnx import TensorProto, numpy_helper
@@ -128,3 +129,21 @@ def test_fp16_parity_on_cpu_catches_a_graph_that_differs(students, tmp_path):
         checks.parity(
             out, wrapper, export_spec_for(loaded.spec), "fp16", True, 4, ctx=_quant_ctx(loaded, "fp16")
         )
+
+
+def test_parity_fails_a_wrong_scale_on_one_layer(students, tmp_path):
+    """The W4 tiny UNet is the most rounding-sensitive model here: its tolerance comes from the activation
+    jitter probe (about 0.1 rel-L2), yet one conv whose weight scale is off by 2x still fails."""
+    loaded = open_model(students["trt4c"])
+    out = tmp_path / "w4.onnx"
+    rep = export(loaded, out, ExportOptions(parity_samples=4))
+    probes = rep["parity"]["torch_self_probes"]
+    assert probes["activation_jitter"] == rep["parity"]["torch_self_rel_l2"] > 1e-3
+    model = ir.load(out)
+    conv = next(n for n in model.graph if n.name == "/unet/up_blocks.0/resnets.0/conv2/Conv")
+    scale = conv.inputs[1].producer().inputs[1]
+    scale.const_value = ir.Tensor(scale.const_value.numpy() * 2, name=scale.name)
+    ir.save(model, out)
+    wrapper = UNetWrapper(loaded.model).eval()
+    with pytest.raises(checks.CheckError, match="beyond tolerance"):
+        checks.parity(out, wrapper, export_spec_for(loaded.spec), "fp32", True, 4, ctx=_quant_ctx(loaded))
