@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from .captions import EMPTY_PROMPT, TRAIN_PAIRS, caption_index
+from .denoiser import Denoiser
 from .errors import UsageError
+from .sampling import make_scheduler, sample_many
 from .text import EmbeddingCache, TextEncoder, TextEncoderError, load_embedding_cache, load_text_encoder
 from .zoo import ModelSpec
 
@@ -86,6 +88,36 @@ class PromptEncoder:
             return cache.by_ids(ids).float()
 
         return cond_fn
+
+
+def generate_for_prompts(
+    denoiser: Denoiser,
+    spec: ModelSpec,
+    prompts: Sequence[str],
+    states: PromptEncoder,
+    steps: int,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 500,
+    progress: bool = True,
+) -> torch.Tensor:
+    """One image per prompt with the shared sampler and classifier-free guidance; batch i uses noise seed
+    ``seed + i``, so the same prompts and seed give every model the same noise (fidelity-to-FP comparisons)."""
+    return sample_many(
+        denoiser,
+        lambda: make_scheduler("ddim", **spec.scheduler),
+        len(prompts),
+        spec.sample_shape,
+        steps,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        cond=states.states(list(prompts)),
+        uncond=states.uncond(),
+        guidance_scale=guidance_scale,
+    )
 
 
 def check_encoder_matches(spec: ModelSpec, fingerprint: str, max_length: int, hidden: int, what: str) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .captions import hue_degrees, palette_hues
-from .metrics import classifier_outputs, frechet_distance, gaussian_stats, reference_stats
+from .metrics import classifier_outputs, fidelity, frechet_distance, gaussian_stats, reference_stats
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,29 @@ def prompt_fidelity(
         mu, sigma = gaussian_stats(feats)
         result["fd_fmnist_grey"] = frechet_distance(mu, sigma, *reference_stats("test"))
     return result
+
+
+def prompt_quality(
+    images: torch.Tensor,
+    colour_labels: torch.Tensor,
+    class_labels: torch.Tensor,
+    reference: torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Everything the text-to-image tables report for one image set: class / colour / joint accuracy, FD-fmnist of
+    the grey images against the test set, and with ``reference`` (the FP model's images for the same prompts and
+    noise) FD to FP and PSNR to FP (PCR's fidelity-to-full-precision idea). One classifier pass per image set."""
+    feats, probs = classifier_outputs(untint(images), device)
+    class_ok = torch.from_numpy(probs.argmax(axis=1)) == class_labels.cpu()
+    colour_ok = predict_colours(images) == colour_labels.cpu()
+    mu, sigma = gaussian_stats(feats)
+    out = {"n": len(images), **_accuracies(class_ok, colour_ok)}
+    out["fd_fmnist_grey"] = frechet_distance(mu, sigma, *reference_stats("test"))
+    if reference is not None:
+        ref_feats, _ = classifier_outputs(untint(reference), device)
+        out["fd_to_fp"] = frechet_distance(mu, sigma, *gaussian_stats(ref_feats))
+        out["psnr_to_fp"] = fidelity(images, reference)["psnr_db"]
+    return out
 
 
 def _accuracies(class_ok: torch.Tensor, colour_ok: torch.Tensor) -> dict[str, float]:

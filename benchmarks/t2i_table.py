@@ -1,0 +1,258 @@
+"""Text-to-image testbed table: FP teacher vs PTQ W8A8 (best method) vs PQCAD W8A8, on seen and held-out prompts.
+
+For every row and prompt set: class and colour accuracy (prompt fidelity), FD-fmnist of the grey images against the
+test set, and FD / PSNR to the FP teacher's images for the same prompts and noise; each over several noise seeds
+(mean and spread). The FP teacher also gets a guidance-scale sweep. Prints the table, writes JSON and one PNG grid
+per row (same prompts and noise in every grid).
+
+    python benchmarks/t2i_table.py --teacher runs/t2i/fmnist-t2i.safetensors \\
+        --embeddings runs/t2i_embeddings.safetensors --num-samples 10000 --held-out-samples 5000
+    python benchmarks/t2i_table.py --quick          # CPU smoke run: tiny sizes, random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pqcad_deploy.captions import EVAL_SETS, evaluation_prompts
+from pqcad_deploy.conditioning import DEFAULT_GUIDANCE, PromptEncoder, generate_for_prompts
+from pqcad_deploy.denoiser import TorchDenoiser
+from pqcad_deploy.images import save_grid
+from pqcad_deploy.io import atomic_json_save
+from pqcad_deploy.loading import open_model
+from pqcad_deploy.prompt_metrics import prompt_quality
+from pqcad_deploy.quant import QuantConfig
+from pqcad_deploy.timing import environment_info
+from pqcad_deploy.train.calib import load_or_collect_calib
+from pqcad_deploy.train.pqcad import train_pqcad
+from pqcad_deploy.train.pqcad_config import PQCADConfig
+from pqcad_deploy.train.ptq import select_ptq_method
+
+log = logging.getLogger("t2i_table")
+RESULTS = Path(__file__).parent / "results"
+METRICS = ("class_accuracy", "colour_accuracy", "fd_fmnist_grey", "fd_to_fp", "psnr_to_fp")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", default="fmnist-t2i", help="FP text-to-image model (file or zoo name)")
+    p.add_argument("--embeddings", type=Path, default=Path("runs/t2i_embeddings.safetensors"))
+    p.add_argument("--work", type=Path, default=Path("runs/t2i_table"), help="calibration set and students")
+    p.add_argument("--num-samples", type=int, default=10000, help="images per noise seed on seen prompts")
+    p.add_argument(
+        "--held-out-samples", type=int, default=5000, help="images per noise seed per held-out set"
+    )
+    p.add_argument("--noise-seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (the deployment sampler)")
+    p.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--guidance-sweep", type=float, nargs="*", default=[1.0, 2.0, 3.0, 5.0])
+    p.add_argument("--sweep-samples", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=1000, help="images sampled at once")
+    p.add_argument("--rows", nargs="+", default=["fp", "ptq", "pqcad"], choices=["fp", "ptq", "pqcad"])
+    p.add_argument("--ptq-methods", nargs="+", default=["maxabs", "percentile", "mse"])
+    p.add_argument("--calib-trajectories", type=int, default=256)
+    p.add_argument("--calib-points", type=int, default=20)
+    p.add_argument("--pqcad-steps", type=int, default=400)
+    p.add_argument("--pqcad-batch", type=int, default=128)
+    p.add_argument("--pqcad-lr", type=float, default=1e-5)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--grids", type=Path, default=RESULTS / "t2i_grids")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny sizes")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.num_samples, a.held_out_samples, a.noise_seeds, a.steps, a.batch_size = 16, 8, [0, 1], 4, 16
+        a.guidance_sweep, a.sweep_samples, a.calib_trajectories, a.calib_points = [1.0, 3.0], 8, 4, 2
+        a.pqcad_steps, a.pqcad_batch, a.ptq_methods = 2, 4, ["maxabs", "percentile"]
+        a.work, a.grids = Path("runs/t2i_table_quick"), RESULTS / "t2i_grids_quick"
+    return a
+
+
+class Table:
+    def __init__(self, a: argparse.Namespace):
+        self.a = a
+        self.dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.fp = open_model(a.teacher)
+        self.spec = self.fp.spec
+        self.fp.model.to(self.dev)
+        self.prompts = PromptEncoder.open(self.spec, embeddings=a.embeddings)
+        n = {"seen": a.num_samples}
+        n.update({s: a.held_out_samples for s in EVAL_SETS if s != "seen"})
+        self.sets = {s: evaluation_prompts(s, n[s], seed=0) for s in EVAL_SETS}
+        self.fp_images: dict[tuple[str, int], torch.Tensor] = {}
+        self.rows: list[dict[str, Any]] = []
+        a.work.mkdir(parents=True, exist_ok=True)
+        a.grids.mkdir(parents=True, exist_ok=True)
+
+    def generate(
+        self, model: torch.nn.Module, prompts, seed: int, guidance: float | None = None
+    ) -> torch.Tensor:
+        return generate_for_prompts(
+            TorchDenoiser(model),
+            self.spec,
+            prompts,
+            self.prompts,
+            self.a.steps,
+            self.a.guidance_scale if guidance is None else guidance,
+            seed=seed,
+            device=self.dev,
+            batch_size=self.a.batch_size,
+            progress=False,
+        )
+
+    def evaluate(self, name: str, model: torch.nn.Module, extra: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"row": name, **extra, "sets": {}}
+        for set_name, ev in self.sets.items():
+            runs = []
+            for seed in self.a.noise_seeds:
+                imgs = self.generate(model, ev.prompts, seed)
+                ref = None if name == "FP" else self.fp_images[(set_name, seed)]
+                if name == "FP":
+                    self.fp_images[(set_name, seed)] = imgs
+                runs.append(prompt_quality(imgs, ev.colours, ev.classes, ref, self.dev))
+                if set_name == "seen" and seed == self.a.noise_seeds[0]:
+                    save_grid(imgs[:64], self.a.grids / f"{name.replace(' ', '_')}_seen.png", nrow=8)
+            row["sets"][set_name] = {"runs": runs, **spread(runs)}
+            log.info("%s %s: %s", name, set_name, {k: row["sets"][set_name].get(k) for k in METRICS})
+        row["eval_s"] = round(time.perf_counter() - t0, 1)
+        self.rows.append(row)
+        self.save()
+
+    def guidance_sweep(self) -> list[dict[str, Any]]:
+        ev = evaluation_prompts("seen", self.a.sweep_samples, seed=1)
+        out = []
+        for g in self.a.guidance_sweep:
+            imgs = self.generate(self.fp.model, ev.prompts, self.a.noise_seeds[0], guidance=g)
+            q = prompt_quality(imgs, ev.colours, ev.classes, None, self.dev)
+            out.append({"guidance_scale": g, **q})
+            log.info("guidance %.1f: %s", g, q)
+        return out
+
+    def run(self) -> None:
+        a = self.a
+        self.t0 = time.perf_counter()
+        self.sweep = self.guidance_sweep() if a.guidance_sweep else []
+        self.evaluate("FP", self.fp.model, {"bits": "fp32", "training": self.fp.meta})
+        collect = dict(
+            n_trajectories=a.calib_trajectories,
+            steps=a.steps,
+            n_points=a.calib_points,
+            seed=1234,
+            batch_size=256,
+        )
+        t = time.perf_counter()
+        cs = load_or_collect_calib(
+            a.work / "calib.safetensors", self.fp.model, self.spec, self.dev, collect, True, self.prompts,
+            a.guidance_scale,
+        )  # fmt: skip
+        self.calib_s = time.perf_counter() - t
+        if "ptq" in a.rows:
+            t = time.perf_counter()
+            model, entry = select_ptq_method(
+                self.fp.model, QuantConfig(weight_bits=8, act_bits=8), cs, tuple(a.ptq_methods), self.dev
+            )
+            self.evaluate(
+                "PTQ W8A8", model, {"bits": "w8a8", "ptq": entry, "ptq_s": round(time.perf_counter() - t, 1)}
+            )
+            self.ptq_method = entry["selection"]["best"]
+            del model
+        if "pqcad" in a.rows:
+            cfg = PQCADConfig(
+                bits=("w8a8",),
+                schedule="fixed",
+                steps=a.pqcad_steps,
+                stage1_cap=max(1, a.pqcad_steps),
+                batch_size=a.pqcad_batch,
+                lr=a.pqcad_lr,
+                ptq_method=getattr(self, "ptq_method", "percentile"),
+                save_every=max(1, a.pqcad_steps),
+            )
+            out = train_pqcad(
+                cfg, self.fp.model, self.spec, cs, a.work / "pqcad_w8a8.pt", device=str(self.dev)
+            )
+            student = open_model(out)
+            self.evaluate(
+                "PQCAD W8A8",
+                student.model.to(self.dev),
+                {"bits": "w8a8", "train_time_s": student.meta.get("train_time_s"), "pqcad": cfg.to_dict()},
+            )
+
+    def save(self) -> None:
+        a = self.a
+        doc = {
+            "environment": environment_info(),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+            "teacher": {"source": self.fp.source, "training": self.fp.meta},
+            "prompt_sets": {s: len(ev) for s, ev in self.sets.items()},
+            "guidance_sweep": getattr(self, "sweep", []),
+            "calib_collect_s": round(getattr(self, "calib_s", 0.0), 1),
+            "rows": self.rows,
+            "elapsed_s": round(time.perf_counter() - self.t0, 1),
+            "notes": "FD is the Frechet distance in the project's Fashion-MNIST classifier feature space on grey "
+            "(untinted) images, never Inception FID; FD/PSNR to FP compare with the FP teacher's images for the same "
+            "prompts and noise. Class accuracy: the shipped classifier on the untinted garment; colour accuracy: "
+            "dominant hue against the prompt's colour.",
+        }
+        atomic_json_save(doc, a.out or RESULTS / f"t2i_table{'_quick' if a.quick else ''}.json")
+
+
+def spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and half-range over noise seeds for every metric present."""
+    out = {}
+    for k in METRICS:
+        vals = [r[k] for r in runs if r.get(k) is not None and np.isfinite(r[k])]
+        if vals:
+            out[k] = float(np.mean(vals))
+            out[f"{k}_spread"] = float((max(vals) - min(vals)) / 2)
+    return out
+
+
+def print_table(t: Table) -> None:
+    print(
+        f"\ntext-to-image testbed, DDIM {t.a.steps}, guidance {t.a.guidance_scale}, noise seeds {t.a.noise_seeds}"
+    )
+    head = f"{'row':<12}{'set':<20}{'n':>6}{'class %':>14}{'colour %':>14}{'FD grey':>14}{'FD to FP':>14}{'PSNR':>12}"
+    print(head + "\n" + "-" * len(head))
+    for r in t.rows:
+        for s, m in r["sets"].items():
+
+            def cell(k, scale=1.0, fmt=".2f", m=m):
+                if k not in m:
+                    return "-"
+                return f"{m[k] * scale:{fmt}}+-{m[k + '_spread'] * scale:{fmt}}"
+
+            n = m["runs"][0]["n"]
+            print(
+                f"{r['row']:<12}{s:<20}{n:>6}{cell('class_accuracy', 100, '.1f'):>14}"
+                f"{cell('colour_accuracy', 100, '.1f'):>14}{cell('fd_fmnist_grey'):>14}{cell('fd_to_fp'):>14}"
+                f"{cell('psnr_to_fp', 1, '.1f'):>12}"
+            )
+    if t.sweep:
+        print("\nFP guidance sweep (seen prompts): " + ", ".join(
+            f"s={w['guidance_scale']:g}: class {100 * w['class_accuracy']:.1f} % colour {100 * w['colour_accuracy']:.1f} % "
+            f"FD {w['fd_fmnist_grey']:.2f}" for w in t.sweep
+        ))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    a = parse_args(argv)
+    t = Table(a)
+    if t.dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    t.run()
+    print_table(t)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
