@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=["tensorrt", "onnxruntime"], help="default: the checkpoint's target")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="float parts of the graph")
     p.add_argument("--opset", type=int, help="default 17; 19 for FP16 Q/DQ; 21 for INT4 weights")
+    p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript", help="torch.onnx")
     p.add_argument("--batch", type=int, default=1, help="batch of the traced/static graph")
     dyn = p.add_mutually_exclusive_group()
     dyn.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true", default=True)
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             check=args.check,
             parity_samples=args.parity_samples,
             strict_audit=not args.allow_float_layers,
+            exporter=args.exporter,
         )
         rep = export(loaded, args.onnx, opts)
         print(json.dumps(rep, indent=2) if args.json else full_report(rep, args.verbose))

@@ -1,10 +1,13 @@
 """Torch -> ONNX with explicit Q/DQ, and the Q/DQ passes that make the file what the engines expect.
 
-Exporter: TorchScript (``torch.onnx.export(..., dynamo=False)``, opset <= 20). It maps
-``fake_quantize_per_{tensor,channel}_affine`` straight to QuantizeLinear/DequantizeLinear with an explicit
-``axis`` under a dynamic batch and exports the 6.5M UNet in about 1 s; it is deprecated since torch 2.9. It
-refuses a 4-bit fake-quant range, so 4-bit weights travel through the INT8 range (bit-identical when
-scale = amax/7) and become INT4 initializers in a post-pass (``int4.py`` + :func:`set_opset`).
+Two exporters, the same post-passes and checks after either. ``torchscript`` (default,
+``torch.onnx.export(..., dynamo=False)``, opset <= 20) maps ``fake_quantize_per_{tensor,channel}_affine``
+straight to QuantizeLinear/DequantizeLinear with an explicit ``axis`` and exports the 6.5M UNet in about 1 s;
+it is deprecated since torch 2.9. ``dynamo`` (``torch.export``, about 10x slower) keeps the fake-quant ops
+whole and onnxscript's torchlib translates them to Q/DQ, but tracing a dynamic batch needs Meta kernels for
+them, which torch does not ship: :func:`_fake_quant_meta_kernels` adds them. Both exporters refuse a 4-bit
+fake-quant range, so 4-bit weights travel through the INT8 range (bit-identical when scale = amax/7) and become
+INT4 initializers in a post-pass (``int4.py`` + :func:`set_opset`).
 
 Everything generic (use lists, dead-code removal, Identity elimination, constant folding, shape inference,
 external data) is onnx-ir / onnxscript. What stays here is Q/DQ-specific: weight codes rounded as torch
@@ -13,6 +16,7 @@ rounds them, scale types for FP16 graphs, Casts around Q/DQ removed, opset raise
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from pathlib import Path
@@ -34,10 +38,12 @@ from .spec import ExportSpec
 
 log = logging.getLogger(__name__)
 
+EXPORTERS = ("torchscript", "dynamo")
 TORCHSCRIPT_MAX_OPSET = 20
 MIN_OPSET_QDQ = 13  # per-channel QuantizeLinear/DequantizeLinear (axis)
 MIN_OPSET_FP16_QDQ = 19  # float16 x/scale in QuantizeLinear/DequantizeLinear
 MIN_OPSET_INT4 = 21
+DYNAMO_NATIVE_OPSET = 18  # torch.export's translation writes 18+; older opsets go through a converter
 TWO_GB_PROTO = 2**31 - 2**20  # protobuf cannot serialize a message this large
 # Constant folding must reach whole UNet weights (e.g. the 4-bit grid clamp on an SD-1.5 conv, 15M values);
 # onnxscript's defaults (8,192 in / 262,144 out) stop at small tensors.
@@ -75,17 +81,37 @@ def torch_to_onnx(
     path: Path,
     opset: int,
     precision: str,
+    exporter: str = "torchscript",
 ) -> None:
     """Trace ``wrapper`` (a :class:`UNetWrapper`, quantizers already in export mode) into ``path``.
 
     Files above 2 GB get their weights written as external data by torch next to ``path``."""
-    feed = espec.sampler_inputs(espec.batch, dtype=DTYPES[precision])
+    batch = espec.batch
+    if exporter == "dynamo" and espec.dynamic_batch:
+        batch = max(batch, 2)  # torch.export specializes a dimension traced at size 1 to the constant 1
+    feed = espec.sampler_inputs(batch, dtype=DTYPES[precision])
     args = tuple(feed[n] for n in espec.input_names)
     names = {"input_names": list(espec.input_names), "output_names": list(espec.output_names)}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*opset.*")
+        warnings.filterwarnings("ignore", message=".*axis name.*")
+        if exporter == "dynamo":
+            _fake_quant_meta_kernels()
+            torch.onnx.export(
+                wrapper,
+                args,
+                str(path),
+                dynamo=True,
+                opset_version=opset,
+                dynamic_shapes=_dynamic_shapes(espec),
+                optimize=True,
+                verbose=False,
+                **names,
+            )
+            return
         torch.onnx.export(
             wrapper,
             args,
@@ -96,6 +122,36 @@ def torch_to_onnx(
             do_constant_folding=True,
             **names,
         )
+
+
+def _dynamic_shapes(espec: ExportSpec) -> dict | None:
+    if not espec.dynamic_batch:
+        return None
+    batch = torch.export.Dim("B", min=1, max=espec.max_batch)
+    return {name: {0: batch} for name in espec.input_names}
+
+
+@functools.cache
+def _fake_quant_meta_kernels() -> torch.library.Library:
+    """torch.export traces a dynamic batch with fake tensors, and torch has no Meta kernel for the fake-quant
+    ops (``NotImplementedError: ... no fake impl or Meta kernel registered``). The ops are elementwise, so
+    the output is shaped like the input (plus the boolean mask the cachemask variants return). The cache keeps
+    the library alive: dropping it would unregister the kernels."""
+
+    def like_input(x: torch.Tensor, *_args, **_kwargs):
+        return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
+
+    lib = torch.library.Library("aten", "IMPL")
+    for op in (
+        "_fake_quantize_per_tensor_affine_cachemask_tensor_qparams",
+        "fake_quantize_per_tensor_affine_cachemask",
+        "fake_quantize_per_channel_affine_cachemask",
+    ):
+        try:
+            lib.impl(op, like_input, "Meta")
+        except RuntimeError as e:  # a torch that ships its own Meta kernel keeps it
+            log.debug("Meta kernel for aten::%s not registered: %s", op, e)
+    return lib
 
 
 # ---------------------------------------------------------------- generic clean-up, by the libraries

@@ -26,6 +26,8 @@ from .audit import audit_model
 from .int4 import rewrite_int4
 from .onnx_export import (
     DTYPES,
+    DYNAMO_NATIVE_OPSET,
+    EXPORTERS,
     TWO_GB_PROTO,
     ExportError,
     check_opset,
@@ -56,15 +58,18 @@ SUPPORTED_LEAVES = {
 class ExportOptions:
     target: str | None = None  # default: the checkpoint's
     precision: str = "fp32"
-    opset: int | None = None  # default: 17 (fp32), 19 (fp16), 21 (INT4 weights)
+    opset: int | None = None  # default: 17 (fp32), 19 (fp16), 21 (INT4 weights); at least 18 with dynamo
     batch: int = 1
     dynamic_batch: bool = True
     external_data: bool | None = None  # None: automatic above 2 GB
     check: bool = True
     parity_samples: int = 8
     strict_audit: bool = True
+    exporter: str = "torchscript"  # or "dynamo" (torch.export); same post-passes and checks
 
     def __post_init__(self) -> None:
+        if self.exporter not in EXPORTERS:
+            raise ExportError(f"exporter must be one of {list(EXPORTERS)}, got {self.exporter!r}.")
         if self.precision not in DTYPES:
             raise ExportError(f"precision must be one of {sorted(DTYPES)}, got {self.precision!r}.")
         if self.target not in (None, "tensorrt", "onnxruntime"):
@@ -140,6 +145,8 @@ def export(loaded: ModelBundle, onnx_path: str | os.PathLike, opts: ExportOption
         )
     int4 = quantized and wbits <= 4
     opset = opts.opset or default_opset(opts.precision, quantized, int4)
+    if opts.exporter == "dynamo" and not opts.opset:
+        opset = max(opset, DYNAMO_NATIVE_OPSET)  # no version conversion after torch.export
     check_opset(opset, opts.precision, quantized, int4)
     check_supported_layers(loaded.model)
     espec = export_spec_for(loaded.spec, opts.batch, opts.dynamic_batch)
@@ -161,9 +168,9 @@ def export(loaded: ModelBundle, onnx_path: str | os.PathLike, opts: ExportOption
         raw = tmp / "raw.onnx"
         try:
             with ctx(), torch.no_grad():
-                torch_to_onnx(wrapper, espec, raw, opset, opts.precision)
+                torch_to_onnx(wrapper, espec, raw, opset, opts.precision, opts.exporter)
         except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:
-            raise ExportError(f"torch.onnx export failed: {str(e).splitlines()[0]}") from e
+            raise ExportError(f"torch.onnx export failed ({opts.exporter}): {str(e).splitlines()[0]}") from e
         report["torch_export_s"] = round(time.perf_counter() - t0, 3)
         model = ir.load(raw)
         report["passes"] = post_process(model, opts.precision, opset, int4)
