@@ -155,7 +155,7 @@ def train(args: argparse.Namespace) -> Path:
             args.steps,
             use_bf16,
         )
-    bar = tqdm(total=args.steps, initial=step, desc="teacher", disable=not ctx.is_main)
+    bar = tqdm(total=args.steps, initial=step, desc="teacher", disable=not ctx.is_main or args.no_progress)
     t0, seen, loss_ema, stopped_early = time.perf_counter(), 0, None, False
     curve: list[list[float]] = []
     while step < args.steps:
@@ -293,4 +293,5 @@ def register(sub: Any) -> None:
     )
     add_device(p)
     p.add_argument("--mixed-precision", choices=["no", "bf16"], default="bf16", help="bf16 autocast on GPU")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs every 1000 steps instead)")
     p.set_defaults(func=train)

@@ -2,6 +2,11 @@
 and fidelity (PSNR, rel-L2) to a reference checkpoint sampled from the same noise.
 
     pqcad-eval --checkpoint student.pt --reference pqcad_deploy/assets/fmnist_ddpm.safetensors --num-samples 10000
+    pqcad-eval --checkpoint t2i_student.pt --reference fmnist-t2i --prompt-set held_out_pairs
+
+Text-to-image models are sampled on an evaluation prompt set (seen prompts, held-out (colour, class) pairs or
+held-out templates) with classifier-free guidance and scored on prompt fidelity (class and colour accuracy),
+FD-fmnist of the grey images, and with --reference FD and PSNR to the reference's images for the same prompts.
 
 FD on a few hundred samples is noisy (it moves by several percent between noise seeds even at 10k): the default
 is 10,000 on a GPU and 500 on a CPU (about 2 minutes per 500 images at 50 steps on 2 cores).
@@ -17,15 +22,19 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..captions import EVAL_SETS, EvalPrompts, evaluation_prompts
+from ..conditioning import PromptEncoder, generate_for_prompts
 from ..denoiser import TorchDenoiser
 from ..errors import UsageError
 from ..io import atomic_json_save
 from ..loading import default_steps, open_model
 from ..metrics import fidelity, sample_quality
+from ..prompt_metrics import prompt_quality
 from ..sampling import make_scheduler, sample_many
 from .common import (
     add_device,
     add_json,
+    add_text_args,
     add_verbose,
     check_output_path,
     int_range,
@@ -65,23 +74,31 @@ def load_image_folder(folder: str | Path) -> torch.Tensor:
 
 
 def generate(
-    source: str, n: int, steps: int | None, seed: int, device: torch.device, batch_size: int
-) -> tuple[torch.Tensor, int]:
-    """``n`` images of ``source`` with the shared sampler; batch i uses noise seed ``seed + i``."""
+    source: str, n: int, steps: int | None, args: argparse.Namespace, device: torch.device
+) -> tuple[torch.Tensor, int, EvalPrompts | None]:
+    """``n`` images of ``source`` with the shared sampler (batch i uses noise seed ``seed + i``); text-to-image
+    models get one evaluation prompt per image, which is returned with its labels."""
     bundle = open_model(source)
     steps = default_steps(bundle.meta, steps)
+    den = TorchDenoiser(bundle.model.to(device))
+    if bundle.spec.text_conditioned:
+        ev = evaluation_prompts(args.prompt_set, n, seed=0)
+        states = PromptEncoder.open(bundle.spec, args.embeddings, args.text_encoder, device)
+        images = generate_for_prompts(
+            den,
+            bundle.spec,
+            ev.prompts,
+            states,
+            steps,
+            args.guidance_scale,
+            args.seed,
+            device,
+            args.batch_size,
+        )
+        return images, steps, ev
     sched = lambda: make_scheduler("ddim", **bundle.spec.scheduler)  # noqa: E731
-    images = sample_many(
-        TorchDenoiser(bundle.model.to(device)),
-        sched,
-        n,
-        bundle.spec.sample_shape,
-        steps,
-        batch_size,
-        seed,
-        device,
-    )
-    return images, steps
+    images = sample_many(den, sched, n, bundle.spec.sample_shape, steps, args.batch_size, args.seed, device)
+    return images, steps, None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-steps", type=positive_int, default=None, help="DDIM steps of --reference")
     p.add_argument("--batch-size", type=positive_int, default=500, help="images sampled at once")
     p.add_argument("--seed", type=nonneg_int, default=0, help="noise seed of the first batch")
+    p.add_argument("--prompt-set", choices=sorted(EVAL_SETS), default="seen", help="text-to-image prompts")
+    add_text_args(p)
     add_device(p)
     add_json(p, "the metrics")
     add_verbose(p)
@@ -115,17 +134,27 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--reference needs --checkpoint (both are sampled from the same noise).")
     device = resolve_device(args.device)
     n = args.num_samples or (10000 if device.type == "cuda" else 500)
+    ev = None
     if args.images:
         images, result = load_image_folder(args.images), {"source": args.images}
     else:
-        images, steps = generate(args.checkpoint, n, args.steps, args.seed, device, args.batch_size)
+        images, steps, ev = generate(args.checkpoint, n, args.steps, args, device)
         result = {"source": args.checkpoint, "steps": steps, "seed": args.seed}
     result["n"] = len(images)
-    result.update(sample_quality(images, device))
+    ref = None
     if args.reference:
-        ref, ref_steps = generate(args.reference, n, args.reference_steps, args.seed, device, args.batch_size)
+        ref, ref_steps, ref_ev = generate(args.reference, n, args.reference_steps, args, device)
+        if (ev is None) != (ref_ev is None):
+            raise UsageError(
+                "--reference must be of the same kind as --checkpoint (both text-to-image or neither)."
+            )
         result["reference"] = {"source": args.reference, "steps": ref_steps}
         result.update({f"fidelity_{k}": v for k, v in fidelity(images, ref).items()})
+    if ev is not None:
+        result.update({"prompt_set": ev.set_name, "guidance_scale": args.guidance_scale})
+        result.update(prompt_quality(images, ev.colours, ev.classes, ref, device))
+    else:
+        result.update(sample_quality(images, device))
     for k, v in result.items():
         print(f"{k:>18}: {v:.4f}" if isinstance(v, float) else f"{k:>18}: {v}")
     if args.json:

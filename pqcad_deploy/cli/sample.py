@@ -9,7 +9,10 @@ import argparse
 import sys
 import time
 
+from ..captions import evaluation_prompts
+from ..conditioning import PromptEncoder
 from ..denoiser import TorchDenoiser
+from ..errors import UsageError
 from ..images import save_grid
 from ..io import atomic_json_save
 from ..loading import default_steps, open_model
@@ -18,6 +21,7 @@ from ..zoo import TEACHER_PATH
 from .common import (
     add_device,
     add_json,
+    add_text_args,
     add_verbose,
     check_output_path,
     int_range,
@@ -42,10 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim")
     p.add_argument("--seed", type=nonneg_int, default=0, help="noise seed")
+    p.add_argument(
+        "--prompt", action="append", default=None, help="text prompt (repeatable; text-to-image models)"
+    )
+    add_text_args(p)
     add_device(p)
     add_json(p, "the run's settings and timing")
     add_verbose(p)
     return p
+
+
+def grid_prompts(spec, prompts: list[str] | None, n: int) -> list[str] | None:
+    """One prompt per image: the given prompts in equal shares (in order), or seen evaluation prompts; None for
+    models without text."""
+    if not spec.text_conditioned:
+        if prompts:
+            raise UsageError(f"--prompt: {spec.name} is not a text-to-image model.")
+        return None
+    if not prompts:
+        return list(evaluation_prompts("seen", n, seed=0).prompts)
+    return [prompts[i * len(prompts) // n] for i in range(n)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +75,15 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     bundle = open_model(args.checkpoint)
     steps = default_steps(bundle.meta, args.steps)
+    guidance = {}
+    prompts = grid_prompts(bundle.spec, args.prompt, args.num_samples)
+    if prompts is not None:
+        encoder = PromptEncoder.open(bundle.spec, args.embeddings, args.text_encoder, device)
+        guidance = {
+            "cond": encoder.states(prompts),
+            "uncond": encoder.uncond(),
+            "guidance_scale": args.guidance_scale,
+        }
     t0 = time.perf_counter()
     res = sample(
         TorchDenoiser(bundle.model.to(device)),
@@ -64,8 +93,14 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=device,
         progress=True,
+        **guidance,
     )
-    save_grid(res.images, args.out)
+    per_prompt = args.num_samples // len(args.prompt) if args.prompt else 0
+    save_grid(
+        res.images,
+        args.out,
+        nrow=per_prompt if per_prompt and args.num_samples % len(args.prompt) == 0 else None,
+    )
     print(
         f"wrote {args.out}: {args.num_samples} images, {steps} {args.scheduler} steps, "
         f"{res.total_ms / 1e3:.2f} s end to end"
@@ -80,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
                 "scheduler": args.scheduler,
                 "seed": args.seed,
                 "device": str(device),
+                "prompts": prompts,
+                "guidance_scale": guidance.get("guidance_scale"),
                 "sampler_ms": res.total_ms,
                 "wall_s": round(time.perf_counter() - t0, 3),
             },

@@ -97,3 +97,58 @@ def test_eval_errors_are_one_line(tmp_path, capsys, argv, message):
 def test_sample_refuses_output_equal_to_input(tiny_ckpt, capsys):
     assert sample.main(["--checkpoint", str(tiny_ckpt), "--out", str(tiny_ckpt)]) == 2
     assert "also an input" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def t2i_ckpt(tmp_path_factory, tiny_t2i_cache):
+    import dataclasses
+
+    from pqcad_deploy.text import load_embedding_cache
+
+    spec = get_spec("tiny-t2i")
+    spec = dataclasses.replace(
+        spec, text={**spec.text, "fingerprint": load_embedding_cache(tiny_t2i_cache).fingerprint}
+    )
+    return save_weights(build_model(spec, seed=0), spec, tmp_path_factory.mktemp("t2i") / "t2i.safetensors")
+
+
+def test_sample_prompts_fill_rows(t2i_ckpt, tiny_t2i_cache, tmp_path):
+    out, meta = tmp_path / "p.png", tmp_path / "p.json"
+    argv = ["--checkpoint", str(t2i_ckpt), "--out", str(out), "--num-samples", "4", "--steps", "2"]
+    argv += [
+        "--prompt",
+        "a red dress",
+        "--prompt",
+        "a photo of a blue sneaker",
+        "--embeddings",
+        str(tiny_t2i_cache),
+    ]
+    assert sample.main([*argv, "--json", str(meta)]) == 0
+    rec = json.loads(meta.read_text())
+    assert rec["prompts"] == [
+        "a red dress",
+        "a red dress",
+        "a photo of a blue sneaker",
+        "a photo of a blue sneaker",
+    ]
+    assert Image.open(out).size == (
+        2 * (2 * 16 + 3 * 2),
+        2 * (2 * 16 + 3 * 2),
+    )  # 2 per row: one row per prompt
+
+
+def test_eval_text_to_image_reports_prompt_fidelity_and_fidelity_to_fp(t2i_ckpt, tiny_t2i_cache, tmp_path):
+    js = tmp_path / "t.json"
+    argv = ["--checkpoint", str(t2i_ckpt), "--reference", str(t2i_ckpt), "--num-samples", "8", "--steps", "2"]
+    argv += ["--reference-steps", "2", "--prompt-set", "held_out_pairs", "--embeddings", str(tiny_t2i_cache)]
+    assert evaluate.main([*argv, "--batch-size", "4", "--json", str(js)]) == 0
+    r = json.loads(js.read_text())
+    assert r["prompt_set"] == "held_out_pairs" and r["guidance_scale"] == 3.0
+    assert 0.0 <= r["class_accuracy"] <= 1.0 and 0.0 <= r["colour_accuracy"] <= 1.0
+    assert r["psnr_to_fp"] == float("inf") and abs(r["fd_to_fp"]) < 1e-2  # same model and noise (sqrtm noise)
+
+
+def test_prompt_for_an_unconditional_model_is_refused(tiny_ckpt, tmp_path, capsys):
+    argv = ["--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "x.png"), "--prompt", "a red dress"]
+    assert sample.main(argv) == 2
+    assert "not a text-to-image model" in capsys.readouterr().err
