@@ -5,6 +5,7 @@ import json
 import pytest
 
 from pqcad_deploy.cli.demo import STUDENT_PATH, main, plan_steps
+from pqcad_deploy.errors import UsageError
 
 
 def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
@@ -39,7 +40,7 @@ def test_step_plan_halved_plain_and_overridden():
     assert plan_steps(100, 100, None, None) == (100, 100, False)
     assert plan_steps(100, 100, None, 50) == (100, 50, False)
     assert plan_steps(50, 100, 200, None) == (200, 100, True)
-    with pytest.raises(SystemExit, match="must be >= 1"):
+    with pytest.raises(UsageError, match="must be >= 1"):
         plan_steps(100, 100, None, -5)
 
 
