@@ -37,6 +37,10 @@ from pqcad_deploy.errors import PQCADError
 from .spec import ExportSpec
 
 log = logging.getLogger(__name__)
+# onnx-ir and onnxscript log every node they skip or remove at INFO (thousands of lines for an SD-1.5 UNet);
+# the export report already counts what each pass changed.
+for _library in ("onnx_ir", "onnxscript"):
+    logging.getLogger(_library).setLevel(logging.WARNING)
 
 EXPORTERS = ("torchscript", "dynamo")
 TORCHSCRIPT_MAX_OPSET = 20
