@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .captions import EMPTY_PROMPT, TRAIN_PAIRS, caption_index
+from .captions import EMPTY_PROMPT, TRAIN_PAIRS, caption_index, evaluation_prompts
 from .denoiser import Denoiser
 from .errors import UsageError
 from .sampling import make_scheduler, sample_many
@@ -88,6 +88,18 @@ class PromptEncoder:
             return cache.by_ids(ids).float()
 
         return cond_fn
+
+
+def prompts_for(spec: ModelSpec, prompts: Sequence[str] | None, n: int) -> list[str] | None:
+    """One prompt per image: the given prompts in equal shares (in order), or seen evaluation prompts; None for
+    models without text (which refuse prompts)."""
+    if not spec.text_conditioned:
+        if prompts:
+            raise UsageError(f"--prompt: {spec.name} is not a text-to-image model.")
+        return None
+    if not prompts:
+        return list(evaluation_prompts("seen", n, seed=0).prompts)
+    return [prompts[i * len(prompts) // n] for i in range(n)]
 
 
 def generate_for_prompts(

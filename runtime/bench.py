@@ -120,6 +120,9 @@ class BenchConfig:
     quality_samples: int = 0
     quality_batch: int = 250
     scheduler: str = "ddim"
+    guidance_scale: float = (
+        1.0  # classifier-free guidance of text-to-image models (1: one UNet call per step)
+    )
 
 
 @dataclass
@@ -145,7 +148,12 @@ class EngineResult:
 
 
 def bench_engine(
-    runner: Runner, spec: ModelSpec, cfg: BenchConfig, cond: torch.Tensor | None, steps: int | None = None
+    runner: Runner,
+    spec: ModelSpec,
+    cfg: BenchConfig,
+    cond: torch.Tensor | None,
+    steps: int | None = None,
+    uncond: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Time one active runner with the shared sampler; returns timings and the per-step-timed images."""
     device = runner.device
@@ -153,9 +161,11 @@ def bench_engine(
     sched = lambda: make_scheduler(cfg.scheduler, **spec.scheduler)  # noqa: E731
     den = runner.denoiser()
     c = cond.to(device) if cond is not None else None
+    guidance = {"uncond": uncond, "guidance_scale": cfg.guidance_scale} if uncond is not None else {}
     run = lambda timed=False: sample(  # noqa: E731
-        den, sched(), shape, steps=steps or cfg.steps, seed=cfg.seed, device=device, cond=c, time_steps=timed
-    )
+        den, sched(), shape, steps=steps or cfg.steps, seed=cfg.seed, device=device, cond=c, time_steps=timed,
+        **guidance,
+    )  # fmt: skip
     for _ in range(cfg.warmup):
         run()
     e2e = [run().total_ms for _ in range(cfg.repeats)]
@@ -195,22 +205,35 @@ def run_bench(
     baselines: list[str] | None = None,
     metrics: Any = None,
     on_row: Callable[[EngineResult], None] | None = None,
+    conditioning: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Benchmark every engine; returns ``{"environment", "config", "rows", "baselines"}``.
 
     ``metrics`` is the ``pqcad_deploy.metrics`` module (``fidelity``, ``fd_fmnist``) or None to skip quality.
+    ``conditioning`` holds a text-to-image model's prompt states (``cond`` [B, L, D], ``uncond`` [1, L, D],
+    ``prompts``) and optionally the text encoder's timing (``encoder``); other conditional models get random states.
     """
-    g = torch.Generator().manual_seed(cfg.seed + 7)
-    cond = torch.randn(cfg.batch, *spec.cond_shape, generator=g) if spec.cond_shape else None
+    uncond = None
+    if conditioning is not None:
+        cond, uncond = conditioning["cond"], conditioning.get("uncond")
+    elif spec.cond_shape:
+        cond = torch.randn(cfg.batch, *spec.cond_shape, generator=torch.Generator().manual_seed(cfg.seed + 7))
+    else:
+        cond = None
     rows: list[EngineResult] = []
     for e in engines:
         log.info("benchmarking %s", e.label)
         try:
             runner = make_runner(e, model, device, threads)
             with runner:
-                r = bench_engine(runner, spec, cfg, cond, e.steps)
+                r = bench_engine(runner, spec, cfg, cond, e.steps, uncond)
                 fd = None
-                if metrics is not None and cfg.quality_samples and spec.name.startswith("fmnist"):
+                if (
+                    metrics is not None
+                    and cfg.quality_samples
+                    and spec.name.startswith("fmnist")
+                    and not spec.cond_shape
+                ):
                     fd = float(metrics.fd_fmnist(_quality_images(runner, spec, cfg, e.steps)))
                 describe = runner.describe()
             row = EngineResult(
@@ -256,7 +279,11 @@ def run_bench(
                 r.speedups[b] = bm / r.e2e_ms["median"]
         if metrics is not None and ref is not None and r.images is not None:
             r.fidelity = {k: float(v) for k, v in metrics.fidelity(r.images, ref.images).items()}
+    extra = {}
+    if conditioning is not None:
+        extra = {"prompts": conditioning.get("prompts"), "text_encoder": conditioning.get("encoder")}
     return {
+        **extra,
         "environment": environment_info(),
         "config": {**asdict(cfg), "model": spec.name, "device": device, "threads": threads},
         "fidelity_reference": ref.label if ref else None,
@@ -281,6 +308,10 @@ def format_table(result: dict[str, Any]) -> str:
     width = max([len(r["label"]) for r in rows] + [6]) + 2
     cols = f"{'engine':<{width}}{'steps':>6}{'step med':>10}{'p90':>9}{'e2e ms':>10}{'ms/img':>9}{'ovh%':>6}"
     cols += "".join(f"{'x ' + b:>{max(10, len(b) + 4)}}" for b in bases)
+    enc = result.get("text_encoder") or {}
+    enc_ms = (enc.get("ms") or {}).get("median")
+    if enc_ms is not None:
+        cols += f"{'p2i ms':>10}"
     cols += f"{'PSNR':>8}{'relL2':>8}{'FD':>8}"
     lines = [*head, cols, "-" * len(cols)]
     for r in rows:
@@ -293,8 +324,15 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['e2e_ms']['median']:>10.1f}{r['e2e_ms_per_image']:>9.1f}{100 * r['sampler_overhead']:>6.1f}"
         )
         line += "".join(f"{_f(r['speedups'].get(b), '.2f'):>{max(10, len(b) + 4)}}" for b in bases)
+        if enc_ms is not None:
+            line += f"{enc_ms + r['e2e_ms']['median']:>10.1f}"
         line += f"{_f(fid.get('psnr_db', fid.get('psnr')), '.1f'):>8}{_f(fid.get('rel_l2'), '.4f'):>8}{_f(r['fd_fmnist'], '.2f'):>8}"
         lines.append(line)
+    if enc_ms is not None:
+        lines.append(
+            f"text encoder {enc.get('name')}: {enc_ms:.1f} ms median per batch of {cfg['batch']} prompts (tokenizer + "
+            f"encoder); p2i = prompt to image = encoder + sampler end to end; guidance {cfg.get('guidance_scale')}."
+        )
     if result.get("fidelity_reference") and any(r["fidelity"] for r in rows):
         lines.append(f"PSNR / rel-L2: final images vs {result['fidelity_reference']} from the same noise.")
     return "\n".join(lines)

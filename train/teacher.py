@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -38,6 +39,7 @@ from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.errors import PQCADError, UsageError
 from pqcad_deploy.images import save_grid
 from pqcad_deploy.io import CheckpointError, atomic_torch_save, safe_torch_load
+from pqcad_deploy.loading import open_model
 from pqcad_deploy.sampling import make_scheduler, sample
 from pqcad_deploy.zoo import build_model, count_parameters, get_spec, save_weights
 
@@ -59,6 +61,16 @@ def lr_at(step: int, base: float, warmup: int, total: int, schedule: str) -> flo
         return base
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def ema_decay_at(step: int, decay: float, warmup: int) -> float:
+    """EMA decay with a warm-up ramp (1 + n) / (10 + n) over the steps after the LR warm-up: a short run's average
+    must not keep a large share of early, poor weights (0.9995 from step 500 would still weigh the step-500 model
+    at 23 % after 3,400 steps); long runs reach ``decay`` after a few thousand steps."""
+    if step < warmup:
+        return 0.0
+    n = step - warmup
+    return min(decay, (1 + n) / (10 + n))
 
 
 @torch.no_grad()
@@ -101,6 +113,19 @@ def _load_resume(path: Path, model, ema, opt) -> int:
     return int(ck["step"])
 
 
+def _init_from(model: torch.nn.Module, spec, source: str) -> None:
+    """Fine-tune: start from the weights of an FP model of the same architecture (not a resume: step 0, fresh
+    optimizer and EMA)."""
+    init = open_model(source)
+    same = json.dumps(init.spec.config, sort_keys=True) == json.dumps(spec.config, sort_keys=True)
+    if init.quantized or not same or init.spec.cls != spec.cls:
+        raise UsageError(
+            f"--init {source} is not an FP {spec.name} model (architecture or quantization differs)."
+        )
+    model.load_state_dict(init.model.state_dict())
+    log.info("initialised from %s", init.source)
+
+
 def _save_checkpoint(path: Path, step: int, model, ema, opt, args) -> None:
     """Replace the training checkpoint only with finite weights: a diverged run never overwrites the last good
     state (the error names the file that is kept)."""
@@ -127,6 +152,8 @@ def train(args: argparse.Namespace) -> Path:
         raise UsageError(f"--out {out} is a file; the teacher writes a folder (checkpoint, weights, grid).")
     data, prompts = teacher_data(spec, args.data_dir, dev, args.hflip, args.embeddings)
     model = build_model(spec, seed=args.seed).to(dev)
+    if args.init:
+        _init_from(model, spec, args.init)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +208,7 @@ def train(args: argparse.Namespace) -> Path:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        ema_update(ema, model, args.ema_decay if step >= args.warmup else 0.0)
+        ema_update(ema, model, ema_decay_at(step, args.ema_decay, args.warmup))
         step += 1
         seen += per_rank * ctx.world_size
         if step % 50 == 0 or step == args.steps:
@@ -269,6 +296,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--save-fp16", action="store_true", help="store the EMA weights in float16 (half the file)"
     )
+    p.add_argument("--init", default=None, help="fine-tune: start from these FP weights (same architecture)")
     p.add_argument("--out", default="runs/teacher", help="output folder (checkpoint, weights, grid)")
     p.add_argument("--steps", type=positive_int, default=20000)
     p.add_argument(
@@ -293,5 +321,7 @@ def register(sub: Any) -> None:
     )
     add_device(p)
     p.add_argument("--mixed-precision", choices=["no", "bf16"], default="bf16", help="bf16 autocast on GPU")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs every 1000 steps instead)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (logs every 1000 steps instead)"
+    )
     p.set_defaults(func=train)

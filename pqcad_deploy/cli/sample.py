@@ -9,10 +9,8 @@ import argparse
 import sys
 import time
 
-from ..captions import evaluation_prompts
-from ..conditioning import PromptEncoder
+from ..conditioning import PromptEncoder, prompts_for
 from ..denoiser import TorchDenoiser
-from ..errors import UsageError
 from ..images import save_grid
 from ..io import atomic_json_save
 from ..loading import default_steps, open_model
@@ -56,18 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def grid_prompts(spec, prompts: list[str] | None, n: int) -> list[str] | None:
-    """One prompt per image: the given prompts in equal shares (in order), or seen evaluation prompts; None for
-    models without text."""
-    if not spec.text_conditioned:
-        if prompts:
-            raise UsageError(f"--prompt: {spec.name} is not a text-to-image model.")
-        return None
-    if not prompts:
-        return list(evaluation_prompts("seen", n, seed=0).prompts)
-    return [prompts[i * len(prompts) // n] for i in range(n)]
-
-
 def run(args: argparse.Namespace) -> int:
     check_output_path(args.out, inputs=[args.checkpoint])
     if args.json:
@@ -76,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = open_model(args.checkpoint)
     steps = default_steps(bundle.meta, args.steps)
     guidance = {}
-    prompts = grid_prompts(bundle.spec, args.prompt, args.num_samples)
+    prompts = prompts_for(bundle.spec, args.prompt, args.num_samples)
     if prompts is not None:
         encoder = PromptEncoder.open(bundle.spec, args.embeddings, args.text_encoder, device)
         guidance = {

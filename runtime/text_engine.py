@@ -1,0 +1,65 @@
+"""The deployed text encoder: the encoder's own tokenizer plus its exported ONNX (``pqcad-export --text-encoder``)
+on ONNX Runtime. ``encode(prompts)`` gives the same states as ``text.TextEncoder.encode``; the fingerprint stamped
+into the ONNX at export lets ``conditioning.PromptEncoder`` refuse an engine of another encoder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pqcad_deploy.export.text_encoder import OUTPUT, read_encoder_metadata
+from pqcad_deploy.text import TextEncoderError, resolve_encoder_dir
+
+from .backends.ort_backend import OrtRunner
+
+
+class TextEngine:
+    """Tokenizer + ORT session of an exported text encoder; a context manager like every runner."""
+
+    def __init__(
+        self, onnx_path: str | os.PathLike, tokenizer_source: str | os.PathLike | None = None, threads=None
+    ):
+        self.path = Path(onnx_path)
+        meta = read_encoder_metadata(self.path) if self.path.is_file() else {}
+        if set(meta) != {"encoder_fingerprint", "max_length", "hidden_size"}:
+            raise TextEncoderError(
+                f"{self.path} is not a text encoder exported by pqcad-export --text-encoder (no encoder metadata)."
+            )
+        self.fingerprint = meta["encoder_fingerprint"]
+        self.max_length, self.hidden_size = int(meta["max_length"]), int(meta["hidden_size"])
+        self.source = self.path
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            resolve_encoder_dir(tokenizer_source), local_files_only=True
+        )
+        self.runner = OrtRunner(self.path, intra_op_threads=threads, name=f"text:{self.path.name}")
+        self.last_ms: float | None = None
+
+    def __enter__(self) -> TextEngine:
+        self.runner.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.runner.__exit__(*exc)
+
+    def encode(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """float32 [B, max_length, hidden] states (use inside ``with engine:``); ``last_ms`` is the tokenizer +
+        encoder wall time of this call."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        t0 = time.perf_counter()
+        enc = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="np"
+        )
+        feed = {
+            k: torch.from_numpy(np.asarray(enc[k], dtype=np.int64)) for k in ("input_ids", "attention_mask")
+        }
+        out = self.runner.infer(feed)[OUTPUT].float()
+        self.last_ms = (time.perf_counter() - t0) * 1e3
+        return out
