@@ -75,17 +75,16 @@ class PromptEncoder:
 
     def calibration_cond_fn(self, seed: int) -> Callable[[int], torch.Tensor]:
         """``cond_fn(batch)`` of training captions of random seen (colour, class) pairs, for calibration sets:
-        the prompts a deployment sees, never the held-out ones the evaluation keeps for generalization."""
-        if self.cache is None:
-            raise UsageError("calibration prompts are drawn from the caption table: give an embedding cache")
-        cache, index = self.cache, caption_index()
+        the prompts a deployment sees, never the held-out ones the evaluation keeps for generalization. Works from
+        the cache (lookup) and from a live encoder (the captions are encoded)."""
+        index = caption_index()
         pairs = torch.tensor(TRAIN_PAIRS)
         g = torch.Generator().manual_seed(seed)
 
         def cond_fn(batch: int) -> torch.Tensor:
             pick = pairs[torch.randint(len(pairs), (batch,), generator=g)]
             ids = index.sample_train_ids(pick[:, 0], pick[:, 1], g, dropout=0.0)
-            return cache.by_ids(ids).float()
+            return self.states([index.captions[i] for i in ids.tolist()])
 
         return cond_fn
 

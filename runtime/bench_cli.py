@@ -34,15 +34,13 @@ from pqcad_deploy.cli.common import (
     run_cli,
     setup_logging,
 )
-from pqcad_deploy.conditioning import PromptEncoder, prompts_for
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.images import save_grid
 from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.loading import open_model
-from pqcad_deploy.timing import summarize
 
 from .bench import BenchConfig, format_table, parse_engine, run_bench
-from .text_engine import TextEngine
+from .text_engine import prompt_conditioning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,26 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def prompt_conditioning(spec, args: argparse.Namespace, repeats: int) -> dict | None:
-    """Prompt states for a text-to-image model (None otherwise), and the text encoder's latency: the exported engine
-    when --text-engine is given (what a deployment runs), else the torch encoder or the embedding cache."""
-    prompts = prompts_for(spec, args.prompt, args.batch_size)
-    if prompts is None:
-        return None
-    if args.text_engine is not None:
-        with TextEngine(args.text_engine, args.text_encoder, threads=args.threads) as engine:
-            enc = PromptEncoder(spec, encoder=engine)
-            cond, uncond = enc.states(prompts), enc.uncond()
-            times = []
-            for _ in range(max(3, repeats)):
-                engine.encode(prompts)
-                times.append(engine.last_ms)
-        timing = {"name": f"ort:{args.text_engine.name}", "ms": summarize(times)}
-        return {"cond": cond, "uncond": uncond, "prompts": prompts, "encoder": timing}
-    enc = PromptEncoder.open(spec, args.embeddings, args.text_encoder)
-    return {"cond": enc.states(prompts), "uncond": enc.uncond(), "prompts": prompts, "encoder": None}
-
-
 def run(args: argparse.Namespace) -> int:
     engines = [parse_engine(e) for e in args.engine]
     labels = [e.label for e in engines]
@@ -121,7 +99,16 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps or bundle.trained_steps or 50
     if args.threads:
         torch.set_num_threads(args.threads)
-    conditioning = prompt_conditioning(bundle.spec, args, repeats=args.repeats)
+    conditioning = prompt_conditioning(
+        bundle.spec,
+        args.prompt,
+        args.batch_size,
+        text_engine=args.text_engine,
+        text_encoder=args.text_encoder,
+        embeddings=args.embeddings,
+        threads=args.threads,
+        repeats=args.repeats,
+    )
     cfg = BenchConfig(
         guidance_scale=args.guidance_scale if conditioning else 1.0,
         steps=steps,

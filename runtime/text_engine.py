@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pqcad_deploy.conditioning import PromptEncoder, prompts_for
 from pqcad_deploy.export.text_encoder import OUTPUT, read_encoder_metadata
 from pqcad_deploy.text import TextEncoderError, resolve_encoder_dir
+from pqcad_deploy.timing import summarize
+from pqcad_deploy.zoo import ModelSpec
 
 from .backends.ort_backend import OrtRunner
 
@@ -63,3 +66,34 @@ class TextEngine:
         out = self.runner.infer(feed)[OUTPUT].float()
         self.last_ms = (time.perf_counter() - t0) * 1e3
         return out
+
+
+def prompt_conditioning(
+    spec: ModelSpec,
+    prompts: Sequence[str] | None,
+    batch: int,
+    text_engine: str | os.PathLike | None = None,
+    text_encoder: str | os.PathLike | None = None,
+    embeddings: str | os.PathLike | None = None,
+    threads: int | None = None,
+    repeats: int = 3,
+) -> dict | None:
+    """What ``runtime.bench.run_bench`` needs to sample a text-to-image model from prompts (None for other models):
+    the states of one prompt per image, the empty prompt's, and the text encoder's latency when it is the exported
+    engine (``text_engine``, what a deployment runs); without it the torch encoder or the embedding cache gives the
+    states and no encoder time is reported."""
+    chosen = prompts_for(spec, prompts, batch)
+    if chosen is None:
+        return None
+    if text_engine is None:
+        enc = PromptEncoder.open(spec, embeddings, text_encoder)
+        return {"cond": enc.states(chosen), "uncond": enc.uncond(), "prompts": chosen, "encoder": None}
+    with TextEngine(text_engine, text_encoder, threads=threads) as engine:
+        enc = PromptEncoder(spec, encoder=engine)
+        cond, uncond = enc.states(chosen), enc.uncond()
+        times = []
+        for _ in range(max(3, repeats)):
+            engine.encode(chosen)
+            times.append(engine.last_ms)
+    timing = {"name": f"ort:{Path(text_engine).name}", "ms": summarize(times)}
+    return {"cond": cond, "uncond": uncond, "prompts": chosen, "encoder": timing}

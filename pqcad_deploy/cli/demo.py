@@ -1,4 +1,4 @@
-"""``pqcad-demo``: the whole pipeline on the embedded default, on a CPU box, in a few minutes.
+"""``pqcad-demo``: the whole pipeline on the embedded defaults, on a CPU box, in a few minutes.
 
 shipped FP teacher + shipped PQCAD student (W8A8, weights and step sizes trained; FP at 100 DDIM steps, the
 student at 50) -> ONNX exports with explicit Q/DQ (checked: ONNX checker, ORT parity, TensorRT audit) -> ONNX
@@ -9,6 +9,9 @@ Two INT8 forms of the student are exported: the TensorRT form exactly as trained
 builds) and the ONNX Runtime form (same trained weights, re-placed for ORT's DQ->op->Q fusion and PTQ-calibrated on
 FP trajectories), which is the CPU INT8 fast path that the table samples; ``--include-trt-form`` samples the
 TensorRT form on ORT too (unfused there).
+
+Then the text-to-image pipeline on the shipped conditional teacher (``demo_t2i``): prompt -> text encoder engine ->
+UNet engine with classifier-free guidance -> image, FP32 and INT8, with the encoder time shown apart.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ from ..quant import QuantConfig, get_quant_config
 from ..runtime.bench import BenchConfig, format_table, parse_engine, run_bench
 from ..runtime.build_config import BuildPlan
 from ..runtime.ort_builder import build_ort_engine
+from ..text import TextEncoderError, default_encoder_dir
 from ..train.ptq import ptq_student
-from ..zoo import ASSETS, TEACHER_PATH, build_model
+from ..zoo import ASSETS, T2I_TEACHER_PATH, TEACHER_PATH, build_model
 from .common import (
+    add_text_args,
     add_verbose,
     check_output_path,
     make_parser,
@@ -43,6 +48,7 @@ from .common import (
     run_cli,
     setup_logging,
 )
+from .demo_t2i import run_t2i
 
 STUDENT_PATH = ASSETS / "fmnist_pqcad_w8a8.safetensors"
 # The shipped student runs at half the FP steps: at DDIM 50 its FD-fmnist is +3.3 % against FP at 100 (10k samples,
@@ -115,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
         "full-range weights: not a picture of what TensorRT computes)",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: 4 FP steps, batch 2, 1 repeat")
+    p.add_argument(
+        "--t2i",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="also run the text-to-image pipeline on the shipped conditional teacher (auto: when it and the text "
+        "encoder are installed)",
+    )
+    p.add_argument("--prompt", action="append", default=None, help="text-to-image prompt (repeatable)")
+    add_text_args(p)
     add_verbose(p)
     return p
 
@@ -213,7 +228,28 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"rows of {grid}: " + ", ".join(s.label for s in specs))
     print(f"JSON: {args.out / 'demo.json'}   total {time.perf_counter() - t0:.0f} s")
-    return 1 if any(r["error"] for r in result["rows"]) else 0
+    failed = any(r["error"] for r in result["rows"])
+    if _want_t2i(args.t2i):
+        print()
+        t2i = run_t2i(args, args.out, t0)
+        failed = failed or any(r["error"] for r in t2i["rows"])
+        print(f"JSON: {args.out / 't2i.json'}   total {time.perf_counter() - t0:.0f} s")
+    return 1 if failed else 0
+
+
+def _want_t2i(choice: str) -> bool:
+    """on: always (a missing teacher or encoder is then an error); auto: when both are installed."""
+    if choice != "auto":
+        return choice == "on"
+    try:
+        default_encoder_dir()
+    except TextEncoderError:
+        print("(text-to-image part skipped: the text encoder wheel is not installed; see README)")
+        return False
+    if not T2I_TEACHER_PATH.is_file():
+        print(f"(text-to-image part skipped: {T2I_TEACHER_PATH.name} is not shipped in this install)")
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
