@@ -8,6 +8,7 @@ report = export(open_model("student.pt"), "unet.onnx", ExportOptions(precision="
 from .audit import audit_model
 from .checks import CheckError
 from .onnx_export import ExportError
+from .ort_static import ort_quantize_static
 from .pipeline import ExportOptions, check_only, export
 from .spec import ExportSpec, export_spec_for
 
@@ -20,4 +21,5 @@ __all__ = [
     "check_only",
     "export",
     "export_spec_for",
+    "ort_quantize_static",
 ]
