@@ -1,127 +1,96 @@
 """PQCAD quality table: FP / PTQ (best) / fixed-bit QAT / PQ alone / PQ+CAD / PQ+CAD+halving at W8A8 and W4A8.
 
-Everything starts from the shipped teacher (``pqcad_deploy/assets/fmnist_ddpm.safetensors``) and one FP
-calibration set collected once. Training runs share work: one progressive stage 1 (W8A8, PTQ-initialised,
-momentum switch) is trained once, and every stage-2 variant branches from its end-of-stage-1 checkpoint
-(``pqcad-train pqcad --resume <..._stage1.pt>``). All variants get the same total step budget; the fixed-bit
-QAT baseline trains that whole budget straight at W4A8. Rows:
+From the shipped teacher and one FP calibration set: the PTQ rows are ``train.ptq.select_ptq_method`` over
+--ptq-methods; one progressive run (W8A8 stage 1, momentum switch, W4A8 stage 2) is trained per seed, and every
+other PQCAD variant branches from its end-of-stage-1 checkpoint (BRANCH_RUNS), so all get the same step budget.
+Each model samples DDIM at every --eval-steps count (step-halved students at their trained count) from the same
+noise; reported: FD-fmnist, fidelity to the FP images (PSNR dB, rel-L2) and training time, on N samples per row
+(fitted to --eval-budget-s unless --n-samples is given).
 
-  W8A8: FP | PTQ (best of maxabs/percentile/mse, picked by eps-MSE on calibration points) |
-        PQCAD W8A8 (the trained stage 1) | PQCAD W8A8 + step halving (stage 2 kept at W8A8, halving targets)
-  W4A8: PTQ | fixed-bit QAT | PQ alone (stage-2 teacher = frozen W8A8 model, no FP anchor) |
-        PQ+CAD (teacher + FP anchor) | PQ+CAD+halving | PQ+CAD (FP teacher: stage 2 distils from the FP model)
-
-Each model is sampled with DDIM at 100 and 50 steps (step-halved students at the count they were trained
-for) from the same seeded noise; reported: FD in the Fashion-MNIST classifier's feature space
-(``metrics.fd_fmnist``, not Inception FID), fidelity to the FP images from the same noise (PSNR, rel-L2),
-and GPU training time. The sample count adapts to ``--eval-budget-s`` (measured throughput) unless
-``--n-samples`` is forced; it is the same for every row.
-
-Run on one H100 (budgeted for <= 9 minutes: 800 steps x batch 128 per variant, adaptive N in 150 s of sampling;
-rows still pending after --deadline-s 540 are skipped and listed in the JSON):
-    python benchmarks/pqcad_table.py
+    python benchmarks/pqcad_table.py                                   # one H100, <= 9 min (--deadline-s 540)
     python benchmarks/pqcad_table.py --init-ptq percentile --lr 1e-5 --n-samples 10000 --seeds 0 1 --deadline-s 0
-                                                                     # full protocol (~50 min)
-Split across machines: ``--skip-ptq`` (rows of one seed only), ``--branches`` (a subset of the trained rows), then
-``--merge a.json b.json ... --out pqcad_table.json`` prints and writes the combined table.
-CPU smoke test (tiny random model, 2-10 min on 2 shared cores):  python benchmarks/pqcad_table.py --quick
+    python benchmarks/pqcad_table.py --quick                           # CPU smoke run, tiny random model
+Runs split across machines (``--skip-ptq``, ``--branches``) are combined by ``--merge a.json b.json --out t.json``.
 Writes benchmarks/results/pqcad_table_<UTC date>.json and sample grids under benchmarks/results/pqcad_grids/.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
 import re
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from pqcad_deploy.calibset import eps_mse
+from pqcad_deploy.cli.common import add_calib_args, add_device, calib_collect_kwargs, resolve_device
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.images import save_grid
-from pqcad_deploy.io import atomic_json_save
+from pqcad_deploy.io import atomic_json_save, safe_torch_load
+from pqcad_deploy.loading import open_model
 from pqcad_deploy.metrics import fd_fmnist, fidelity
+from pqcad_deploy.quant import parse_bits
+from pqcad_deploy.quant.config import CALIB_METHODS
 from pqcad_deploy.sampling import make_scheduler, sample_many
-from pqcad_deploy.train.pqcad import load_or_collect_calib, load_teacher, train_pqcad
+from pqcad_deploy.student import save_student
+from pqcad_deploy.timing import DeviceTimer, environment_info, time_calls
+from pqcad_deploy.train.calib import load_or_collect_calib
+from pqcad_deploy.train.pqcad import train_pqcad
 from pqcad_deploy.train.pqcad_config import PQCADConfig
+from pqcad_deploy.train.ptq import probe_indices, select_ptq_method
 from pqcad_deploy.zoo import TEACHER_PATH
 
 log = logging.getLogger("pqcad_table")
 RESULTS = Path(__file__).resolve().parent / "results"
-PTQ_METHODS = ("maxabs", "percentile", "mse")
-BRANCHES = ("pq", "qat", "w8a8", "half_w8a8", "half_w4a8", "fp_teacher", "pq_alone")
+METRICS = ("fd", "psnr_db_vs_fp", "rel_l2_vs_fp", "train_time_s")
+# Rows trained per seed besides pq (PQ+CAD W4A8, always trained): key -> (row variant, bits, PQCADConfig changes).
+# Every one but qat branches from pq's end-of-stage-1 checkpoint; w8a8 is that stage 1 itself.
+BRANCH_RUNS = {
+    "qat": ("fixed-bit QAT", "w4a8", {"bits": ("w4a8",), "schedule": "fixed"}),
+    "w8a8": ("PQCAD", "w8a8", {"bits": ("w8a8",)}),
+    "half_w8a8": ("PQCAD+halving", "w8a8", {"bits": ("w8a8", "w8a8"), "halve_steps": True}),
+    "half_w4a8": ("PQ+CAD+halving", "w4a8", {"halve_steps": True}),
+    "fp_teacher": ("PQ+CAD (FP teacher)", "w4a8", {"teacher_kind": "fp"}),
+    "pq_alone": ("PQ alone", "w4a8", {"lambda_c": 0.0}),
+}
+BRANCHES = ("pq", *BRANCH_RUNS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", default=str(TEACHER_PATH))
-    p.add_argument(
-        "--calib", default=None, help="calibration set; default <work>/calib.safetensors (collected once)"
-    )
-    p.add_argument(
-        "--work",
-        type=Path,
-        default=Path("runs/pqcad_table"),
-        help="students, checkpoints, calib set (gitignored)",
-    )
-    p.add_argument("--out", type=Path, default=None, help="JSON (default results/pqcad_table_<date>.json)")
-    p.add_argument("--calib-trajectories", type=int, default=256)
-    p.add_argument("--calib-steps", type=int, default=100, help="DDIM steps of the calibration trajectories")
-    p.add_argument("--calib-points", type=int, default=50, help="points per trajectory (at most steps/2)")
-    p.add_argument("--train-steps", type=int, default=800, help="total optimizer steps per trained variant")
-    p.add_argument("--stage1-cap", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=PQCADConfig.lr)
-    p.add_argument("--lr-quant", type=float, default=PQCADConfig.lr_quant)
-    p.add_argument(
-        "--seeds", type=int, nargs="+", default=[0], help="training seeds (mean and spread if > 1)"
-    )
-    p.add_argument("--eval-steps", type=int, nargs="+", default=[100, 50])
-    p.add_argument(
-        "--n-samples", type=int, default=0, help="images per row (0: fit --eval-budget-s, max 10000)"
-    )
-    p.add_argument(
-        "--eval-budget-s", type=float, default=150.0, help="GPU seconds for all sampling (adaptive N)"
-    )
-    p.add_argument("--eval-batch", type=int, default=1000)
-    p.add_argument("--grid", type=int, default=64, help="images per sample grid")
-    p.add_argument("--ptq-methods", nargs="+", default=list(PTQ_METHODS), choices=PTQ_METHODS)
-    p.add_argument("--init-ptq", default="mse", choices=PTQ_METHODS, help="PTQ init of the trained variants")
-    p.add_argument(
-        "--deadline-s", type=float, default=540.0, help="skip the remaining rows after this (0: none)"
-    )
-    p.add_argument(
-        "--reuse",
-        action="store_true",
-        help="use students already in --work instead of retraining (finish a run cut by --deadline-s)",
-    )
-    p.add_argument(
-        "--branches",
-        nargs="+",
-        default=list(BRANCHES),
-        choices=BRANCHES,
-        help="rows per seed, trained in this order; pq = PQ+CAD W4A8 (always trained: the others branch from its stage 1)",
-    )
-    p.add_argument(
-        "--skip-ptq", action="store_true", help="no PTQ rows (e.g. a second lease that only adds a seed)"
-    )
-    p.add_argument(
-        "--merge",
-        type=Path,
-        nargs="+",
-        default=None,
-        help="combine table JSONs of separate runs (same protocol) into --out and print the table; no GPU work",
-    )
-    p.add_argument("--device", default=None)
-    p.add_argument("--quick", action="store_true", help="CPU smoke test: tiny random model, tiny budgets")
+    add = p.add_argument
+    add("--teacher", default=str(TEACHER_PATH), help="FP teacher (.safetensors + .json) or zoo name")
+    add("--work", type=Path, default=Path("runs/pqcad_table"), help="students and the calibration set")
+    add("--out", type=Path, default=None, help="JSON (default results/pqcad_table_<date>.json)")
+    add("--train-steps", type=int, default=800, help="total optimizer steps per trained variant")
+    add("--stage1-cap", type=int, default=400)
+    add("--batch-size", type=int, default=128)
+    add("--lr", type=float, default=PQCADConfig.lr)
+    add("--lr-quant", type=float, default=PQCADConfig.lr_quant)
+    add("--seeds", type=int, nargs="+", default=[0], help="training seeds (mean and spread if > 1)")
+    add("--eval-steps", type=int, nargs="+", default=[100, 50])
+    add("--n-samples", type=int, default=0, help="images per row (0: fit --eval-budget-s, max 10000)")
+    add("--eval-budget-s", type=float, default=150.0, help="device seconds for all sampling (adaptive N)")
+    add("--eval-batch", type=int, default=1000)
+    add("--grid", type=int, default=64, help="images per sample grid")
+    add("--ptq-methods", nargs="+", default=list(CALIB_METHODS), choices=CALIB_METHODS)
+    add("--init-ptq", default="mse", choices=CALIB_METHODS, help="PTQ init of the trained variants")
+    add("--deadline-s", type=float, default=540.0, help="skip the remaining rows after this (0: none)")
+    add("--reuse", action="store_true", help="use students already in --work instead of retraining")
+    add("--branches", nargs="+", default=list(BRANCHES), choices=BRANCHES, help="rows per seed, in order")
+    add("--skip-ptq", action="store_true", help="no PTQ rows (a run that only adds a seed or a branch)")
+    add("--merge", type=Path, nargs="+", help="combine the table JSONs of separate runs; no training")
+    add("--quick", action="store_true", help="CPU smoke test: tiny random model, tiny budgets")
+    add_calib_args(p)
+    add_device(p)
+    p.set_defaults(calib_trajectories=256, calib_points=50, calib_batch_size=256)
     args = p.parse_args(argv)
     if args.quick:
         args.teacher = "tiny-unet" if args.teacher == str(TEACHER_PATH) else args.teacher
@@ -135,31 +104,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _fd(images: torch.Tensor, device: torch.device) -> float | None:
-    """FD-fmnist; tiny test models (16x16) are padded to the classifier's 32x32. None if it cannot be computed."""
-    if images.shape[-1] != 32:
-        images = F.interpolate(images, size=(32, 32), mode="nearest")
-    if images.shape[1] != 1:
-        images = images[:, :1]
-    try:
-        return float(fd_fmnist(images, device=device))
-    except Exception as e:  # classifier asset missing etc.: keep the rest of the table
-        log.warning("FD failed: %s", e)
-        return None
-
-
-def _fidelity(a: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-    return {("psnr" if k == "psnr_db" else k): float(v) for k, v in fidelity(a, ref).items()}
+def base_config(args: argparse.Namespace) -> PQCADConfig:
+    """The PQCAD settings every trained row shares; BRANCH_RUNS changes a few of them."""
+    return PQCADConfig(
+        steps=args.train_steps,
+        stage1_cap=args.stage1_cap,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_quant=args.lr_quant,
+        ptq_method=args.init_ptq,
+        save_every=max(100, args.train_steps // 4),
+    )
 
 
 class Bench:
+    """One table run: calibration set, PTQ selection, trained branches, evaluation and the JSON."""
+
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.dev.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        self.teacher, self.spec = load_teacher(args.teacher)
-        self.teacher.to(self.dev)
+        self.dev = resolve_device(args.device)
+        torch.backends.cudnn.benchmark = self.dev.type == "cuda"
+        bundle = open_model(args.teacher)
+        self.teacher, self.spec = bundle.model.to(self.dev), bundle.spec
         args.work.mkdir(parents=True, exist_ok=True)
         self.grids = RESULTS / ("pqcad_grids_quick" if args.quick else "pqcad_grids")
         self.grids.mkdir(parents=True, exist_ok=True)
@@ -167,37 +133,20 @@ class Bench:
         self.rows: list[dict[str, Any]] = []
         self.n = args.n_samples
         self.skipped: list[str] = []
+        self.ptq_choice: dict[str, Any] = {}
+        self.calib_s = 0.0
+        self.base_cfg = base_config(args)
 
-    # -- building blocks ------------------------------------------------------------------------------------
-    def calib(self):
-        a = self.args
-        path = a.calib or a.work / "calib.safetensors"
+    def calib(self) -> None:
         t0 = time.perf_counter()
-        collect = dict(
-            n_trajectories=a.calib_trajectories,
-            steps=a.calib_steps,
-            n_points=a.calib_points,
-            seed=1234,
-            batch_size=256,
-        )
+        path = self.args.calib or self.args.work / "calib.safetensors"
+        collect = calib_collect_kwargs(self.args)
         self.cs = load_or_collect_calib(path, self.teacher, self.spec, self.dev, collect)
         self.calib_s = time.perf_counter() - t0
-        g = torch.Generator().manual_seed(99)
-        self.probe_idx = torch.randperm(self.cs.x_t.shape[0], generator=g)[:2048]
+        self.probe_idx = probe_indices(self.cs)
 
-    def cfg(self, seed: int, **kw) -> PQCADConfig:
-        a = self.args
-        base = dict(
-            steps=a.train_steps,
-            stage1_cap=a.stage1_cap,
-            batch_size=a.batch_size,
-            lr=a.lr,
-            lr_quant=a.lr_quant,
-            seed=seed,
-            ptq_method=a.init_ptq,
-            save_every=max(100, a.train_steps // 4),
-        )
-        return PQCADConfig(**{**base, **kw})
+    def cfg(self, seed: int, **changes: Any) -> PQCADConfig:
+        return dataclasses.replace(self.base_cfg, seed=seed, **changes)
 
     def train(self, name: str, cfg: PQCADConfig, resume: Path | None = None) -> Path:
         out = self.args.work / f"{name}.pt"
@@ -205,217 +154,133 @@ class Bench:
             log.info("=== reuse %s (--reuse)", out)
             return out
         log.info("=== train %s", name)
-        train_pqcad(
-            cfg, self.teacher, self.spec, self.cs, out, resume=resume, device=str(self.dev), progress=True
-        )
+        train_pqcad(cfg, self.teacher, self.spec, self.cs, out, resume=resume, device=str(self.dev))
         return out
 
-    def eps_mse(self, model) -> float:
-        return eps_mse(model, self.cs, self.probe_idx, self.dev)
+    def load(self, path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+        bundle = open_model(path)
+        return bundle.model.to(self.dev), bundle.meta
 
-    def load(self, path: Path):
-        from pqcad_deploy.student import load_student
+    def generate(self, model: torch.nn.Module, steps: int) -> tuple[torch.Tensor, float]:
+        timer = DeviceTimer(self.dev)
+        mark = timer.start()
+        sched = lambda: make_scheduler("ddim", **self.spec.scheduler)  # noqa: E731
+        shape, batch = self.spec.sample_shape, self.args.eval_batch
+        imgs = sample_many(TorchDenoiser(model), sched, self.n, shape, steps, batch, seed=0, device=self.dev)
+        return imgs, timer.stop(mark) / 1e3
 
-        model, _, _, meta = load_student(path, device=self.dev)
-        return model, meta
-
-    def generate(self, model, steps: int) -> tuple[torch.Tensor, float]:
-        a = self.args
-        sync = torch.cuda.synchronize if self.dev.type == "cuda" else (lambda: None)
-        sync()
-        t0 = time.perf_counter()
-        imgs = sample_many(
-            TorchDenoiser(model),
-            lambda: make_scheduler("ddim", **self.spec.scheduler),
-            self.n,
-            self.spec.sample_shape,
-            steps,
-            batch_size=a.eval_batch,
-            seed=0,
-            device=self.dev,
-            progress=True,
-        )
-        sync()
-        return imgs, time.perf_counter() - t0
-
-    def pick_n(self, fq_model) -> None:
-        """Measure one fake-quant denoiser call at the eval batch and fit N into the eval budget."""
+    def pick_n(self, fq_model: torch.nn.Module) -> None:
+        """Time one fake-quant denoiser call at the eval batch and fit N into the eval budget."""
         if self.n:
             return
         a = self.args
         x = torch.randn(a.eval_batch, *self.spec.sample_shape, device=self.dev)
         t = torch.full((a.eval_batch,), 500, device=self.dev, dtype=torch.int64)
         den = TorchDenoiser(fq_model)
-        den(x, t)
-        sync = torch.cuda.synchronize if self.dev.type == "cuda" else (lambda: None)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(3):
-            den(x, t)
-        sync()
-        per_img_step = (time.perf_counter() - t0) / 3 / a.eval_batch
+        den(x, t)  # warm-up
+        per_img_step = time_calls(lambda: den(x, t), 3, self.dev) / 1e3 / a.eval_batch
         img_steps = 9 * sum(a.eval_steps)  # ~9 models at each step count (upper bound)
         n = int(a.eval_budget_s / (per_img_step * img_steps))
         self.n = max(500, min(10000, n // 500 * 500))
-        log.info(
-            "fake-quant: %.3f ms/img/step -> %d samples per row fit %.0fs",
-            per_img_step * 1e3,
-            self.n,
-            a.eval_budget_s,
-        )
+        log.info("fake-quant: %.3f ms/img/step -> %d samples per row", per_img_step * 1e3, self.n)
 
-    def evaluate(self, row: dict[str, Any], model, steps_list: list[int]) -> None:
+    def evaluate(self, row: dict[str, Any], model: torch.nn.Module, steps_list: list[int]) -> None:
         for steps in steps_list:
             imgs, secs = self.generate(model, steps)
-            res = {"steps": steps, "fd": _fd(imgs, self.dev), "sample_s": round(secs, 2)}
+            res = {"steps": steps, "fd": fd_fmnist(imgs, device=self.dev), "sample_s": round(secs, 2)}
             if row["variant"] == "FP":
                 self.fp_images[steps] = imgs
             else:
                 ref_steps = steps if steps in self.fp_images else max(self.fp_images)
-                res.update({f"{k}_vs_fp": v for k, v in _fidelity(imgs, self.fp_images[ref_steps]).items()})
+                res.update({f"{k}_vs_fp": v for k, v in fidelity(imgs, self.fp_images[ref_steps]).items()})
                 res["fp_ref_steps"] = ref_steps
             seed = "" if row.get("seed") is None else f"_s{row['seed']}"
-            tag = re.sub(
-                r"[^A-Za-z0-9_-]", "", f"{row['variant']}_{row['bits']}{seed}_{steps}".replace("+", "-")
-            )
-            save_grid(imgs[: self.args.grid], self.grids / f"{tag}.png")
+            tag = f"{row['variant']}_{row['bits']}{seed}_{steps}".replace("+", "-")
+            save_grid(imgs[: self.args.grid], self.grids / f"{re.sub(r'[^A-Za-z0-9_-]', '', tag)}.png")
             row.setdefault("evals", []).append(res)
-            log.info("%s %s @%d steps: FD %s", row["variant"], row["bits"], steps, res["fd"])
+            log.info("%s %s @%d steps: FD %.4f", row["variant"], row["bits"], steps, res["fd"])
 
-    def add(self, variant: str, bits: str, path: Path | None, seed: int | None = None, **extra) -> None:
+    def add(self, variant: str, bits: str, path: Path | None, seed: int | None = None, **extra: Any) -> None:
         row: dict[str, Any] = {"variant": variant, "bits": bits, "seed": seed, **extra}
         if path is None:
             model, steps = self.teacher.eval(), self.args.eval_steps
         else:
             model, meta = self.load(path)
+            sampling = meta.get("sampling") or {}
             row["train_time_s"] = meta.get("train_time_s")
-            row["history"] = [h for h in meta.get("history", []) if h.get("event") in ("switch", "ptq_init")]
-            row["trained_sampler_steps"] = meta["sampling"].get("steps")
-            halved = meta.get("pqcad", {}).get("halve_steps") and meta["sampling"].get("steps")
-            steps = [meta["sampling"]["steps"]] if halved else self.args.eval_steps
-            row["eps_mse"] = self.eps_mse(model)
+            row["history"] = [h for h in meta.get("history", []) if h.get("event") in ("switch", "ptq")]
+            row["trained_sampler_steps"] = sampling.get("steps")
+            halved = (meta.get("pqcad") or {}).get("halve_steps") and sampling.get("steps")
+            steps = [sampling["steps"]] if halved else self.args.eval_steps
+            row["eps_mse"] = eps_mse(model, self.cs, self.probe_idx, self.dev)
             self.pick_n(model)
         self.evaluate(row, model, steps)
         self.rows.append(row)
         self.save()
 
-    # -- the table -----------------------------------------------------------------------------------------
     def run(self) -> None:
         self.t0 = time.perf_counter()
         self.calib()
         a = self.args
-        ptq_choice = {} if a.skip_ptq else self.select_ptq()
-        self.ptq_choice = ptq_choice
-        # FP first: it is the fidelity reference (N is fixed from a fake-quant throughput probe)
-        if not self.n:
-            self.pick_n(self.load(a.work / f"ptq_w8a8_{ptq_choice['w8a8']['best']}.pt")[0])
+        ptq = {} if a.skip_ptq else self.select_ptq()
+        if not self.n:  # N comes from a fake-quant throughput probe; FP goes first as the fidelity reference
+            self.pick_n(self.load(ptq["w8a8"])[0])
         self.add("FP", "fp32", None)
-        for bits, choice in ptq_choice.items():
-            self.add("PTQ", bits, a.work / f"ptq_{bits}_{choice['best']}.pt", method=choice["best"])
+        for bits, path in ptq.items():
+            self.add("PTQ", bits, path, method=self.ptq_choice[bits]["best"])
         for seed in a.seeds:
-            s = f"s{seed}"
-            # stage 1 + PQ+CAD stage 2 (the default recipe); every other PQ variant branches from its stage 1
-            pq = self.train(f"pq_{s}", self.cfg(seed))
-            stage1 = a.work / f"pq_{s}_train_stage1.pt"
+            pq = self.train(f"pq_s{seed}", self.cfg(seed))  # stage 1 + PQ+CAD stage 2, the default recipe
             if "pq" in a.branches:
                 self.add("PQ+CAD", "w4a8", pq, seed)
-            # branch key: (row variant, bits, student name, config, resume from)
-            jobs = {
-                "qat": (
-                    "fixed-bit QAT",
-                    "w4a8",
-                    f"qat_w4a8_{s}",
-                    self.cfg(seed, bits=("w4a8",), schedule="fixed"),
-                    None,
-                ),
-                "w8a8": (
-                    "PQCAD",
-                    "w8a8",
-                    f"pq_w8a8_{s}",
-                    self.cfg(seed, bits=("w8a8",), steps=_step_of(stage1)),
-                    stage1,
-                ),
-                "half_w8a8": (
-                    "PQCAD+halving",
-                    "w8a8",
-                    f"pqcad_half_w8a8_{s}",
-                    self.cfg(seed, bits=("w8a8", "w8a8"), halve_steps=True),
-                    stage1,
-                ),
-                "half_w4a8": (
-                    "PQ+CAD+halving",
-                    "w4a8",
-                    f"pqcad_half_w4a8_{s}",
-                    self.cfg(seed, halve_steps=True),
-                    stage1,
-                ),
-                "fp_teacher": (
-                    "PQ+CAD (FP teacher)",
-                    "w4a8",
-                    f"pq_fpteacher_{s}",
-                    self.cfg(seed, teacher_kind="fp"),
-                    stage1,
-                ),
-                "pq_alone": ("PQ alone", "w4a8", f"pq_alone_{s}", self.cfg(seed, lambda_c=0.0), stage1),
-            }
-            for key in (k for k in a.branches if k in jobs):  # in the order given, most telling first
-                variant, bits, name, cfg, resume = jobs[key]
-                if self.late():
+            stage1 = a.work / f"pq_s{seed}_train_stage1.pt"
+            for key in (k for k in a.branches if k in BRANCH_RUNS):  # in the order given, most telling first
+                variant, bits, changes = BRANCH_RUNS[key]
+                if a.deadline_s and time.perf_counter() - self.t0 > a.deadline_s:  # listed in the JSON
                     self.skipped.append(f"{variant} {bits} seed {seed}")
                     continue
-                self.add(variant, bits, self.train(name, cfg, resume=resume), seed)
+                if key == "w8a8":
+                    changes = {**changes, "steps": int(safe_torch_load(stage1)["step"])}
+                resume = None if key == "qat" else stage1
+                self.add(variant, bits, self.train(f"{key}_s{seed}", self.cfg(seed, **changes), resume), seed)
 
-    def select_ptq(self) -> dict[str, Any]:
-        """PTQ of the teacher with every method; the best per bit-width by eps-MSE is the PTQ row."""
-        choice = {}
+    def select_ptq(self) -> dict[str, Path]:
+        """The PTQ row per bit-width: the library's selection over --ptq-methods, saved as a student."""
+        paths = {}
         for bits in ("w8a8", "w4a8"):
-            scores = {}
-            for m in self.args.ptq_methods:
-                path = self.train(f"ptq_{bits}_{m}", self.cfg(0, steps=0, bits=(bits,), ptq_method=m))
-                scores[m] = self.eps_mse(self.load(path)[0])
-            best = min(scores, key=scores.get)
-            choice[bits] = {"best": best, "eps_mse": scores}
-            log.info("PTQ %s eps-MSE %s -> %s", bits, scores, best)
-        return choice
-
-    def late(self) -> bool:
-        """Past --deadline-s: the remaining rows are skipped (listed in the JSON) so the GPU lease is not overrun."""
-        return bool(self.args.deadline_s) and time.perf_counter() - self.t0 > self.args.deadline_s
+            path = self.args.work / f"ptq_{bits}.pt"
+            if self.args.reuse and path.exists():
+                entry = self.load(path)[1]["history"][0]
+            else:
+                qcfg = self.cfg(0, bits=(bits,)).quant_config(parse_bits(bits))
+                methods = tuple(self.args.ptq_methods)
+                model, entry = select_ptq_method(self.teacher, qcfg, self.cs, methods, self.dev)
+                meta = {"history": [entry], "sampling": {"scheduler": "ddim", "steps": None}}
+                save_student(path, model.cpu(), self.spec, meta=meta)
+            self.ptq_choice[bits] = sel = entry["selection"]
+            paths[bits] = path
+            log.info("PTQ %s eps-MSE %s -> %s", bits, sel["eps_mse"], sel["best"])
+        return paths
 
     def save(self) -> None:
-        from pqcad_deploy.timing import environment_info
-
         a = self.args
-        out = (
-            a.out
-            or RESULTS
-            / f"pqcad_table_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}{'_quick' if a.quick else ''}.json"
-        )
+        date = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}{'_quick' if a.quick else ''}"
+        self.out_path = a.out or RESULTS / f"pqcad_table_{date}.json"
         doc = {
             "environment": environment_info(),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
             "n_samples": self.n,
-            "calib_collect_s": round(getattr(self, "calib_s", 0.0), 1),
-            "ptq_selection": getattr(self, "ptq_choice", None),
+            "calib_collect_s": round(self.calib_s, 1),
+            "ptq_selection": self.ptq_choice or None,
             "rows": self.rows,
             "skipped_for_time": self.skipped,
-            "summary": summarize(self.rows),
-            "notes": "FD is the Frechet distance in the project's Fashion-MNIST classifier feature space (not "
-            "Inception FID). Fidelity compares each row to FP images from the same noise (FP at the same step "
-            "count; step-halved rows against FP at the calibration step count).",
+            "summary": aggregate_rows(self.rows),
+            "notes": "FD: Frechet distance in the Fashion-MNIST classifier's feature space (not Inception FID). "
+            "Fidelity: against FP images from the same noise at the same step count (else FP's largest count).",
         }
-        atomic_json_save(doc, out)
-        self.out_path = out
+        atomic_json_save(doc, self.out_path)
 
 
-def _step_of(train_ckpt: Path) -> int:
-    from pqcad_deploy.io import safe_torch_load
-
-    return int(safe_torch_load(train_ckpt)["step"])
-
-
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def aggregate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and spread over training runs (seeds, and repeats of a seed) per (variant, bits, steps)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -427,23 +292,24 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (variant, bits, steps), evs in groups.items():
         item: dict[str, Any] = {"variant": variant, "bits": bits, "steps": steps, "n_runs": len(evs)}
         item["seeds"] = sorted({e["seed"] for e in evs if e["seed"] is not None})
-        for key in ("fd", "psnr_vs_fp", "rel_l2_vs_fp", "train_time_s"):
+        for key in METRICS:
             vals = [e[key] for e in evs if e.get(key) is not None]
             if vals:
-                mean = sum(vals) / len(vals)
-                item[key] = mean
+                item[key] = sum(vals) / len(vals)
                 item[key + "_spread"] = (max(vals) - min(vals)) / 2 if len(vals) > 1 else None
         out.append(item)
     return out
 
 
-def print_table(summary: list[dict[str, Any]], fp_fd: dict[int, float]) -> None:
+def print_table(summary: list[dict[str, Any]], title: str) -> None:
+    """The aggregated rows; FD change is against FP at the same step count (step-halved rows: at twice theirs)."""
+    fp_fd = {s["steps"]: s["fd"] for s in summary if s["variant"] == "FP" and s.get("fd") is not None}
+
     def f(v: Any, fmt: str, width: int) -> str:
         return format(v, fmt).rjust(width) if isinstance(v, (int, float)) else "-".rjust(width)
 
     cols = f"{'variant':<21}{'bits':<6}{'steps':>6}{'FD':>10}{'+-':>8}{'vs FP':>9}{'PSNR':>8}{'relL2':>8}{'train s':>9}"
-    print(cols)
-    print("-" * len(cols))
+    print(f"{title}\n{cols}\n" + "-" * len(cols))
     for r in summary:
         # a step-halved student is judged against FP at the step count it replaces (twice its own)
         ref_steps = 2 * r["steps"] if "halving" in r["variant"] and 2 * r["steps"] in fp_fd else r["steps"]
@@ -451,31 +317,31 @@ def print_table(summary: list[dict[str, Any]], fp_fd: dict[int, float]) -> None:
         rel = (r["fd"] / ref - 1) * 100 if r.get("fd") is not None and ref else None
         print(
             f"{r['variant']:<21}{r['bits']:<6}{r['steps']:>6}{f(r.get('fd'), '.3f', 10)}"
-            f"{f(r.get('fd_spread'), '.3f', 8)}{f(rel, '+.1f', 8)}%{f(r.get('psnr_vs_fp'), '.2f', 8)}"
+            f"{f(r.get('fd_spread'), '.3f', 8)}{f(rel, '+.1f', 8)}%{f(r.get('psnr_db_vs_fp'), '.2f', 8)}"
             f"{f(r.get('rel_l2_vs_fp'), '.4f', 8)}{f(r.get('train_time_s'), '.1f', 9)}"
         )
     print("vs FP: FD change against FP at the same step count (step-halved rows: at twice theirs)")
 
 
-def merge(paths: list[Path], out: Path) -> dict[str, Any]:
-    """One table from runs split across machines (e.g. one seed per GPU lease).
+def merge_runs(paths: list[Path], out: Path) -> dict[str, Any]:
+    """One table from runs split across machines (same protocol and sample count).
 
-    Untrained rows (FP, PTQ) are keyed by (variant, bits): the first file's row wins. The FP row is recomputed by
-    every run (it is the fidelity reference); its repeats are kept under ``fp_repeats`` as a reproducibility check.
-    A trained row whose (variant, bits, seed) was already seen is a second training run of that seed (GPU training
-    is not bit-reproducible), so it is kept, marked ``repeat``, and counts in the mean and spread.
+    Untrained rows (FP, PTQ) are keyed by (variant, bits): the first file's row wins, and FP repeats are kept under
+    ``fp_repeats`` as a reproducibility check. A trained row whose (variant, bits, seed) was already seen is a
+    second training run of that seed (GPU training is not bit-reproducible): kept, marked ``repeat``, and counted.
     """
     docs = [json.loads(Path(p).read_text()) for p in paths]
     n = {d["n_samples"] for d in docs}
     if len(n) != 1:
-        raise SystemExit(
-            f"cannot merge runs with different sample counts {sorted(n)}; rerun with --n-samples"
-        )
+        raise SystemExit(f"cannot merge runs with different sample counts {sorted(n)}; use --n-samples")
     rows: list[dict[str, Any]] = []
     seen: dict[tuple, int] = {}
     fp_repeats = []
     for d in docs:
         for r in d["rows"]:
+            for e in r["evals"]:  # files written before the PSNR key was metrics.fidelity's name
+                if "psnr_vs_fp" in e:
+                    e["psnr_db_vs_fp"] = e.pop("psnr_vs_fp")
             key = (r["variant"], r["bits"], r.get("seed"))
             earlier = seen.get(key, 0)
             seen[key] = earlier + 1
@@ -484,15 +350,19 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
                     fp_repeats.append({e["steps"]: e["fd"] for e in r["evals"]})
                 continue
             rows.append({**r, "repeat": earlier} if earlier else r)
+    sources = [
+        {"path": str(p), "command": d["environment"]["command"]} for p, d in zip(paths, docs, strict=True)
+    ]
     doc = {
         **docs[0],
-        "merged_from": [{"path": str(p), "command": d["command"]} for p, d in zip(paths, docs, strict=True)],
+        "merged_from": sources,
         "ptq_selection": next((d["ptq_selection"] for d in docs if d.get("ptq_selection")), None),
         "rows": rows,
         "fp_repeats": fp_repeats,
         "skipped_for_time": [s for d in docs for s in d.get("skipped_for_time", [])],
-        "summary": summarize(rows),
+        "summary": aggregate_rows(rows),
     }
+    doc.pop("command", None)
     atomic_json_save(doc, out)
     return doc
 
@@ -502,10 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.merge:
         out = args.out or RESULTS / "pqcad_table.json"
-        doc = merge(args.merge, out)
-        fp_fd = {s["steps"]: s["fd"] for s in doc["summary"] if s["variant"] == "FP" and s.get("fd")}
-        print(f"PQCAD table merged from {len(args.merge)} runs: {doc['n_samples']} samples per row")
-        print_table(doc["summary"], fp_fd)
+        doc = merge_runs(args.merge, out)
+        print_table(doc["summary"], f"PQCAD table merged from {len(args.merge)} runs, N={doc['n_samples']}")
         print(f"\nJSON: {out}")
         return 0
     t0 = time.perf_counter()
@@ -513,18 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.run()
     except Exception:
-        traceback.print_exc()
-        log.error("stopped early; partial results are in the JSON")
+        log.exception("stopped early; partial results are in the JSON")
         bench.save()
         return 1
-    finally:
-        log.info("total %.1fs", time.perf_counter() - t0)
-    summary = summarize(bench.rows)
-    fp_fd = {s["steps"]: s["fd"] for s in summary if s["variant"] == "FP" and s.get("fd") is not None}
-    print(
-        f"\nPQCAD table: {bench.n} samples per row, teacher {args.teacher}, {time.perf_counter() - t0:.0f}s total"
+    title = (
+        f"\nPQCAD table: N={bench.n} per row, teacher {args.teacher}, {time.perf_counter() - t0:.0f}s total"
     )
-    print_table(summary, fp_fd)
+    print_table(aggregate_rows(bench.rows), title)
     if bench.skipped:
         print(f"\nskipped for time (--deadline-s {args.deadline_s:.0f}): {', '.join(bench.skipped)}")
     print(f"\nJSON: {bench.out_path}\ngrids: {bench.grids}")

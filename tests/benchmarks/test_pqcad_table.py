@@ -1,11 +1,12 @@
-"""benchmarks/pqcad_table.py and pqcad_lr_sweep.py on CPU: merging split runs, the table's reference, the sweep."""
+"""benchmarks/pqcad_table.py and pqcad_lr_sweep.py on CPU: merging split runs (old files too), the table's
+reference, the branch configs, the sweep. The scripts are loaded from their paths (they are not a package)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +15,10 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load(name: str):
-    sys.path.insert(0, str(BENCH))  # the sweep imports its helpers from pqcad_table, as when run as a script
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +36,8 @@ def _row(variant, bits, seed, fds: dict[int, float]):
 
 
 def _doc(rows, n=100, command="python pqcad_table.py"):
-    return {"n_samples": n, "command": command, "rows": rows, "ptq_selection": None, "skipped_for_time": []}
+    env = {"command": command}
+    return {"n_samples": n, "environment": env, "rows": rows, "ptq_selection": None, "skipped_for_time": []}
 
 
 def test_merge_keeps_first_untrained_rows_and_trained_repeats(table, tmp_path):
@@ -55,7 +53,7 @@ def test_merge_keeps_first_untrained_rows_and_trained_repeats(table, tmp_path):
     pa, pb, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "m.json"
     pa.write_text(json.dumps(a))
     pb.write_text(json.dumps(b))
-    doc = table.merge([pa, pb], out)
+    doc = table.merge_runs([pa, pb], out)
     assert json.loads(out.read_text())["rows"] == doc["rows"]
     keys = [(r["variant"], r["seed"], r.get("repeat")) for r in doc["rows"]]
     assert keys == [("FP", None, None), ("PQCAD", 0, None), ("PQCAD", 0, 1), ("PQCAD", 1, None)]
@@ -71,7 +69,7 @@ def test_merge_refuses_runs_with_different_sample_counts(table, tmp_path):
     pa.write_text(json.dumps(_doc([], n=1000)))
     pb.write_text(json.dumps(_doc([], n=10000)))
     with pytest.raises(SystemExit, match="different sample counts"):
-        table.merge([pa, pb], tmp_path / "m.json")
+        table.merge_runs([pa, pb], tmp_path / "m.json")
 
 
 def test_halved_rows_are_judged_against_fp_at_twice_their_steps(table, capsys):
@@ -80,12 +78,33 @@ def test_halved_rows_are_judged_against_fp_at_twice_their_steps(table, capsys):
         _row("PQCAD+halving", "w8a8", 0, {50: 2.2}),
         _row("PQCAD", "w8a8", 0, {50: 2.75}),
     ]
-    table.print_table(table.summarize(rows), {100: 2.0, 50: 2.5})
+    table.print_table(table.aggregate_rows(rows), "title")
     lines = capsys.readouterr().out.splitlines()
     halved = next(line for line in lines if line.startswith("PQCAD+halving"))
     plain = next(line for line in lines if line.startswith("PQCAD ") and " 50 " in line)
     assert "+10.0%" in halved  # 2.2 vs FP at 100 steps, not -12 % vs FP at 50
     assert "+10.0%" in plain  # 2.75 vs FP at 50 steps
+
+
+def test_merge_reads_files_written_with_the_old_psnr_key(table, tmp_path):
+    old = _row("PQCAD", "w8a8", 0, {100: 3.0})
+    old["evals"][0]["psnr_vs_fp"] = 30.0
+    new = _row("PQCAD", "w8a8", 1, {100: 3.2})
+    new["evals"][0]["psnr_db_vs_fp"] = 32.0
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps({**_doc([old]), "command": "python pqcad_table.py"}))
+    pb.write_text(json.dumps(_doc([new])))
+    doc = table.merge_runs([pa, pb], tmp_path / "m.json")
+    assert doc["summary"][0]["psnr_db_vs_fp"] == pytest.approx(31.0) and "command" not in doc
+    assert all("psnr_vs_fp" not in e for r in doc["rows"] for e in r["evals"])
+
+
+def test_every_branch_is_a_valid_config(table):
+    base = table.base_config(table.parse_args(["--quick"]))
+    for variant, bits, changes in table.BRANCH_RUNS.values():
+        cfg = dataclasses.replace(base, seed=3, **changes)
+        assert cfg.bits[-1] == bits and cfg.steps == base.steps, variant
+    assert table.BRANCHES[0] == "pq" and set(table.BRANCH_RUNS) == set(table.BRANCHES[1:])
 
 
 def test_skip_ptq_needs_a_fixed_sample_count(table):
@@ -102,7 +121,7 @@ def test_lr_sweep_quick_trains_scores_and_picks(tmp_path, capsys):
     labels = [r["label"] for r in doc["rows"]]
     assert labels == ["FP", "PTQ maxabs", "lr 1e-05", "lr 0.001"]
     trained = [r for r in doc["rows"] if r["lr"]]
-    assert all(math.isfinite(r["eps_mse_heldout"]) and math.isfinite(r["psnr_vs_fp"]) for r in trained)
+    assert all(math.isfinite(r["eps_mse_heldout"]) and math.isfinite(r["psnr_db_vs_fp"]) for r in trained)
     assert doc["pick_lr"] == min(trained, key=lambda r: r["eps_mse_heldout"])["lr"]
     assert doc["rows"][0]["eps_mse_heldout"] < 1e-6  # FP against its own targets: the metric is wired right
     assert "pick (lowest held-out eps-MSE)" in capsys.readouterr().out
