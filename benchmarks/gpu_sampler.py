@@ -10,12 +10,15 @@ one sampler (``pqcad_deploy.sampling.sample``, DDIM, 50 steps by default) and re
   measured back to back (``unet_call_ms``);
 * speed-ups against FP32 eager and FP16 eager at the same model and batch; peak GPU memory.
 
-TensorRT is recorded as "not run": it is not installable on the lent GPU machine (design.md section 7).
+The loop timing is ``runtime.bench.bench_engine`` (the same measurement as ``pqcad-bench``); this script adds
+only peak memory and the back-to-back UNet call time. TensorRT is recorded as "not run": it is not installable on
+the GPU machine these numbers come from.
 
 Run (after ``pip install -e .``; about 3-5 minutes on an H100):
     python benchmarks/gpu_sampler.py
-    python benchmarks/gpu_sampler.py --models fmnist-ddpm --batches 1 --repeats 2   # quick check
-Writes benchmarks/results/gpu_sampler_<UTC date>.json (updated after every configuration).
+    python benchmarks/gpu_sampler.py --models fmnist-ddpm --batches 1 --repeats 2   # short GPU check
+    python benchmarks/gpu_sampler.py --quick       # CPU smoke run: tiny-unet-cond, fp32 and bf16, 2 steps
+Writes benchmarks/results/gpu_sampler_<UTC time>.json (updated after every configuration).
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from pathlib import Path
 import torch
 
 from pqcad_deploy.io import atomic_json_save
+from pqcad_deploy.loading import open_model
 from pqcad_deploy.runtime.backends.torch_backend import TorchRunner
-from pqcad_deploy.sampling import make_scheduler, sample
-from pqcad_deploy.timing import environment_info, environment_line, summarize, time_calls
-from pqcad_deploy.zoo import TEACHER_PATH, build_model, get_spec, load_model
+from pqcad_deploy.runtime.bench import BenchConfig, bench_engine
+from pqcad_deploy.timing import environment_info, environment_line, time_calls
+from pqcad_deploy.zoo import ModelSpec
 
 MODES = {  # name -> (precision, cuda_graph)
     "fp32": ("fp32", False),
@@ -66,61 +70,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="JSON path (default benchmarks/results/gpu_sampler_<date>.json)",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--quick", action="store_true", help="CPU smoke run: tiny-unet-cond, fp32 and bf16, 2 steps"
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.batches, args.modes = ["tiny-unet-cond"], [2], ["fp32", "bf16"]
+        args.steps, args.repeats, args.warmup, args.unet_iters = 2, 1, 0, 2
+        args.out = args.out or RESULTS / "gpu_sampler_quick.json"
+    return args
 
 
-def load_for_speed(name: str) -> tuple[torch.nn.Module, str]:
-    """The shipped teacher for fmnist when present (weights do not change latency); random weights otherwise."""
-    if name == "fmnist-ddpm" and TEACHER_PATH.is_file():
-        model, _ = load_model(TEACHER_PATH)
-        return model, "shipped teacher"
-    return build_model(name, seed=0).eval(), "random (seed 0)"
-
-
-def bench_config(model, spec, batch: int, mode: str, args, device: torch.device) -> dict:
+def bench_config(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    batch: int,
+    mode: str,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict:
+    """``bench_engine`` for one (model, batch, mode), plus peak memory and the back-to-back UNet call time, which
+    gives a second overhead estimate free of the per-step timing's own synchronisation."""
     precision, graph = MODES[mode]
-    shape = (batch, *spec.sample_shape)
+    cfg = BenchConfig(steps=args.steps, batch=batch, seed=args.seed, repeats=args.repeats, warmup=args.warmup)
     g = torch.Generator().manual_seed(args.seed + 7)
-    cond = torch.randn(batch, *spec.cond_shape, generator=g).to(device) if spec.cond_shape else None
-    sched = lambda: make_scheduler("ddim", **spec.scheduler)  # noqa: E731
-    torch.cuda.reset_peak_memory_stats(device)
-    runner = TorchRunner(model, precision=precision, device=device, cuda_graph=graph)
-    with runner:
+    cond = torch.randn(batch, *spec.cond_shape, generator=g) if spec.cond_shape else None
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    with TorchRunner(model, precision=precision, device=device, cuda_graph=graph) as runner:
+        r = bench_engine(runner, spec, cfg, cond)
         den = runner.denoiser()
-        for _ in range(args.warmup):
-            sample(den, sched(), shape, steps=args.steps, seed=args.seed, device=device, cond=cond)
-        e2e = [
-            sample(den, sched(), shape, steps=args.steps, seed=args.seed, device=device, cond=cond).total_ms
-            for _ in range(args.repeats)
-        ]
-        timed = sample(
-            den, sched(), shape, steps=args.steps, seed=args.seed, device=device, cond=cond, time_steps=True
-        )
-        x = torch.randn(shape, generator=g).to(device)
+        x = torch.randn(batch, *spec.sample_shape, generator=g).to(device)
         t = torch.full((batch,), 500, dtype=torch.int64, device=device)
-        unet_call = time_calls(lambda: den(x, t, cond), args.unet_iters, device)
-        finite = bool(torch.isfinite(timed.images).all())
+        c = cond.to(device) if cond is not None else None
+        unet_call = time_calls(lambda: den(x, t, c), args.unet_iters, device)
         describe = runner.describe()
-    e2e_s = summarize(e2e)
-    step_s = summarize(timed.step_ms)
-    overhead_timed = (timed.total_ms - timed.unet_ms) / timed.total_ms
-    overhead_pipe = (e2e_s["median"] - args.steps * unet_call) / e2e_s["median"]
+    e2e = r["e2e_ms"]["median"]
     return {
         "model": spec.name,
         "batch": batch,
         "mode": mode,
         "steps": args.steps,
         "runner": describe,
-        "e2e_ms": e2e_s,
-        "e2e_ms_per_image": e2e_s["median"] / batch,
-        "step_ms": step_s,
-        "timed_loop_total_ms": timed.total_ms,
-        "timed_loop_unet_ms": timed.unet_ms,
-        "sampler_overhead": overhead_timed,
+        "e2e_ms": r["e2e_ms"],
+        "e2e_ms_per_image": e2e / batch,
+        "step_ms": r["step_ms"],
+        "sampler_overhead": r["sampler_overhead"],
         "unet_call_ms": unet_call,
-        "sampler_overhead_pipelined": overhead_pipe,
-        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-        "images_finite": finite,
+        "sampler_overhead_pipelined": (e2e - args.steps * unet_call) / e2e,
+        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+        "images_finite": bool(torch.isfinite(r["images"]).all()),
     }
 
 
@@ -152,10 +152,10 @@ def print_table(rows: list[dict], header: str) -> None:
             f"{r['model']:<15}{r['batch']:>3} {r['mode']:<11}{r['step_ms']['median']:>9.3f}"
             f"{r['step_ms']['p90']:>8.3f}{r['e2e_ms']['median']:>10.1f}{r['e2e_ms_per_image']:>9.1f}"
             f"{100 * r['sampler_overhead']:>7.2f}{100 * r['sampler_overhead_pipelined']:>9.2f}"
-            f"{fmt(r.get('speedup_vs_fp32')):>8}{fmt(r.get('speedup_vs_fp16')):>8}{r['peak_mem_gib']:>7.2f}"
+            f"{fmt(r.get('speedup_vs_fp32')):>8}{fmt(r.get('speedup_vs_fp16')):>8}{fmt(r['peak_mem_gib']):>7}"
             + ("" if r["images_finite"] else "  (non-finite images)")
         )
-    print("TensorRT: not run (TensorRT is not installable on this machine; see design.md section 7).")
+    print("TensorRT: not run (not installable on this machine).")
     print("ovh% = (end-to-end - sum of UNet calls) / end-to-end in the per-step-timed loop (target < 5%);")
     print("ovh%pipe = (untimed end-to-end median - steps x back-to-back UNet call) / end-to-end.")
 
@@ -163,11 +163,15 @@ def print_table(rows: list[dict], header: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not args.quick:
         print("gpu_sampler.py needs a CUDA GPU (torch.cuda.is_available() is False).", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
-    device = torch.device("cuda", torch.cuda.current_device())
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or RESULTS / f"gpu_sampler_{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,18 +181,20 @@ def main(argv: list[str] | None = None) -> int:
         "environment": env,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "sampler": "pqcad_deploy.sampling.sample, DDIM eta=0",
-        "tensorrt": {"status": "not run", "reason": "TensorRT is not installable on the lent GPU machine"},
+        "tensorrt": {"status": "not run", "reason": "TensorRT is not installable on this GPU machine"},
         "rows": [],
     }
     for name in args.models:
-        spec = get_spec(name)
-        model, weights = load_for_speed(name)
+        bundle = open_model(
+            name
+        )  # shipped weights where they exist (weights do not change latency), else random
+        model, spec = bundle.model, bundle.spec
         for batch in args.batches:
             for mode in args.modes:
                 print(f"[{name} b{batch} {mode}] ...", flush=True)
                 try:
                     row = bench_config(model, spec, batch, mode, args, device)
-                    row["weights"] = weights
+                    row["weights"] = bundle.source
                 except Exception as e:  # keep the other configurations
                     traceback.print_exc()
                     row = {"model": name, "batch": batch, "mode": mode, "error": f"{type(e).__name__}: {e}"}
@@ -196,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                 add_speedups(result["rows"])
                 atomic_json_save(result, out)
                 gc.collect()
-                torch.cuda.empty_cache()
-        del model
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        del model, bundle
         gc.collect()
     print()
     print_table(result["rows"], environment_line(env))
