@@ -1,4 +1,5 @@
-"""PQCAD training end to end on tiny-unet: switch W8 -> W4, loadable student, exact resume, NaN stop."""
+"""PQCAD training end to end on tiny-unet: switch W8 -> W4, loadable student, exact resume, NaN stop; one slow
+weight-training check at the shipped teacher's scale."""
 
 import copy
 import hashlib
@@ -164,3 +165,38 @@ def test_cli_trains_from_one_command(tmp_path, tiny):
     _, _, qcfg, meta = student_mod.load_student(out)
     assert qcfg.weight_bits == 4 and meta["pqcad"]["bits"] == ["w8a8", "w4a8"]
     assert main([*argv, "--bits", "w8a8:w5a8"]) == 2  # a clear error, not a traceback
+
+
+@pytest.mark.slow
+def test_shipped_teacher_training_moves_every_weight_and_fits_its_points(tmp_path):
+    """At the shipped teacher's scale and the default weight LR, W8A8 training from percentile PTQ moves every
+    weight tensor (not only the quantizer step sizes) and lowers the eps-MSE on the points it trains on.
+    A training fit on a small calibration set (minutes on 2 CPU cores), not a quality result."""
+    from pqcad_deploy.denoiser import TorchDenoiser
+    from pqcad_deploy.train.ptq import ptq_student
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    bundle = open_model("fmnist-ddpm", random_weights=False)
+    teacher, spec = bundle.model, bundle.spec
+    cs = calibset.collect_calibset(
+        TorchDenoiser(teacher),
+        spec,
+        n_trajectories=16,
+        steps=20,
+        n_points=10,
+        seed=1,
+        batch_size=16,
+        progress=False,
+    )
+    config = PQCADConfig(
+        bits=("w8a8",), schedule="fixed", steps=40, batch_size=16, ptq_method="percentile", save_every=1000
+    )
+    ptq, _ = ptq_student(teacher, config.quant_config((8, 8)), cs)
+    out = train_pqcad(config, teacher, spec, cs, tmp_path / "s.pt", device="cpu", progress=False)
+    trained = student_mod.load_student(out)[0]
+    state = trained.state_dict()
+    moved = [k for k, v in teacher.state_dict().items() if not torch.equal(state[k], v)]
+    assert len(moved) == len(teacher.state_dict())
+    every_point = torch.arange(len(cs))
+    assert calibset.eps_mse(trained, cs, every_point, "cpu") < calibset.eps_mse(ptq, cs, every_point, "cpu")
