@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from pqcad_deploy.calibset import CalibSet
-from pqcad_deploy.denoiser import COND, SAMPLE, TIMESTEP
+from pqcad_deploy.denoiser import COND, OUTPUT_NAME, SAMPLE, TIMESTEP
 from pqcad_deploy.export import ExportError, ort_quantize_static
 from pqcad_deploy.export.ort_static import calib_feeds
+from pqcad_deploy.runtime.backends.ort_backend import OrtRunner
 
 
 @pytest.fixture
@@ -23,13 +23,13 @@ def fp32_onnx(tmp_path):
     nodes = [
         helper.make_node("Conv", [SAMPLE, "w1"], ["h"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["h"], ["r"]),
-        helper.make_node("Conv", ["r", "w2"], ["out_sample"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["r", "w2"], [OUTPUT_NAME], pads=[1, 1, 1, 1]),
     ]
     graph = helper.make_graph(
         nodes,
         "g",
         [helper.make_tensor_value_info(SAMPLE, TensorProto.FLOAT, ["B", 1, 8, 8])],
-        [helper.make_tensor_value_info("out_sample", TensorProto.FLOAT, ["B", 1, 8, 8])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["B", 1, 8, 8])],
         [w1, w2],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -40,8 +40,8 @@ def fp32_onnx(tmp_path):
 
 
 def _run(path, x):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {SAMPLE: x})[0]
+    with OrtRunner(path) as runner:
+        return runner.infer({SAMPLE: torch.from_numpy(x)})[OUTPUT_NAME].numpy()
 
 
 def test_quantizes_every_conv_and_stays_close_to_fp32(fp32_onnx, tmp_path):
