@@ -161,18 +161,8 @@ class Bench:
         bundle = open_model(path)
         return bundle.model.to(self.dev), bundle.meta
 
-    def generate(self, model: torch.nn.Module, steps: int) -> tuple[torch.Tensor, float]:
-        timer = DeviceTimer(self.dev)
-        mark = timer.start()
-        sched = lambda: make_scheduler("ddim", **self.spec.scheduler)  # noqa: E731
-        shape, batch = self.spec.sample_shape, self.args.eval_batch
-        imgs = sample_many(TorchDenoiser(model), sched, self.n, shape, steps, batch, seed=0, device=self.dev)
-        return imgs, timer.stop(mark) / 1e3
-
     def pick_n(self, fq_model: torch.nn.Module) -> None:
         """Time one fake-quant denoiser call at the eval batch and fit N into the eval budget."""
-        if self.n:
-            return
         a = self.args
         x = torch.randn(a.eval_batch, *self.spec.sample_shape, device=self.dev)
         t = torch.full((a.eval_batch,), 500, device=self.dev, dtype=torch.int64)
@@ -185,8 +175,14 @@ class Bench:
         log.info("fake-quant: %.3f ms/img/step -> %d samples per row", per_img_step * 1e3, self.n)
 
     def evaluate(self, row: dict[str, Any], model: torch.nn.Module, steps_list: list[int]) -> None:
+        """Sample N images per step count from the shared noise; FD, fidelity to FP, a grid."""
+        sched = lambda: make_scheduler("ddim", **self.spec.scheduler)  # noqa: E731
+        den, timer = TorchDenoiser(model), DeviceTimer(self.dev)
+        shape, batch = self.spec.sample_shape, self.args.eval_batch
         for steps in steps_list:
-            imgs, secs = self.generate(model, steps)
+            mark = timer.start()
+            imgs = sample_many(den, sched, self.n, shape, steps, batch, seed=0, device=self.dev)
+            secs = timer.stop(mark) / 1e3
             res = {"steps": steps, "fd": fd_fmnist(imgs, device=self.dev), "sample_s": round(secs, 2)}
             if row["variant"] == "FP":
                 self.fp_images[steps] = imgs
@@ -213,7 +209,6 @@ class Bench:
             halved = (meta.get("pqcad") or {}).get("halve_steps") and sampling.get("steps")
             steps = [sampling["steps"]] if halved else self.args.eval_steps
             row["eps_mse"] = eps_mse(model, self.cs, self.probe_idx, self.dev)
-            self.pick_n(model)
         self.evaluate(row, model, steps)
         self.rows.append(row)
         self.save()
@@ -223,7 +218,7 @@ class Bench:
         self.calib()
         a = self.args
         ptq = {} if a.skip_ptq else self.select_ptq()
-        if not self.n:  # N comes from a fake-quant throughput probe; FP goes first as the fidelity reference
+        if not self.n:  # N from a fake-quant throughput probe, fixed before FP (the fidelity reference) runs
             self.pick_n(self.load(ptq["w8a8"])[0])
         self.add("FP", "fp32", None)
         for bits, path in ptq.items():
