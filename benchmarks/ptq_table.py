@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--steps", type=int, nargs="+", default=[50, 100])
     p.add_argument("--n", type=int, default=10000, help="samples per configuration and step count")
-    p.add_argument("--batch", type=int, default=2000, help="sampling and calibration batch")
+    p.add_argument("--batch", type=int, default=2000, help="sampling and PTQ calibration batch")
     p.add_argument("--methods", nargs="+", default=list(CALIB_METHODS), choices=CALIB_METHODS)
     p.add_argument("--bits", nargs="+", default=list(BITS), choices=BITS)
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny CPU smoke run (n=32, steps 4 and 8)")
     add_calib_args(p)  # default set: <out stem>_calib.safetensors, collected once and reused
     add_device(p)
-    p.set_defaults(calib_trajectories=256, calib_points=20, calib_batch_size=256, calib_seed=10_000)
+    # the sets the recorded table used: collected in batches of 2000 (the noise is seeded per batch) from seed 10000
+    p.set_defaults(calib_trajectories=256, calib_points=20, calib_batch_size=2000, calib_seed=10_000)
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.steps, args.batch = min(args.n, 32), [4, 8], 32
