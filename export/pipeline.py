@@ -1,13 +1,20 @@
 """Checkpoint -> verified ONNX file. Everything is written in a temporary folder beside the destination and
-moved into place only after every check passed, so a failed export never leaves a broken ``.onnx``."""
+moved into place only after every check passed, so a failed export never leaves a broken ``.onnx``.
+
+The files are replaced as one unit (``io.replace_together``): external data first, under a name the current graph
+does not use (``<onnx>.data``, or ``<onnx>.<id>.data`` when the current graph reads ``<onnx>.data``), then the
+``.onnx`` that names it, then the report. An export stopped at any point leaves the previous graph with its own
+weights; the data file only the previous graph used is deleted after the switch."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +25,15 @@ import torch
 from torch import nn
 
 from pqcad_deploy.denoiser import UNetWrapper
-from pqcad_deploy.io import default_file_mode, writable_parent
+from pqcad_deploy.io import (
+    default_file_mode,
+    disk_full,
+    json_writer,
+    replace_together,
+    require_file,
+    writable_parent,
+    write_failure,
+)
 from pqcad_deploy.loading import ModelBundle
 
 from . import checks
@@ -91,16 +106,17 @@ def check_supported_layers(model: nn.Module) -> None:
         )
 
 
-def _quant_ctx(loaded: ModelBundle, precision: str = "fp32"):
-    """The context the torch model is exported and compared under: the quantizers' export mode, with the
-    scales rounded to FP16 for FP16 graphs (the graph stores FP16 scales, so the reference must use them)."""
-    if loaded.qcfg is None:
+def _quant_ctx(model: nn.Module, quantized: bool, precision: str = "fp32"):
+    """A factory of the context the torch ``model`` is exported and compared under (entered once for the export
+    and once per parity probe): the quantizers' export mode, with the scales rounded to FP16 for FP16 graphs (the
+    graph stores FP16 scales, so the reference must use them)."""
+    if not quantized:
         return contextlib.nullcontext
     from pqcad_deploy.quant import export_mode, iter_quantizers
 
     @contextlib.contextmanager
     def ctx():
-        with export_mode(loaded.model) as m:
+        with export_mode(model) as m:
             if precision == "fp16":
                 for _, q in iter_quantizers(m):
                     if q._export_scale is not None:
@@ -150,8 +166,9 @@ def export(loaded: ModelBundle, onnx_path: str | os.PathLike, opts: ExportOption
     check_opset(opset, opts.precision, quantized, int4)
     check_supported_layers(loaded.model)
     espec = export_spec_for(loaded.spec, opts.batch, opts.dynamic_batch)
-    wrapper = UNetWrapper(loaded.model).eval().to(DTYPES[opts.precision])
-    ctx = _quant_ctx(loaded, opts.precision)
+    model = loaded.model if opts.precision == "fp32" else copy.deepcopy(loaded.model)  # .to() is in place
+    wrapper = UNetWrapper(model).eval().to(DTYPES[opts.precision])
+    ctx = _quant_ctx(model, quantized, opts.precision)
     report: dict[str, Any] = {
         "source": loaded.source,
         "model": loaded.spec.name,
@@ -169,7 +186,9 @@ def export(loaded: ModelBundle, onnx_path: str | os.PathLike, opts: ExportOption
         try:
             with ctx(), torch.no_grad():
                 torch_to_onnx(wrapper, espec, raw, opset, opts.precision, opts.exporter)
-        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:
+        except (torch.onnx.errors.OnnxExporterError, RuntimeError, OSError) as e:
+            if disk_full(parent):
+                raise write_failure(final, e) from e
             raise ExportError(f"torch.onnx export failed ({opts.exporter}): {str(e).splitlines()[0]}") from e
         report["torch_export_s"] = round(time.perf_counter() - t0, 3)
         model = ir.load(raw)
@@ -178,10 +197,18 @@ def export(loaded: ModelBundle, onnx_path: str | os.PathLike, opts: ExportOption
         external = opts.external_data
         if external is None:
             external = initializer_bytes(model) >= TWO_GB_PROTO
+        previous_data = _own_external_data(final)
         data_name = f"{final.name}.data"
+        if data_name in previous_data:  # never overwrite what the current graph reads
+            data_name = f"{final.name}.{uuid.uuid4().hex[:8]}.data"
         if not external:  # weights the exporter wrote beside raw.onnx must end up inside the file
             model = ir.external_data.load_to_model(model)
-        ir.save(model, out, external_data=data_name if external else None)
+        try:
+            ir.save(model, out, external_data=data_name if external else None)
+        except Exception as e:  # onnx/onnx_ir raise OSError or their own types on a full disk
+            if isinstance(e, OSError) or disk_full(parent):
+                raise write_failure(final, e) from e
+            raise
         report["export_s"] = round(time.perf_counter() - t0, 3)
         report["files"] = {"onnx": final.name, "external_data": data_name if external else None}
         report["file_bytes"] = out.stat().st_size + ((tmp / data_name).stat().st_size if external else 0)
@@ -202,18 +229,40 @@ def export(loaded: ModelBundle, onnx_path: str | os.PathLike, opts: ExportOption
                     f"{blocked} layers meant to be quantized would run in float on {target}, e.g. "
                     + "; ".join(f"{la['name']}: {', '.join(la['reasons'])}" for la in bad)
                 )
+        report["total_s"] = round(time.perf_counter() - t0, 3)
+        rep = tmp / "report.json"
+        try:
+            json_writer(report)(str(rep))
+        except OSError as e:
+            raise write_failure(report_path(final), e) from e
+        staged = [(tmp / data_name, parent / data_name)] if external else []
+        staged += [(out, final), (rep, report_path(final))]
         mode = default_file_mode()
-        if external:
-            os.chmod(tmp / data_name, mode)
-            os.replace(tmp / data_name, parent / data_name)
-        os.chmod(out, mode)
-        os.replace(out, final)
+        for src, _ in staged:
+            os.chmod(src, mode)
+        replace_together(staged)
     del model
-    report["total_s"] = round(time.perf_counter() - t0, 3)
-    from pqcad_deploy.io import atomic_json_save
-
-    atomic_json_save(report, report_path(final))
+    for name in previous_data - ({data_name} if external else set()):
+        (parent / name).unlink(missing_ok=True)
     return report
+
+
+def _own_external_data(onnx_path: Path) -> set[str]:
+    """External data files of the graph now at ``onnx_path`` that this exporter wrote (``<name>.data`` or
+    ``<name>.<id>.data`` beside it); other locations are never touched."""
+    if not onnx_path.is_file():
+        return set()
+    try:
+        m = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # an unreadable previous file is simply replaced
+        return set()
+    names = {
+        entry.value for init in m.graph.initializer for entry in init.external_data if entry.key == "location"
+    }
+    prefix = f"{onnx_path.name}."
+    return {
+        n for n in names if n.startswith(prefix) and n.endswith(".data") and "/" not in n and "\\" not in n
+    }
 
 
 def post_process(model: ir.Model, precision: str, opset: int, int4: bool) -> dict[str, Any]:
@@ -241,9 +290,7 @@ def report_path(onnx_path: Path) -> Path:
 
 def check_only(onnx_path: str | os.PathLike, target: str = "tensorrt") -> dict:
     """``--check-only``: checker + audit (+ an ORT smoke run) on an existing file; no torch model is needed."""
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise ExportError(f"{path} does not exist.")
+    path = require_file(onnx_path, "--check-only", ExportError)
     checks.checker(path)
     model = ir.load(path)  # external data stays on disk: the audit reads types and small scales only
     report = {"onnx": str(path), "checker": "passed (full_check)", "counts": qdq_counts(model)}

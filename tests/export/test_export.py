@@ -127,7 +127,13 @@ def test_fp16_parity_on_cpu_catches_a_graph_that_differs(students, tmp_path):
         loaded.model.conv_out.weight.mul_(1.5)  # the torch model no longer matches the exported graph
     with pytest.raises(checks.CheckError, match="beyond tolerance"):
         checks.parity(
-            out, wrapper, export_spec_for(loaded.spec), "fp16", True, 4, ctx=_quant_ctx(loaded, "fp16")
+            out,
+            wrapper,
+            export_spec_for(loaded.spec),
+            "fp16",
+            True,
+            4,
+            ctx=_quant_ctx(loaded.model, True, "fp16"),
         )
 
 
@@ -146,4 +152,6 @@ def test_parity_fails_a_wrong_scale_on_one_layer(students, tmp_path):
     ir.save(model, out)
     wrapper = UNetWrapper(loaded.model).eval()
     with pytest.raises(checks.CheckError, match="beyond tolerance"):
-        checks.parity(out, wrapper, export_spec_for(loaded.spec), "fp32", True, 4, ctx=_quant_ctx(loaded))
+        checks.parity(
+            out, wrapper, export_spec_for(loaded.spec), "fp32", True, 4, ctx=_quant_ctx(loaded.model, True)
+        )
