@@ -1,11 +1,11 @@
 """Explicit-quantization audit: will each Conv/Gemm/MatMul run in INT8/INT4, and if not, why not.
 
-Rules from tensorrt-qdq.md §0, §1.3-1.7 (TensorRT 10): Q/DQ on both the activation and the weight input,
+Rules of TensorRT 10's explicit quantization (developer guide, "Working with Quantized Types"): Q/DQ on both the activation and the weight input,
 zero-points all zero, an explicit ``axis`` on per-channel scales (the TRT parser assumes 0, ONNX 1), no Q/DQ on a
 bias, no node between DQ and the op, equal scales on every input of a Concat feeding a Q, INT4 only as weights of
 MatMul/Gemm (no INT4 convolution) and only at opset >= 21. For the ``onnxruntime`` target the uint8 zero-point
 128 activations are the intended form, and a Q on the op's output is needed for ORT's QLinear fusion
-(cpu-measurements §4). This reads the graph only; the engine's layer info is the final word (``pqcad-build``).
+(measured: without it ORT leaves the Q/DQ pairs unfused). This reads the graph only; the engine's layer info is the final word (``pqcad-build``).
 """
 
 from __future__ import annotations

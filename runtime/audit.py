@@ -4,7 +4,7 @@
   or ``trtexec --exportLayerInfo``: ``{"Layers": [...], "Bindings": [...]}``, one dict per layer with ``Name``,
   ``LayerType``, ``Inputs``/``Outputs`` carrying ``"Format/Datatype"``, optional ``Weights`` and ``Metadata``)
   and lists compute layers left in float, standalone Quantize/Dequantize layers and Reformat layers; each of
-  those is a separate memory-bound kernel (tensorrt-qdq.md section 1.4, 1.6).
+  those is a separate memory-bound kernel.
 * ONNX Runtime: counts the operators of the optimized model ORT saved (QLinearConv, QGemm,
   MatMulIntegerToFloat, leftover Q/DQ, float Conv...).
 """

@@ -1,7 +1,7 @@
 """The PQ stage-transition rule: switch bit-width once the smoothed loss stops improving.
 
 Pure Python (no torch) so it can be unit-tested and stored in checkpoints as plain numbers. Definition
-(design.md section 4.3): on the smoothed loss L_k, evaluated every ``every`` steps,
+(docs/pqcad.md, step 3): on the smoothed loss L_k, evaluated every ``every`` steps,
 ``m_k = beta * m_{k-1} + (1 - beta) * (L_{k-1} - L_k)``; switch when ``|m_k| < eps * L_0`` for
 ``patience`` consecutive checks, or when the step cap is reached. ``m_k`` is bias-corrected (divided by
 ``1 - beta**k``) so the zero start of the average does not look like a plateau at the first checks.

@@ -1,7 +1,7 @@
 """``QuantConfig``: the one frozen, versioned description of how a model is quantized.
 
 It is stored in every student checkpoint, so the exporter and runtime rebuild exactly the fake-quant graph that
-was calibrated/trained (design.md section 3: train what you deploy).
+was calibrated/trained (train what you deploy: the README's quantization-forms table).
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ class QuantConfig:
         for flag in ("quantize_conv_in", "quantize_conv_out"):
             if not isinstance(getattr(self, flag), bool):
                 raise QuantConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
+            raise QuantConfigError(f"percentile must be a number in (50, 100], got {self.percentile!r}.")
         if not (50.0 < float(self.percentile) <= 100.0):
             raise QuantConfigError(f"percentile must be in (50, 100], got {self.percentile!r}.")
         if self.weight_bits not in ENGINE_WEIGHT_BITS:

@@ -170,7 +170,7 @@ class TensorQuantizer(nn.Module):
 
     def _export_forward(self, x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
         """Only 8-bit ranges export; lower bit-widths go through the INT8 range after clamping to their
-        own grid, which gives bit-identical codes (cpu-measurements section 2, approach A)."""
+        own grid, which gives bit-identical codes (with scale = amax / 7 the INT8 grid holds exactly the 4-bit codes)."""
         if self._bits < 8:
             s = scale if self.block_size is None else scale.reshape(-1)
             if self.axis is not None:

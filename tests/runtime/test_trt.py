@@ -17,7 +17,7 @@ from tests.runtime.fakes import FakeDevice, engine_plan, install_fake_cuda_torch
 from tests.runtime.fakes.kernels import unet_eps
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-NO_TRT = "TensorRT cannot be installed in this environment (design.md section 7)"
+NO_TRT = "TensorRT cannot be installed in this environment (only download stubs are published for it here)"
 CALLER = 0  # the fake torch.cuda's current (legacy default) stream
 
 
