@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pqcad_deploy.captions import evaluation_prompts
-from pqcad_deploy.io import atomic_json_save, default_file_mode, writable_parent
+from pqcad_deploy.io import atomic_json_save, default_file_mode, replace_together, writable_parent
 from pqcad_deploy.runtime.backends.ort_backend import OrtRunner
 from pqcad_deploy.text import TextEncoder, load_text_encoder
 
@@ -92,9 +92,9 @@ def export_text_encoder(
             if variant["kept"]:
                 moves.append((path, parent / name))
         report["file_bytes"] = out.stat().st_size
-        for src, dst in moves:
+        for src, _ in moves:
             os.chmod(src, default_file_mode())
-            os.replace(src, dst)
+        replace_together(moves)  # the encoder and its INT8 variant as one unit
     atomic_json_save(report, final.with_suffix(".report.json"))
     return report
 

@@ -1,4 +1,4 @@
-"""Full-precision calibration set: FP trajectories sampled with the deployment sampler (design.md section 4.1).
+"""Full-precision calibration set: FP trajectories sampled with the deployment sampler (docs/pqcad.md, step 1).
 
 Points are taken at evenly spaced steps across the whole trajectory (Q-Diffusion style) and hold everything the
 later stages need: the inputs (x_t, t, cond) for calibration, the FP noise prediction for distillation, and the
@@ -8,8 +8,8 @@ indices so that a two-step hop of the N-step schedule is exactly one step of the
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,11 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .denoiser import Denoiser, UNetWrapper
-from .io import CheckpointError, atomic_json_save, atomic_write
+from .io import (
+    CheckpointError,
+    check_pair,
+    load_safetensors,
+    read_json_sidecar,
+    require_file,
+    save_safetensors_pair,
+)
 from .sampling import make_scheduler, sample
 from .zoo import ModelSpec
 
@@ -46,31 +52,109 @@ class CalibSet:
         return int(self.t.shape[0])
 
     def save(self, path: str | os.PathLike) -> Path:
+        """``path`` (.safetensors) and its ``.json`` sidecar, replaced as one unit."""
         path = Path(path)
+        if path.suffix != ".safetensors":
+            raise CheckpointError(
+                f"Calibration set path {path} must end in .safetensors (its JSON sidecar is written beside it)."
+            )
         tensors = {k: getattr(self, k).contiguous() for k in _TENSORS}
         if self.cond is not None:
             tensors["cond"] = self.cond.contiguous()
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-        atomic_json_save({"format": FORMAT, **self.meta}, path.with_suffix(".json"))
-        return path
+        return save_safetensors_pair(path, tensors, {"format": FORMAT, **self.meta}, {"format": FORMAT})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CalibSet:
+        """Load and validate (tensor names, dtypes, shapes, finite values; sidecar types) before returning."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise CheckpointError(
                 f"Calibration set {path} does not exist; create it with `pqcad-train calib`."
             )
-        try:
-            tensors = load_file(str(path))
-        except Exception as e:
-            raise CheckpointError(f"Cannot read calibration set {path}: {e}") from e
+        require_file(path, "Calibration set")
+        tensors, header = load_safetensors(path, "calibration set")
         missing = [k for k in _TENSORS if k not in tensors]
         if missing:
             raise CheckpointError(f"{path} is not a calibration set: missing tensors {missing}.")
         side = path.with_suffix(".json")
-        meta = json.loads(side.read_text()) if side.is_file() else {}
+        meta = read_json_sidecar(side, f"Calibration set {path}", "the steps and model it was collected for")
+        _check_tensors(tensors, path)
+        _check_meta(meta, side)
+        check_pair(path, header, side, meta)
         return cls(**{k: tensors[k] for k in _TENSORS}, cond=tensors.get("cond"), meta=meta)
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Shapes, dtypes and values every stage relies on; a bad set is blamed here, not on a training flag."""
+    x = tensors["x_t"]
+    n = int(x.shape[0]) if x.dim() else 0
+    want = {
+        "x_t": (4, True),
+        "eps_fp": (4, True),
+        "x_next": (4, True),
+        "x_next2": (4, True),
+        "t": (1, False),
+        "alpha_t": (1, True),
+        "alpha_next2": (1, True),
+        "cond": (3, True),
+    }
+    for k, (rank, floating) in want.items():
+        v = tensors.get(k)
+        if v is None:
+            continue
+        problem = (
+            f"has rank {v.dim()}, want {rank}"
+            if v.dim() != rank
+            else f"holds {v.shape[0]} points, x_t holds {n}"
+            if v.shape[0] != n or n == 0
+            else f"is {v.dtype}, want a {'floating' if floating else 'integer'} type"
+            if v.is_floating_point() != floating or v.dtype.is_complex
+            else f"has shape {tuple(v.shape)}, x_t has {tuple(x.shape)}"
+            if rank == 4 and v.shape != x.shape
+            else "holds NaN or inf"
+            if floating and not torch.isfinite(v).all()
+            else None
+        )
+        if problem:
+            raise CheckpointError(
+                f"Calibration set {path}: tensor {k!r} {problem}; collect it again (pqcad-train calib)."
+            )
+    t = tensors["t"]
+    if (t < 0).any() or (t >= 100_000).any():
+        raise CheckpointError(
+            f"Calibration set {path}: timesteps outside [0, 100000) in 't'; the file is corrupt."
+        )
+    for k in ("alpha_t", "alpha_next2"):
+        if ((tensors[k] <= 0) | (tensors[k] > 1)).any():
+            raise CheckpointError(
+                f"Calibration set {path}: {k!r} values outside (0, 1]; the file is corrupt."
+            )
+
+
+_META_INTS = {"steps": 2, "n_trajectories": 1, "n_points": 1, "seed": 0}
+
+
+def _check_meta(meta: dict[str, Any], side: Path) -> None:
+    """The sidecar schema: ``steps`` (required) and the other counts are integers, names strings."""
+    if meta.get("format", FORMAT) != FORMAT:
+        raise CheckpointError(f"Sidecar {side} has format {meta.get('format')!r}, not {FORMAT!r}.")
+    if "steps" not in meta:
+        raise CheckpointError(f"Sidecar {side} lacks 'steps' (the DDIM step count the set was sampled at).")
+    for key, lo in _META_INTS.items():
+        v = meta.get(key, lo)
+        if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= 1 << 62):
+            raise CheckpointError(f"Sidecar {side}: {key!r} must be an integer >= {lo}, got {v!r:.40}.")
+    for key in ("model", "scheduler", "timestep_spacing"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise CheckpointError(f"Sidecar {side}: {key!r} must be a string, got {meta[key]!r:.40}.")
+    g = meta.get("guidance_scale", 1.0)
+    if not (isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g >= 0):
+        raise CheckpointError(
+            f"Sidecar {side}: 'guidance_scale' must be a finite number >= 0, got {g!r:.40}."
+        )
+    idx = meta.get("step_indices", [])
+    if not (isinstance(idx, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in idx)):
+        raise CheckpointError(f"Sidecar {side}: 'step_indices' must be a list of integers.")
 
 
 @torch.no_grad()

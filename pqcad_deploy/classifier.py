@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from .io import CheckpointError, atomic_json_save, atomic_write
+from .io import CheckpointError, save_safetensors_pair
 
 log = logging.getLogger(__name__)
 CLASSIFIER_PATH = Path(__file__).parent / "assets" / "fmnist_classifier.safetensors"
@@ -50,8 +50,7 @@ class FMNISTClassifier(nn.Module):
 
 def save_classifier(model: FMNISTClassifier, path: str | os.PathLike, info: dict) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp))
-    atomic_json_save(info, Path(path).with_suffix(".json"))
+    save_safetensors_pair(path, tensors, info)
 
 
 def load_classifier(

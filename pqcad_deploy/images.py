@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .errors import UsageError
+from .io import atomic_write
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -32,5 +36,8 @@ def save_grid(
     img = Image.fromarray(grid[..., 0] if c == 1 else grid[..., :3])
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path)
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise UsageError(f"{path}: unknown image type {Path(path).suffix!r}; use .png.")
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt))  # a failed write never clobbers an old grid
     return str(path)

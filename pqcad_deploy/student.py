@@ -16,14 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .denoiser import UNetWrapper
-from .io import CheckpointError, atomic_json_save, atomic_torch_save, atomic_write, safe_torch_load
+from .io import (
+    CheckpointError,
+    atomic_torch_save,
+    check_pair,
+    load_safetensors,
+    read_json_sidecar,
+    safe_torch_load,
+    save_safetensors_pair,
+)
 from .quant import QuantConfig, QuantConfigError, get_quant_config, iter_quantizers, quantize_model
 from .quant.control import UncalibratedError, check_calibrated
-from .zoo import ModelSpec, build_model, check_state_dict, meta_model, sidecar_path
+from .zoo import ModelSpec, build_model, check_state_dict, sidecar_path, spec_from_meta
 
 log = logging.getLogger(__name__)
 
@@ -84,27 +91,20 @@ def save_student(
     # clone: shared q/k/v quantizers appear under several keys; safetensors refuses shared storage.
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in unet.state_dict().items()}
     if _is_safetensors(path):
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": STUDENT_FORMAT}))
-        atomic_json_save(json.loads(meta_json), sidecar_path(path))
+        save_safetensors_pair(path, tensors, json.loads(meta_json), {"format": STUDENT_FORMAT})
     else:
         atomic_torch_save({"format": STUDENT_FORMAT, "meta": meta_json, "state_dict": tensors}, path)
     log.info("saved student %s (%s, W%d)", path, qcfg.target, qcfg.weight_bits)
     return path
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], str, dict[str, str] | None]:
+    """(metadata, tensors, the file the metadata came from, the safetensors header metadata or None)."""
     if _is_safetensors(path):
-        if not path.is_file():
-            raise CheckpointError(f"Checkpoint {path} does not exist.")
         side = sidecar_path(path)
-        if not side.is_file():
-            raise CheckpointError(f"{path} has no JSON sidecar {side}; it holds the model and quant config.")
-        try:
-            meta = json.loads(side.read_text())
-            tensors = load_file(str(path))
-        except Exception as e:
-            raise CheckpointError(f"Cannot read {path} / {side}: {e}. A file is corrupt or truncated.") from e
-        return meta, tensors
+        meta = read_json_sidecar(side, str(path), "the model and quant config")
+        tensors, header = load_safetensors(path, "student weights")
+        return meta, tensors, str(side), header
     obj = safe_torch_load(path)
     if not isinstance(obj, dict) or obj.get("format") != STUDENT_FORMAT:
         raise CheckpointError(
@@ -121,7 +121,43 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     bad = [k for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: 'state_dict' holds non-tensor entries, e.g. {bad[0]!r:.60}.")
-    return meta, tensors
+    return meta, tensors, str(path), None
+
+
+MAX_SAMPLING_STEPS = 100_000
+
+
+def _check_meta(meta: dict[str, Any], source: str) -> None:
+    """The student metadata schema beyond the model spec and QuantConfig (checked by their own readers)."""
+    if meta.get("format_version") != STUDENT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{source} has student format version {meta.get('format_version')!r}; this code reads version "
+            f"{STUDENT_FORMAT_VERSION}. Re-export it with the matching pqcad-deploy release."
+        )
+    for key, what in (("model", "the model spec"), ("quant", "the QuantConfig")):
+        if key not in meta:
+            raise CheckpointError(f"{source} metadata lacks {key!r} ({what}); it cannot be rebuilt.")
+        if not isinstance(meta[key], dict):
+            raise CheckpointError(
+                f"{source}: metadata {key!r} ({what}) must be an object, got {meta[key]!r:.60}."
+            )
+    history = meta.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise CheckpointError(f"{source}: metadata 'history' must be a list of objects, got {history!r:.60}.")
+    sampling = meta.get("sampling", DEFAULT_SAMPLING)
+    if not isinstance(sampling, dict):
+        raise CheckpointError(f"{source}: metadata 'sampling' must be an object, got {sampling!r:.60}.")
+    for key in ("steps", "calib_steps"):
+        v = sampling.get(key)
+        if v is not None and not (
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SAMPLING_STEPS
+        ):
+            raise CheckpointError(
+                f"{source}: metadata sampling.{key} must be null or an integer in [1, {MAX_SAMPLING_STEPS}], "
+                f"got {v!r:.40}."
+            )
+    if not isinstance(sampling.get("scheduler", "ddim"), str):
+        raise CheckpointError(f"{source}: metadata sampling.scheduler must be a string.")
 
 
 def _check_quantizer_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
@@ -152,22 +188,18 @@ def load_student(
     """Rebuild model + quantizers from the stored configs, verify every tensor against a meta-device copy (no
     allocation before the checks pass), then load (eval mode)."""
     path = Path(path)
-    meta, tensors = _read(path)
-    if meta.get("format_version") != STUDENT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has student format version {meta.get('format_version')!r}; this code reads version "
-            f"{STUDENT_FORMAT_VERSION}. Re-export it with the matching pqcad-deploy release."
-        )
-    if "model" not in meta or "quant" not in meta:
-        raise CheckpointError(f"{path} metadata lacks 'model' or 'quant'; it cannot be rebuilt.")
-    spec = ModelSpec.from_dict(meta["model"])
+    meta, tensors, source, header = _read(path)
+    _check_meta(meta, source)
+    spec, probe = spec_from_meta(meta["model"], source)
     try:
         qcfg = QuantConfig.from_dict(meta["quant"])
     except QuantConfigError as e:
-        raise CheckpointError(f"{path}: {e}") from e
-    probe = quantize_model(meta_model(spec), qcfg)
+        raise CheckpointError(f"{source}: {e}") from e
+    probe = quantize_model(probe, qcfg)
     check_state_dict(probe, tensors, source=str(path))
     _check_quantizer_tensors(probe, tensors, str(path))
+    if header is not None:
+        check_pair(path, header, Path(source), meta)
     model = quantize_model(build_model(spec, seed=None), qcfg)
     model.load_state_dict(tensors, strict=True)
     model.to(device).eval()

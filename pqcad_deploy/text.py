@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .captions import caption_index
 from .errors import PQCADError, UsageError
-from .io import atomic_json_save, atomic_write
+from .io import json_writer, write_together
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,6 @@ def save_embedding_cache(cache: EmbeddingCache, path: str | Path) -> Path:
         raise UsageError(f"embedding cache path must end in .safetensors, got {path}")
     states = cache.states.to("cpu", torch.float16).contiguous()
     tensors = {"states": states, "attention_mask": cache.attention_mask.to("cpu", torch.long).contiguous()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": CACHE_FORMAT}))
     meta = {
         "format": CACHE_FORMAT,
         "format_version": CACHE_FORMAT_VERSION,
@@ -322,7 +321,12 @@ def save_embedding_cache(cache: EmbeddingCache, path: str | Path) -> Path:
         "states_sha256": _states_digest(states),
         "captions": list(cache.captions),
     }
-    atomic_json_save(meta, _sidecar(path))
+    write_together(  # one unit, the sidecar (which holds the states' digest) renamed last
+        [
+            (path, lambda tmp: save_file(tensors, tmp, metadata={"format": CACHE_FORMAT})),
+            (_sidecar(path), json_writer(meta)),
+        ]
+    )
     log.info(
         "wrote %s: %d captions x %d tokens x %d dims (%.1f MB)",
         path,
@@ -371,6 +375,8 @@ def load_embedding_cache(
 
 
 def _read_sidecar(path: Path, rebuild: str) -> dict:
+    if path.is_dir():
+        raise TextEncoderError(f"Embedding cache {path} is a directory, not a file; {rebuild}.")
     if not path.is_file():
         raise TextEncoderError(f"Embedding cache {path} does not exist; {rebuild}.")
     try:
@@ -387,6 +393,18 @@ def _read_sidecar(path: Path, rebuild: str) -> dict:
     missing = {"encoder_fingerprint", "max_length", "hidden_size", "states_sha256", "captions"} - set(meta)
     if missing:
         raise TextEncoderError(f"{_sidecar(path)} lacks {sorted(missing)}; {rebuild}.")
+    ok = (
+        all(isinstance(meta[k], int) and not isinstance(meta[k], bool) and 0 < meta[k] <= 1 << 16
+            for k in ("max_length", "hidden_size"))
+        and all(isinstance(meta[k], str) for k in ("encoder_fingerprint", "states_sha256"))
+        and isinstance(meta["captions"], list)
+        and all(isinstance(c, str) for c in meta["captions"])
+    )  # fmt: skip
+    if not ok:
+        raise TextEncoderError(
+            f"{_sidecar(path)} has fields of the wrong type (max_length/hidden_size: positive integers, "
+            f"encoder_fingerprint/states_sha256: strings, captions: a list of strings); {rebuild}."
+        )
     return meta
 
 
@@ -412,8 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .cli.common import (
         add_device,
         add_verbose,
+        batch_int,
+        int_range,
         make_parser,
-        positive_int,
         resolve_device,
         run_cli,
         setup_logging,
@@ -428,8 +447,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--text-encoder", default=None, help="encoder folder or cached hub id (default: all-MiniLM-L6-v2)"
     )
-    p.add_argument("--max-length", type=positive_int, default=DEFAULT_MAX_LENGTH, help="tokens per prompt")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="captions per encoder call")
+    p.add_argument(
+        "--max-length", type=int_range(1, 512), default=DEFAULT_MAX_LENGTH, help="tokens per prompt"
+    )
+    p.add_argument("--batch-size", type=batch_int, default=256, help="captions per encoder call")
     add_device(p)
     add_verbose(p)
     args = p.parse_args(argv)

@@ -7,7 +7,6 @@ The ``tiny-*`` configs exist for tests.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,10 +15,9 @@ from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
-from safetensors.torch import load_file, save_file
 
 from .errors import UsageError
-from .io import CheckpointError, atomic_json_save, atomic_write
+from .io import CheckpointError, check_pair, load_safetensors, read_json_sidecar, save_safetensors_pair
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +79,7 @@ class ModelSpec:
             if not isinstance(d[key], kind):
                 raise CheckpointError(f"Model spec {key!r} must be a {kind.__name__}, got {d[key]!r:.60}.")
         scheduler = d.get("scheduler") or {"num_train_timesteps": 1000, "beta_schedule": "linear"}
-        if not isinstance(scheduler, dict):
-            raise CheckpointError(f"Model spec 'scheduler' must be an object, got {scheduler!r:.60}.")
+        _check_scheduler(scheduler)
         cond = d.get("cond_shape")
         text = d.get("text")
         if text is not None and not (
@@ -107,6 +104,37 @@ class ModelSpec:
 
 _SPEC_KEYS = {"name", "cls", "config", "sample_shape", "cond_shape", "scheduler", "text"}
 _MAX_DIM = 1 << 16
+_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+_SCHEDULER_KEYS = {
+    "num_train_timesteps",
+    "beta_schedule",
+    "beta_start",
+    "beta_end",
+    "clip_sample",
+    "prediction_type",
+}
+
+
+def _check_scheduler(sched: Any) -> None:
+    """The noise schedule a spec stores: known keys with the types and ranges diffusers needs."""
+    if not isinstance(sched, dict):
+        raise CheckpointError(f"Model spec 'scheduler' must be an object, got {sched!r:.60}.")
+    unknown = sorted(set(sched) - _SCHEDULER_KEYS)
+    n = sched.get("num_train_timesteps", 1000)
+    betas = [sched[k] for k in ("beta_start", "beta_end") if k in sched]
+    problem = (
+        f"unknown keys {unknown}"
+        if unknown
+        else "num_train_timesteps must be an integer in [2, 100000]"
+        if not (isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= 100_000)
+        else f"beta_schedule must be one of {list(_BETA_SCHEDULES)}"
+        if sched.get("beta_schedule", "linear") not in _BETA_SCHEDULES
+        else "beta_start/beta_end must be numbers in (0, 1)"
+        if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in betas)
+        else None
+    )
+    if problem:
+        raise CheckpointError(f"Model spec 'scheduler' is invalid: {problem} (got {sched!r:.100}).")
 
 
 def _dims(key: str, value: Any, n: int) -> tuple[int, ...]:
@@ -311,9 +339,9 @@ def save_weights(
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
         for k, v in model.state_dict().items()
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"model": spec.name}))
-    atomic_json_save({"model": spec.to_dict(), **(extra or {})}, sidecar_path(path))
-    return path
+    return save_safetensors_pair(
+        path, tensors, {"model": spec.to_dict(), **(extra or {})}, {"model": spec.name}
+    )
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -322,31 +350,31 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 
 def load_spec_sidecar(path: str | os.PathLike) -> dict[str, Any]:
-    side = sidecar_path(path)
-    if not side.is_file():
-        raise CheckpointError(
-            f"{path} has no JSON sidecar {side}; it holds the model config the weights belong to."
-        )
+    return read_json_sidecar(sidecar_path(path), str(path))
+
+
+def spec_from_meta(d: Any, source: str) -> tuple[ModelSpec, torch.nn.Module]:
+    """A stored spec validated field by field and built on the meta device (size bound included); errors name
+    ``source``, the file the spec was read from. Returns (spec, meta-device model)."""
     try:
-        return json.loads(side.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"Sidecar {side} is not valid JSON ({e}).") from e
+        spec = ModelSpec.from_dict(d)
+        return spec, meta_model(spec)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from e
 
 
 def load_model(path: str | os.PathLike = TEACHER_PATH) -> tuple[torch.nn.Module, ModelSpec]:
-    """Load an FP model from safetensors + JSON sidecar; refuse missing/extra keys or shape mismatches."""
+    """Load an FP model from safetensors + JSON sidecar; refuse missing/extra keys, shape mismatches and a torn
+    pair before anything is allocated."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Model weights {path} do not exist.")
+    side = sidecar_path(path)
     meta = load_spec_sidecar(path)
-    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
-        raise CheckpointError(f"Sidecar {sidecar_path(path)} has no 'model' entry (the model spec).")
-    spec = ModelSpec.from_dict(meta["model"])
-    try:
-        tensors = load_file(str(path))
-    except Exception as e:
-        raise CheckpointError(f"Cannot read safetensors file {path}: {e}. It is corrupt or truncated.") from e
-    check_state_dict(meta_model(spec), tensors, source=str(path))
+    if not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"Sidecar {side} has no 'model' entry (the model spec).")
+    spec, probe = spec_from_meta(meta["model"], f"sidecar {side}")
+    tensors, header = load_safetensors(path, "model weights")
+    check_state_dict(probe, tensors, source=str(path))
+    check_pair(path, header, side, meta)
     model = build_model(spec, seed=None)
     model.load_state_dict(tensors, strict=True)
     model.eval()
@@ -364,9 +392,9 @@ def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
             f"{len(extra)} unexpected keys {extra[:3]}."
         )
     bad = [
-        (k, tuple(tensors[k].shape), tuple(v.shape))
+        (k, tuple(getattr(tensors[k], "shape", ())), tuple(v.shape))
         for k, v in expected.items()
-        if tensors[k].shape != v.shape
+        if not isinstance(tensors[k], torch.Tensor) or tensors[k].shape != v.shape
     ]
     if bad:
         k, got, want = bad[0]

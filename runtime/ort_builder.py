@@ -17,10 +17,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pqcad_deploy.io import atomic_json_save, default_file_mode, writable_parent
+from pqcad_deploy.io import (
+    default_file_mode,
+    disk_full,
+    json_writer,
+    replace_together,
+    require_file,
+    writable_parent,
+    write_failure,
+)
 
 from .audit import audit_onnx_ops
-from .backends.base import require
+from .backends.base import RunnerError, require
 from .backends.ort_backend import ENGINE_FORMAT, ENGINE_VERSION, OrtRunner, read_engine_json, session_settings
 from .build_config import BuildConfigError, BuildPlan
 
@@ -36,8 +44,7 @@ def _stem(engine_json: Path) -> str:
 def build_ort_engine(plan: BuildPlan) -> dict[str, Any]:
     """Run ORT's graph optimizers once, save the optimized model and the engine JSON; audit both graphs."""
     ort = require("onnxruntime")
-    if not plan.onnx.is_file():
-        raise BuildConfigError(f"--onnx {plan.onnx} does not exist (or is not a file).")
+    require_file(plan.onnx, "--onnx", BuildConfigError)
     out_dir = writable_parent(plan.save_engine, BuildConfigError, "choose another --saveEngine")
     previous = _previous_model(plan.save_engine)
     settings = session_settings(plan.ort_threads, 1, plan.ort_optimization, list(plan.ort_providers))
@@ -61,42 +68,60 @@ def build_ort_engine(plan: BuildPlan) -> dict[str, Any]:
     )
     try:
         t0 = time.perf_counter()
-        with runner:
-            pass
+        try:
+            with runner:
+                pass
+        except RunnerError as e:
+            if disk_full(out_dir):  # ORT reports a full disk as a failed load
+                raise write_failure(plan.save_engine, e) from e
+            raise
         build_s = time.perf_counter() - t0
         if not tmp.is_file() or tmp.stat().st_size == 0:
+            if disk_full(out_dir):
+                raise write_failure(plan.save_engine, OSError(28, "No space left on device"))
             raise BuildConfigError(f"ONNX Runtime did not write the optimized model for {plan.onnx}.")
         digest = hashlib.sha256(
             tmp.read_bytes() if not entries else str(time.time_ns()).encode()
         ).hexdigest()[:10]
         final = out_dir / f"{_stem(plan.save_engine)}.{digest}.opt.onnx"
-        os.chmod(tmp, default_file_mode())
-        if entries:
-            os.replace(tmp.with_name(tmp.name + ".data"), final.with_name(final.name + ".data"))
-        os.replace(tmp, final)
+        report = _report(plan, final, tmp, settings, ort.__version__, build_s)
+        json_tmp = tmp.with_name(tmp.name + ".json")
+        try:
+            json_writer(report)(str(json_tmp))
+        except OSError as e:
+            raise write_failure(plan.save_engine, e) from e
+        staged = (
+            [(tmp.with_name(tmp.name + ".data"), final.with_name(final.name + ".data"))] if entries else []
+        )
+        staged += [(tmp, final), (json_tmp, plan.save_engine)]  # the JSON that names the model last
+        for src, _ in staged:
+            os.chmod(src, default_file_mode())
+        replace_together(staged)
     finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + ".data")):
+        for leftover in (tmp, tmp.with_name(tmp.name + ".data"), tmp.with_name(tmp.name + ".json")):
             leftover.unlink(missing_ok=True)
-    report = {
-        "format": ENGINE_FORMAT,
-        "version": ENGINE_VERSION,
-        "model": final.name,
-        "source_onnx": str(plan.onnx.resolve()),
-        "session": settings,
-        "onnxruntime": ort.__version__,
-        "build_s": round(build_s, 3),
-        "audit": {"source": audit_onnx_ops(plan.onnx), "optimized": audit_onnx_ops(final)},
-        "notes": [
-            "The optimized model (ORT_ENABLE_ALL may add NCHWc layouts) is specific to this ONNX Runtime version "
-            "and CPU; rebuild it on the target machine.",
-        ],
-    }
-    atomic_json_save(report, plan.save_engine)
     if previous is not None and previous != final:
         previous.unlink(missing_ok=True)
         previous.with_name(previous.name + ".data").unlink(missing_ok=True)
     log.info("wrote %s (optimized model %s, %.2f s)", plan.save_engine, final.name, build_s)
     return report
+
+
+def _report(plan: BuildPlan, final: Path, built: Path, settings: dict, version: str, build_s: float) -> dict:
+    return {
+        "format": ENGINE_FORMAT,
+        "version": ENGINE_VERSION,
+        "model": final.name,
+        "source_onnx": str(plan.onnx.resolve()),
+        "session": settings,
+        "onnxruntime": version,
+        "build_s": round(build_s, 3),
+        "audit": {"source": audit_onnx_ops(plan.onnx), "optimized": audit_onnx_ops(built)},
+        "notes": [
+            "The optimized model (ORT_ENABLE_ALL may add NCHWc layouts) is specific to this ONNX Runtime version "
+            "and CPU; rebuild it on the target machine.",
+        ],
+    }
 
 
 def _previous_model(engine_json: Path) -> Path | None:
