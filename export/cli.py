@@ -22,7 +22,6 @@ from pqcad_deploy.cli.common import (
     check_output_path,
     int_range,
     make_parser,
-    positive_int,
     run_cli,
     setup_logging,
 )
@@ -72,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exporter", choices=["torchscript", "dynamo"], default="torchscript", help="torch.onnx exporter"
     )
-    p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the traced (static) graph")
+    p.add_argument(
+        "--batch-size", type=int_range(1, 4096), default=1, help="batch of the traced (static) graph"
+    )
     dyn = p.add_mutually_exclusive_group()
     dyn.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true", default=True)
     dyn.add_argument("--static-batch", dest="dynamic_batch", action="store_false")

@@ -9,6 +9,7 @@ import gzip
 import logging
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,9 +69,16 @@ def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:
 
 
 def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    dirs: list[Path] = []
+    """Where to look: only ``data_dir`` when one is given (a wrong folder must not silently fall back to another
+    copy), else ``$PQCAD_FMNIST_DIR`` and the system folder."""
     if data_dir:
-        dirs.append(Path(data_dir))
+        d = Path(data_dir)
+        if not d.exists():
+            raise DataError(f"Fashion-MNIST folder {d} (--data-dir) does not exist. {INSTALL_HINT}")
+        if not d.is_dir():
+            raise DataError(f"Fashion-MNIST folder {d} (--data-dir) is a file, not a folder. {INSTALL_HINT}")
+        return [d]
+    dirs: list[Path] = []
     if os.environ.get(DATA_ENV):
         dirs.append(Path(os.environ[DATA_ENV]))
     dirs.append(SYSTEM_DIR)
@@ -90,7 +98,7 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(
             f"Cannot read {path}: {e}. The file is corrupt or truncated; reinstall it. {INSTALL_HINT}"
         ) from e
@@ -136,6 +144,11 @@ def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike | None 
     if images.shape[1:] != (28, 28):
         raise DataError(
             f"{img_path} has images of shape {images.shape[1:]}, Fashion-MNIST is 28x28. {INSTALL_HINT}"
+        )
+    if labels.size and labels.max() >= len(CLASSES):
+        raise DataError(
+            f"{lbl_path} holds label {int(labels.max())}; Fashion-MNIST labels are 0..{len(CLASSES) - 1}: the file is "
+            f"damaged or not Fashion-MNIST. {INSTALL_HINT}"
         )
     log.info("loaded Fashion-MNIST %s: %d images from %s", split, len(labels), img_path.parent)
     return FashionMNIST(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))

@@ -22,6 +22,19 @@ log = logging.getLogger(__name__)
 SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
 
 
+def check_steps(steps: int, scheduler: dict, flag: str = "--steps") -> int:
+    """A sampler step count must lie in [1, the model's training timesteps] (``scheduler``: the spec's dict);
+    checked once a command knows its model, before any sampling."""
+    from .errors import UsageError
+
+    n = int(scheduler.get("num_train_timesteps", 1000))
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n:
+        raise UsageError(
+            f"{flag} {steps}: sampler steps must be in [1, {n}] (the model's training timesteps)."
+        )
+    return steps
+
+
 def make_scheduler(kind: str = "ddim", **config) -> DDIMScheduler | DDPMScheduler:
     """DDIM (eta=0, deterministic) by default. ``config`` is the model spec's scheduler dict."""
     if kind not in SCHEDULERS:

@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
+from pqcad_deploy.errors import UsageError
 from pqcad_deploy.sampling import make_scheduler, sample, sample_many
 from pqcad_deploy.timing import environment_info, environment_line, summarize
 from pqcad_deploy.zoo import ModelSpec
 
 from .audit import audit_onnx_ops
-from .backends.base import Runner
+from .backends.base import Runner, RunnerError
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +50,23 @@ def parse_engine(text: str) -> EngineSpec:
     if "@" in rest:
         rest, _, steps_text = rest.rpartition("@")
         if not steps_text.isdigit() or int(steps_text) < 1:
-            raise ValueError(
+            raise UsageError(
                 f"--engine {text!r}: '@{steps_text}' must be a positive step count, e.g. ort:x.onnx@25."
             )
         steps = int(steps_text)
     kind, sep, target = rest.partition(":")
     kind = {"onnxruntime": "ort", "tensorrt": "trt"}.get(kind.lower(), kind.lower())
     if not sep or kind not in KINDS or not target:
-        raise ValueError(
+        raise UsageError(
             f"--engine {text!r}: expected [label=]kind:target with kind in {KINDS}, e.g. torch:fp32, "
             "torch:fp16+graph, ort:unet_int8.onnx, ort:unet.ort.json, trt:unet.plan."
         )
     graph = target.endswith("+graph")
     target = target[: -len("+graph")] if graph else target
     if kind == "torch" and target.lower() not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"--engine {text!r}: torch precision must be fp32, fp16 or bf16.")
+        raise UsageError(f"--engine {text!r}: torch precision must be fp32, fp16 or bf16.")
     if kind == "ort" and graph:
-        raise ValueError(f"--engine {text!r}: CUDA graphs are available for torch and trt engines only.")
+        raise UsageError(f"--engine {text!r}: CUDA graphs are available for torch and trt engines only.")
     return EngineSpec(
         kind=kind,
         target=target,
@@ -94,7 +95,7 @@ def is_fp_baseline(spec: EngineSpec) -> bool:
 def make_runner(spec: EngineSpec, model: torch.nn.Module | None, device: str, threads: int | None) -> Runner:
     if spec.kind == "torch":
         if model is None:
-            raise ValueError(f"{spec.label}: torch engines need --model or --checkpoint.")
+            raise UsageError(f"{spec.label}: torch engines need --model or --checkpoint.")
         from .backends.torch_backend import TorchRunner
 
         return TorchRunner(model, spec.target, device=device, cuda_graph=spec.cuda_graph, name=spec.label)
@@ -195,6 +196,47 @@ def _quality_images(
     )
 
 
+def check_engines(engines: list[EngineSpec], spec: ModelSpec, baselines: list[str] | None = None) -> None:
+    """What can be checked before any engine runs: every ``--baseline`` is an engine label, and ONNX Runtime
+    targets exist and are readable (engine JSON validated, ONNX parsed without its weights) with the sampler's
+    inputs. Raises with the engine's file named. (A TensorRT plan that fails stays a row error.)"""
+    from pqcad_deploy.denoiser import COND, SAMPLE, TIMESTEP
+
+    labels = [e.label for e in engines]
+    for b in baselines or []:
+        if b not in labels:
+            raise UsageError(f"--baseline {b!r} is not one of the engine labels {labels}.")
+    feed = {SAMPLE, TIMESTEP} | ({COND} if spec.cond_shape else set())
+    for e in (e for e in engines if e.kind == "ort"):  # TensorRT plans can only be checked by TensorRT
+        path = Path(e.target)
+        what = "ORT engine" if path.suffix == ".json" else "ONNX model"
+        if path.is_dir():
+            raise RunnerError(f"--engine {e.label}: {what} {path} is a directory, not a file.")
+        if not path.is_file():
+            raise RunnerError(f"--engine {e.label}: {what} {path} does not exist.")
+        if path.suffix == ".json":
+            from .backends.ort_backend import read_engine_json
+
+            path = path.parent / read_engine_json(path)["model"]
+        inputs = _onnx_inputs(path, e.target)
+        if set(inputs) != feed:
+            raise RunnerError(
+                f"--engine {e.label}: {path} takes inputs {sorted(inputs)}, but the sampler of {spec.name} feeds "
+                f"{sorted(feed)}; export this model (pqcad-export) or pick the matching --checkpoint."
+            )
+
+
+def _onnx_inputs(path: Path, target: str) -> list[str]:
+    import onnx
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise RunnerError(f"{target}: {path} is not a readable ONNX model ({type(e).__name__}: {e}).") from e
+    inits = {i.name for i in m.graph.initializer}
+    return [i.name for i in m.graph.input if i.name not in inits]
+
+
 def run_bench(
     engines: list[EngineSpec],
     model: torch.nn.Module | None,
@@ -213,6 +255,7 @@ def run_bench(
     ``conditioning`` holds a text-to-image model's prompt states (``cond`` [B, L, D], ``uncond`` [1, L, D],
     ``prompts``) and optionally the text encoder's timing (``encoder``); other conditional models get random states.
     """
+    check_engines(engines, spec, baselines)
     uncond = None
     if conditioning is not None:
         cond, uncond = conditioning["cond"], conditioning.get("uncond")
@@ -248,8 +291,8 @@ def run_bench(
                 fd_fmnist=fd,
                 images=r["images"],
             )
-        except Exception as ex:  # one broken engine must not hide the others
-            log.exception("%s failed", e.label)
+        except Exception as ex:  # one broken engine must not hide the others; the row shows the error
+            log.error("%s failed: %s", e.label, ex, exc_info=log.isEnabledFor(logging.DEBUG))
             nan = summarize([])
             row = EngineResult(
                 label=e.label,
@@ -270,7 +313,7 @@ def run_bench(
     by_label = {r.label: r for r in rows}
     for b in base_labels:
         if b not in by_label:
-            raise ValueError(f"--baseline {b!r} is not one of the engine labels {list(by_label)}.")
+            raise UsageError(f"--baseline {b!r} is not one of the engine labels {list(by_label)}.")
     ref = next((by_label[b] for b in base_labels if by_label[b].images is not None), None)
     for r in rows:
         for b in base_labels:

@@ -28,18 +28,20 @@ from pqcad_deploy.cli.common import (
     check_output_path,
     int_range,
     make_parser,
-    nonneg_int,
-    positive_int,
     resolve_device,
     run_cli,
+    seed_int,
     setup_logging,
+    steps_int,
+    threads_int,
 )
-from pqcad_deploy.errors import UsageError
+from pqcad_deploy.errors import OutputPathError, UsageError
 from pqcad_deploy.images import save_grid
 from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.loading import open_model
+from pqcad_deploy.sampling import check_steps
 
-from .bench import BenchConfig, format_table, parse_engine, run_bench
+from .bench import BenchConfig, check_engines, format_table, parse_engine, run_bench
 from .text_engine import prompt_conditioning
 
 
@@ -56,12 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", action="append", required=True, help="[label=]kind:target[@steps], repeatable")
     p.add_argument("--baseline", action="append", default=[], help="extra baseline engine label")
     p.add_argument(
-        "--steps", type=positive_int, default=None, help="sampler steps (default 50, or the student's)"
+        "--steps", type=steps_int, default=None, help="sampler steps (default 50, or the student's)"
     )
     p.add_argument("--batch-size", type=int_range(1, 4096), default=1, help="images per sampler run")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="noise seed (the same for every engine)")
-    p.add_argument("--repeats", type=positive_int, default=5, help="timed end-to-end runs per engine")
-    p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed runs per engine first")
+    p.add_argument("--seed", type=seed_int, default=0, help="noise seed (the same for every engine)")
+    p.add_argument("--repeats", type=int_range(1, 10**6), default=5, help="timed end-to-end runs per engine")
+    p.add_argument("--warmup", type=int_range(0, 10**6), default=1, help="untimed runs per engine first")
     p.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm"])
     p.add_argument(
         "--prompt", action="append", default=None, help="text prompt (repeatable; text-to-image models)"
@@ -74,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_text_args(p)
     add_device(p)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch and ORT intra-op threads")
+    p.add_argument("--threads", type=threads_int, default=None, help="torch and ORT intra-op threads")
     p.add_argument(
         "--num-samples",
-        type=nonneg_int,
+        type=int_range(0, 10**6),
         default=0,
         help="images per engine for FD-fmnist (0: skip; slow on CPU)",
     )
@@ -92,11 +94,20 @@ def run(args: argparse.Namespace) -> int:
     labels = [e.label for e in engines]
     if len(set(labels)) != len(labels):
         raise UsageError(f"Engine labels must be unique, got {labels}; name them with label=kind:target.")
+    files = [e.target for e in engines if e.kind != "torch"]
     if args.json:
-        check_output_path(args.json, inputs=[args.checkpoint], what="--json")
+        check_output_path(args.json, inputs=[args.checkpoint, args.text_engine, *files], what="--json")
+    if args.grid is not None:
+        if args.grid.exists() and not args.grid.is_dir():
+            raise OutputPathError(f"--grid {args.grid} is a file; give a folder for the PNG grids.")
+        check_output_path(args.grid / "grid.png", what="--grid")
     device = resolve_device(args.device)
     bundle = open_model(args.checkpoint, random_weights=True if args.random_weights else None)
-    steps = args.steps or bundle.trained_steps or 50
+    steps = check_steps(args.steps or bundle.trained_steps or 50, bundle.spec.scheduler)
+    for e in engines:
+        if e.steps:
+            check_steps(e.steps, bundle.spec.scheduler, f"--engine {e.label}:")
+    check_engines(engines, bundle.spec, args.baseline)  # before the text encoder or any engine runs
     if args.threads:
         torch.set_num_threads(args.threads)
     conditioning = prompt_conditioning(

@@ -23,11 +23,11 @@ import onnx
 from pqcad_deploy.cli.common import (
     add_verbose,
     check_output_path,
+    int_range,
     make_parser,
-    nonneg_int,
-    positive_int,
     run_cli,
     setup_logging,
+    threads_int,
 )
 from pqcad_deploy.denoiser import sampler_feed
 from pqcad_deploy.timing import summarize, time_calls
@@ -64,10 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profilingVerbosity", help="layer_names_only | detailed | none")
     p.add_argument("--exportLayerInfo", help="write engine layer info JSON and run the fusion audit")
     p.add_argument("--skipInference", action="store_true", help="build only; do not time the engine")
-    p.add_argument("--warmUp", type=nonneg_int, default=3, help="untimed inferences before timing (calls)")
-    p.add_argument("--iterations", type=positive_int, default=20, help="timed inferences after the build")
     p.add_argument(
-        "--ortThreads", type=positive_int, help="ONNX Runtime intra-op threads (default: ORT's choice)"
+        "--warmUp", type=int_range(0, 10**6), default=3, help="untimed inferences before timing (calls)"
+    )
+    p.add_argument(
+        "--iterations", type=int_range(1, 10**6), default=20, help="timed inferences after the build"
+    )
+    p.add_argument(
+        "--ortThreads", type=threads_int, help="ONNX Runtime intra-op threads (default: ORT's choice)"
     )
     p.add_argument("--ortOptimization", default="all", choices=["disable", "basic", "extended", "all"])
     p.add_argument("--ortProviders", default="cpu", help="comma list: cpu, cuda, tensorrt")

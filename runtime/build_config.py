@@ -237,6 +237,18 @@ def plan_from_args(args: Any) -> BuildPlan:
         ]
         if ignored:
             notes.append(f"ignored for --backend onnxruntime: {' '.join(ignored)}.")
+    else:
+        ort_flags = [
+            flag
+            for flag, used in (
+                ("--ortThreads", threads),
+                ("--ortOptimization", plan.ort_optimization != "all"),
+                ("--ortProviders", providers != ("cpu",)),
+            )
+            if used
+        ]
+        if ort_flags:
+            notes.append(f"ignored for --backend tensorrt: {' '.join(ort_flags)}.")
     return BuildPlan(**{**plan.__dict__, "notes": tuple(notes)})
 
 

@@ -30,6 +30,7 @@ from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.io import CheckpointError
 from pqcad_deploy.loading import open_model
+from pqcad_deploy.sampling import check_steps
 from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,18 @@ def load_or_collect_calib(
                 f"Calibration set {path} was collected for {made_for} {tuple(cs.x_t.shape[1:])}, not for the "
                 f"teacher {spec.name} {tuple(spec.sample_shape)}; collect one for this teacher (pqcad-train calib)."
             )
+        n_train = spec.scheduler.get("num_train_timesteps", 1000)
+        if int(cs.t.max()) >= n_train:
+            raise CheckpointError(
+                f"Calibration set {path} holds timestep {int(cs.t.max())}, beyond the teacher's {n_train} training "
+                "timesteps; collect one for this teacher (pqcad-train calib)."
+            )
         return cs
+    if path is not None:  # collected now and saved there: check the location before the work
+        check_output_path(path, what="--calib")
+        if Path(path).suffix != ".safetensors":
+            raise UsageError(f"--calib {path}: a calibration set is saved as .safetensors (+ .json sidecar).")
+    check_steps(collect["steps"], spec.scheduler, "--calib-steps")
     cond_fn, uncond = None, None
     if spec.text_conditioned:
         if prompts is None:
@@ -95,7 +107,9 @@ def open_prompts(spec: ModelSpec, args: argparse.Namespace, device: torch.device
 def run(args: argparse.Namespace) -> Path:
     if args.out.exists() and not args.overwrite:
         raise CheckpointError(f"{args.out} exists; pass --overwrite to replace it or choose another --out.")
-    check_output_path(args.out, inputs=[args.teacher])
+    if args.out.suffix != ".safetensors":
+        raise UsageError(f"--out {args.out}: a calibration set is saved as .safetensors (+ .json sidecar).")
+    check_output_path(args.out, inputs=[args.teacher, args.embeddings])
     bundle = open_model(args.teacher)
     dev = resolve_device(args.device)
     prompts = open_prompts(bundle.spec, args, dev)

@@ -15,13 +15,15 @@ from pqcad_deploy.classifier import FMNISTClassifier, save_classifier
 from pqcad_deploy.cli.common import (
     add_device,
     add_subcommand,
+    batch_int,
     check_output_path,
-    nonneg_int,
+    int_range,
     positive_float,
-    positive_int,
     resolve_device,
+    seed_int,
 )
 from pqcad_deploy.data import load_fashion_mnist
+from pqcad_deploy.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,10 @@ def train(args: argparse.Namespace) -> Path:
     xt, yt = te.as_model_input().to(dev), te.labels.to(dev)
     model = FMNISTClassifier().to(dev)
     steps_per_epoch = len(x) // args.batch_size
+    if steps_per_epoch == 0:
+        raise UsageError(
+            f"--batch-size {args.batch_size} is larger than the {len(x)} training images; lower it."
+        )
     total = args.epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total)
@@ -91,9 +97,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     p.add_argument("--out", default="runs/fmnist_classifier.safetensors")
-    p.add_argument("--epochs", type=positive_int, default=12)
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--epochs", type=int_range(1, 10_000), default=12)
+    p.add_argument("--batch-size", type=batch_int, default=256)
     p.add_argument("--lr", type=positive_float, default=3e-3)
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     add_device(p)
     p.set_defaults(func=train)

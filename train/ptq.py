@@ -29,9 +29,10 @@ from pqcad_deploy.cli.common import (
     float_range,
     resolve_device,
 )
+from pqcad_deploy.errors import UsageError
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.quant import QuantConfig, calibrate, parse_bits, quantize_model
-from pqcad_deploy.quant.config import BLOCK_SIZES, CALIB_METHODS, TARGETS
+from pqcad_deploy.quant.config import BLOCK_SIZES, CALIB_METHODS, TARGETS, QuantConfigError
 from pqcad_deploy.student import save_student
 from pqcad_deploy.zoo import TEACHER_PATH
 
@@ -150,7 +151,10 @@ def quant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> Path:
     check_output_path(args.out, inputs=[args.teacher, args.calib])
-    wbits, abits = parse_bits(args.bits)
+    try:
+        wbits, abits = parse_bits(args.bits)
+    except QuantConfigError as e:
+        raise UsageError(f"--bits: {e}") from e
     qcfg = QuantConfig(weight_bits=wbits, act_bits=abits, **quant_kwargs(args))
     device = resolve_device(args.device)
     bundle = open_model(args.teacher)

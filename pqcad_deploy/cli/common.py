@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 import traceback
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import Interrupted, OutputPathError, PQCADError, UsageError
-from ..io import writable_parent
+from ..io import artefact_files
 
 # Calibration-set defaults shared by `pqcad-train calib`, `ptq` and `pqcad`. Sized so that a 2-core CPU collects
 # the set in about a minute on the shipped teacher; the GPU recipes in the README ask for more.
@@ -51,25 +52,41 @@ def add_subcommand(sub: Any, name: str, help: str, description: str | None) -> a
     return p
 
 
-def check_output_path(path: str | Path, inputs: list[Any] = (), what: str = "--out") -> Path:
-    """Validate an output location before any work: not a directory, not one of the command's inputs (writing it
-    would destroy what the command reads), and a writable folder (created when missing)."""
+def check_output_path(
+    path: str | Path, inputs: list[Any] = (), what: str = "--out", outputs: list[Any] = ()
+) -> Path:
+    """Validate an output location before any work: not a directory, not one of the command's inputs nor a file
+    that belongs to one (a sidecar, external data: writing it would destroy what the command reads), and a writable
+    folder (created when missing). ``outputs``: the command's other outputs, which must be other files."""
     out = Path(path)
     if out.is_dir():
         raise OutputPathError(f"{what} {out} is a directory; give a file path.")
-    resolved = out.resolve()
+    written = {p.resolve(): p for p in artefact_files(out)}
     for src in inputs:
-        if src is not None and Path(src).exists() and Path(src).resolve() == resolved:
+        for part in artefact_files(Path(src)) if src is not None else ():
+            if part.exists() and part.resolve() in written:
+                mine = written[part.resolve()]
+                clash = "is" if mine == out else f"writes {mine}, which is"
+                whose = "" if part.resolve() == Path(src).resolve() else f" (it belongs to {src})"
+                raise OutputPathError(
+                    f"{what} {out} {clash} also an input of this command{whose}; choose another output path."
+                )
+    for other in outputs:
+        if other is not None and Path(other).resolve() in written:
             raise OutputPathError(
-                f"{what} {out} is also an input of this command; choose another output path."
+                f"{what} {out} is also written as another output of this command ({other})."
             )
     parent = out.parent if str(out.parent) else Path(".")
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OutputPathError(f"{what} {out}: {blocker} is a file, not a folder; choose another path.")
     if not parent.exists():
         try:
             parent.mkdir(parents=True)
         except OSError as e:
             raise OutputPathError(f"{what} {out}: cannot create folder {parent} ({e.strerror}).") from e
-    writable_parent(out, OutputPathError, f"choose another {what}")
+    if not os.access(parent, os.W_OK):
+        raise OutputPathError(f"{what} {out}: the folder {parent} is not writable; choose another {what}.")
     return out
 
 
@@ -109,6 +126,19 @@ positive_int = int_range(1)
 nonneg_int = int_range(0)
 positive_float = float_range(0.0, lo_open=True)
 nonneg_float = float_range(0.0)
+
+# Upper bounds that keep every count inside what torch, numpy and ONNX Runtime accept (a huge value is refused
+# with the flag named instead of overflowing deep inside a library).
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 100_000  # sampler steps; the model's training timesteps bound them further (sampling.check_steps)
+MAX_BATCH = 65_536
+MAX_THREADS = 1024
+MAX_COUNT = 10**9  # optimizer steps, intervals, repeats
+seed_int = int_range(0, MAX_SEED)
+steps_int = int_range(1, MAX_STEPS)
+batch_int = int_range(1, MAX_BATCH)
+threads_int = int_range(1, MAX_THREADS)
+count_int = int_range(1, MAX_COUNT)
 
 
 # ---------------------------------------------------------------- shared flags
@@ -155,21 +185,24 @@ def add_calib_args(p: argparse.ArgumentParser, *, with_path: bool = True, title:
         )
     d = CALIB_DEFAULTS
     g.add_argument(
-        "--calib-trajectories", type=positive_int, default=d["trajectories"], help="FP trajectories"
+        "--calib-trajectories", type=int_range(1, 10**7), default=d["trajectories"], help="FP trajectories"
     )
     g.add_argument(
-        "--calib-steps", type=int_range(2), default=d["steps"], help="DDIM steps of each trajectory"
+        "--calib-steps",
+        type=int_range(2, MAX_STEPS),
+        default=d["steps"],
+        help="DDIM steps of each trajectory",
     )
     g.add_argument(
         "--calib-points",
-        type=positive_int,
+        type=steps_int,
         default=d["points"],
         help="evenly spaced steps kept per trajectory",
     )
     g.add_argument(
-        "--calib-batch-size", type=positive_int, default=d["batch_size"], help="trajectories sampled at once"
+        "--calib-batch-size", type=batch_int, default=d["batch_size"], help="trajectories sampled at once"
     )
-    g.add_argument("--calib-seed", type=nonneg_int, default=d["seed"], help="noise seed of the trajectories")
+    g.add_argument("--calib-seed", type=seed_int, default=d["seed"], help="noise seed of the trajectories")
 
 
 def add_text_args(p: argparse.ArgumentParser, guidance: bool = True) -> None:

@@ -27,23 +27,24 @@ from ..conditioning import PromptEncoder, generate_for_prompts
 from ..denoiser import TorchDenoiser
 from ..errors import UsageError
 from ..io import atomic_json_save
-from ..loading import default_steps, open_model
+from ..loading import ModelBundle, default_steps, open_model
 from ..metrics import fidelity, sample_quality
 from ..prompt_metrics import prompt_quality
-from ..sampling import make_scheduler, sample_many
+from ..sampling import check_steps, make_scheduler, sample_many
 from .common import (
     add_device,
     add_json,
     add_text_args,
     add_verbose,
+    batch_int,
     check_output_path,
     int_range,
     make_parser,
-    nonneg_int,
-    positive_int,
     resolve_device,
     run_cli,
+    seed_int,
     setup_logging,
+    steps_int,
 )
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -74,12 +75,10 @@ def load_image_folder(folder: str | Path) -> torch.Tensor:
 
 
 def generate(
-    source: str, n: int, steps: int | None, args: argparse.Namespace, device: torch.device
+    bundle: ModelBundle, n: int, steps: int, args: argparse.Namespace, device: torch.device
 ) -> tuple[torch.Tensor, int, EvalPrompts | None]:
-    """``n`` images of ``source`` with the shared sampler (batch i uses noise seed ``seed + i``); text-to-image
+    """``n`` images of an opened model with the shared sampler (batch i uses noise seed ``seed + i``); text-to-image
     models get one evaluation prompt per image, which is returned with its labels."""
-    bundle = open_model(source)
-    steps = default_steps(bundle.meta, steps)
     den = TorchDenoiser(bundle.model.to(device))
     if bundle.spec.text_conditioned:
         ev = evaluation_prompts(args.prompt_set, n, seed=0)
@@ -114,11 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="images to generate (default: 10000 on a GPU, 500 on a CPU)",
     )
     p.add_argument(
-        "--steps", type=positive_int, default=None, help="DDIM steps (default: the checkpoint's, else 50)"
+        "--steps", type=steps_int, default=None, help="DDIM steps (default: the checkpoint's, else 50)"
     )
-    p.add_argument("--reference-steps", type=positive_int, default=None, help="DDIM steps of --reference")
-    p.add_argument("--batch-size", type=positive_int, default=500, help="images sampled at once")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="noise seed of the first batch")
+    p.add_argument("--reference-steps", type=steps_int, default=None, help="DDIM steps of --reference")
+    p.add_argument("--batch-size", type=batch_int, default=500, help="images sampled at once")
+    p.add_argument("--seed", type=seed_int, default=0, help="noise seed of the first batch")
     p.add_argument("--prompt-set", choices=sorted(EVAL_SETS), default="seen", help="text-to-image prompts")
     add_text_args(p)
     add_device(p)
@@ -132,22 +131,37 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.json, inputs=[args.checkpoint, args.reference], what="--json")
     if args.reference and args.images:
         raise UsageError("--reference needs --checkpoint (both are sampled from the same noise).")
+    if args.reference_steps and not args.reference:
+        raise UsageError("--reference-steps applies to --reference only; drop it or give --reference.")
+    if args.images and args.steps:
+        raise UsageError(
+            "--steps applies to --checkpoint (images are read from --images as they are); drop it."
+        )
     device = resolve_device(args.device)
     n = args.num_samples or (10000 if device.type == "cuda" else 500)
+    # Both models are opened and their step counts checked before any sampling.
+    model = open_model(args.checkpoint) if args.checkpoint else None
+    reference = open_model(args.reference) if args.reference else None
+    if model is not None:
+        steps = check_steps(default_steps(model.meta, args.steps), model.spec.scheduler)
+    if reference is not None:
+        ref_steps = check_steps(
+            default_steps(reference.meta, args.reference_steps), reference.spec.scheduler, "--reference-steps"
+        )
+        if model.spec.text_conditioned != reference.spec.text_conditioned:
+            raise UsageError(
+                "--reference must be of the same kind as --checkpoint (both text-to-image or neither)."
+            )
     ev = None
     if args.images:
         images, result = load_image_folder(args.images), {"source": args.images}
     else:
-        images, steps, ev = generate(args.checkpoint, n, args.steps, args, device)
+        images, steps, ev = generate(model, n, steps, args, device)
         result = {"source": args.checkpoint, "steps": steps, "seed": args.seed}
     result["n"] = len(images)
     ref = None
-    if args.reference:
-        ref, ref_steps, ref_ev = generate(args.reference, n, args.reference_steps, args, device)
-        if (ev is None) != (ref_ev is None):
-            raise UsageError(
-                "--reference must be of the same kind as --checkpoint (both text-to-image or neither)."
-            )
+    if reference is not None:
+        ref, ref_steps, _ = generate(reference, n, ref_steps, args, device)
         result["reference"] = {"source": args.reference, "steps": ref_steps}
         result.update({f"fidelity_{k}": v for k, v in fidelity(images, ref).items()})
     if ev is not None:

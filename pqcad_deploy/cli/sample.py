@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from ..conditioning import PromptEncoder, prompts_for
 from ..denoiser import TorchDenoiser
+from ..errors import UsageError
 from ..images import save_grid
 from ..io import atomic_json_save
 from ..loading import default_steps, open_model
-from ..sampling import SCHEDULERS, make_scheduler, sample
+from ..sampling import SCHEDULERS, check_steps, make_scheduler, sample
 from ..zoo import TEACHER_PATH
 from .common import (
     add_device,
@@ -24,12 +26,14 @@ from .common import (
     check_output_path,
     int_range,
     make_parser,
-    nonneg_int,
-    positive_int,
     resolve_device,
     run_cli,
+    seed_int,
     setup_logging,
+    steps_int,
 )
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png", help="PNG grid to write")
     p.add_argument("--num-samples", type=int_range(1, 4096), default=64, help="images in the grid")
     p.add_argument(
-        "--steps", type=positive_int, default=None, help="sampler steps (default: the checkpoint's, else 50)"
+        "--steps", type=steps_int, default=None, help="sampler steps (default: the checkpoint's, else 50)"
     )
     p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="noise seed")
+    p.add_argument("--seed", type=seed_int, default=0, help="noise seed")
     p.add_argument(
         "--prompt", action="append", default=None, help="text prompt (repeatable; text-to-image models)"
     )
@@ -56,11 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_output_path(args.out, inputs=[args.checkpoint])
+    if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
+        raise UsageError(f"--out {args.out}: the grid is an image; give a {'/'.join(IMAGE_SUFFIXES)} path.")
     if args.json:
-        check_output_path(args.json, inputs=[args.checkpoint, args.out], what="--json")
+        check_output_path(args.json, inputs=[args.checkpoint], what="--json", outputs=[args.out])
     device = resolve_device(args.device)
     bundle = open_model(args.checkpoint)
-    steps = default_steps(bundle.meta, args.steps)
+    steps = check_steps(default_steps(bundle.meta, args.steps), bundle.spec.scheduler)
     guidance = {}
     prompts = prompts_for(bundle.spec, args.prompt, args.num_samples)
     if prompts is not None:

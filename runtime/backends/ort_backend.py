@@ -32,6 +32,7 @@ OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extend
 OPT_LEVELS["all"] = "ORT_ENABLE_ALL"
 ENGINE_FORMAT = "pqcad-ort-engine"
 ENGINE_VERSION = 1
+MAX_THREADS = 1024
 
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -90,6 +91,8 @@ def session_settings(
 
 def read_engine_json(path: Path) -> dict[str, Any]:
     """An ORT engine file, validated (format, version, field types) before anything is opened."""
+    if path.is_dir():
+        raise RunnerError(f"ORT engine file {path} is a directory, not a file.")
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -107,9 +110,23 @@ def read_engine_json(path: Path) -> dict[str, Any]:
         raise RunnerError(f"{path}: 'session' must be an object and 'model' a file name beside it.")
     if not (path.parent / model).is_file():
         raise RunnerError(f"{path} names the optimized model {model}, which is missing; rebuild the engine.")
-    threads = session.get("intra_op_num_threads")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
-        raise RunnerError(f"{path}: intra_op_num_threads must be a non-negative integer, got {threads!r}.")
+    for key in ("intra_op_num_threads", "inter_op_num_threads"):
+        threads = session.get(key)
+        if threads is not None and (
+            not isinstance(threads, int) or isinstance(threads, bool) or not 0 <= threads <= MAX_THREADS
+        ):
+            raise RunnerError(f"{path}: {key} must be an integer in [0, {MAX_THREADS}], got {threads!r:.40}.")
+    level = session.get("graph_optimization_level", "all")
+    if level not in OPT_LEVELS:
+        raise RunnerError(
+            f"{path}: graph_optimization_level must be one of {sorted(OPT_LEVELS)}, got {level!r:.40}."
+        )
+    providers = session.get("providers", ["cpu"])
+    if not (isinstance(providers, list) and providers and all(isinstance(p, str) for p in providers)):
+        raise RunnerError(f"{path}: 'providers' must be a non-empty list of names, got {providers!r:.60}.")
+    unknown = [p for p in providers if p.lower() not in PROVIDERS and p not in PROVIDERS.values()]
+    if unknown:
+        raise RunnerError(f"{path}: unknown execution providers {unknown}; known: {sorted(PROVIDERS)}.")
     return meta
 
 
@@ -212,7 +229,12 @@ class OrtRunner(Runner):
         if self.io_binding and self.device.type == "cuda":
             return self._infer_bound(feed)
         arrays = {n: v.detach().cpu().numpy().astype(self._np_dtype(n), copy=False) for n, v in feed.items()}
-        outs = self.session.run(self._outputs, arrays)
+        try:
+            outs = self.session.run(self._outputs, arrays)
+        except Exception as e:  # onnxruntime's Fail/InvalidArgument/RuntimeException types
+            raise RunnerError(
+                f"ONNX Runtime failed to run {self.model_path}: {str(e).strip().splitlines()[0]}"
+            ) from e
         return {
             n: torch.from_numpy(np.ascontiguousarray(o)) for n, o in zip(self._outputs, outs, strict=True)
         }
