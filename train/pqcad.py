@@ -2,7 +2,7 @@
 
 Progressive quantization (stage 1 at high bits initialised by PTQ, momentum-rule switch, stage 2 at low
 bits re-initialised from the stage-1 weights) trained with calibration-assisted distillation on the FP
-calibration set, optionally with step halving in the last stage. design.md section 4 is the definition.
+calibration set, optionally with step halving in the last stage. docs/pqcad.md is the definition.
 """
 
 from __future__ import annotations
@@ -19,26 +19,30 @@ import torch
 from torch import nn
 
 from pqcad_deploy.cli.common import (
+    MAX_COUNT,
     add_calib_args,
     add_device,
     add_subcommand,
     add_text_args,
+    batch_int,
     calib_collect_kwargs,
     check_output_path,
+    count_int,
     float_range,
+    int_range,
     nonneg_float,
-    nonneg_int,
-    positive_int,
     resolve_device,
+    seed_int,
 )
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.io import CheckpointError
 from pqcad_deploy.loading import open_model
+from pqcad_deploy.quant.config import QuantConfigError
 from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec
 
 from . import distributed
 from .calib import load_or_collect_calib, open_prompts
-from .pqcad_config import PQCADConfig
+from .pqcad_config import PQCADConfig, PQCADConfigError
 from .pqcad_trainer import PQCADTrainer
 from .ptq import add_quant_args, quant_kwargs
 
@@ -133,7 +137,13 @@ def config_from_args(args: argparse.Namespace) -> PQCADConfig:
     values["ptq_method"] = values.pop("calib_method")
     values["bits"] = tuple(args.bits.split(":"))
     values["bf16"] = args.mixed_precision == "bf16"
-    return PQCADConfig(**values)
+    try:
+        return PQCADConfig(**values)
+    except PQCADConfigError as e:  # name the flags, not the config fields
+        flags = "/".join(f"--{k.replace('_', '-')}" for k in e.keys) or "flags"
+        raise UsageError(f"{flags}: {e}") from e
+    except QuantConfigError as e:
+        raise UsageError(f"quantization flags: {e}") from e
 
 
 def _main(args: argparse.Namespace) -> None:
@@ -186,9 +196,11 @@ def register(sub: Any) -> None:
         default=d.schedule,
         help="fixed: fixed-bit QAT straight at the last bits (baseline)",
     )
-    g.add_argument("--steps", type=nonneg_int, default=d.steps, help="total optimizer steps (0: PTQ only)")
     g.add_argument(
-        "--batch-size", type=positive_int, default=d.batch_size, help="GLOBAL batch, split across DDP ranks"
+        "--steps", type=int_range(0, MAX_COUNT), default=d.steps, help="total optimizer steps (0: PTQ only)"
+    )
+    g.add_argument(
+        "--batch-size", type=batch_int, default=d.batch_size, help="GLOBAL batch, split across DDP ranks"
     )
     g.add_argument("--lr", type=nonneg_float, default=d.lr, help="learning rate of the weights")
     g.add_argument(
@@ -196,8 +208,8 @@ def register(sub: Any) -> None:
     )
     g.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay)
     g.add_argument("--grad-clip", type=nonneg_float, default=d.grad_clip, help="gradient norm clip (0: off)")
-    g.add_argument("--save-every", type=positive_int, default=d.save_every, help="atomic checkpoint interval")
-    g.add_argument("--seed", type=nonneg_int, default=d.seed)
+    g.add_argument("--save-every", type=count_int, default=d.save_every, help="atomic checkpoint interval")
+    g.add_argument("--seed", type=seed_int, default=d.seed)
     g.add_argument(
         "--mixed-precision",
         choices=["no", "bf16"],
@@ -207,7 +219,7 @@ def register(sub: Any) -> None:
     g = p.add_argument_group("momentum transition")
     g.add_argument(
         "--stage1-cap",
-        type=positive_int,
+        type=count_int,
         default=d.stage1_cap,
         help="switch at this stage-1 step at the latest",
     )
@@ -215,12 +227,12 @@ def register(sub: Any) -> None:
     g.add_argument("--eps", type=nonneg_float, default=d.eps, help="plateau when |m| < eps * L_0")
     g.add_argument(
         "--patience",
-        type=positive_int,
+        type=count_int,
         default=d.patience,
         help="consecutive plateau checks before switching",
     )
     g.add_argument(
-        "--check-every", type=positive_int, default=d.check_every, help="steps between checks of the rule"
+        "--check-every", type=count_int, default=d.check_every, help="steps between checks of the rule"
     )
     g.add_argument(
         "--smoothing", type=float_range(0.0, 1.0), default=d.smoothing, help="EMA of the per-step loss"

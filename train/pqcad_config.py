@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from pqcad_deploy.errors import PQCADError
-from pqcad_deploy.quant.config import QuantConfig, parse_bits
+from pqcad_deploy.quant.config import QuantConfig, QuantConfigError, parse_bits
 
 CONFIG_VERSION = 1
 
 
 class PQCADConfigError(PQCADError, ValueError):
-    """A PQCAD setting is out of range or inconsistent; the message names the setting."""
+    """A PQCAD setting is out of range or inconsistent; the message names the setting, ``keys`` the fields."""
+
+    def __init__(self, message: str, keys: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.keys = keys
 
 
 # Knobs a run may change when it resumes or branches from another run's checkpoint (loss and budget only).
@@ -74,45 +79,85 @@ class PQCADConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
+        if isinstance(self.bits, str) or not isinstance(self.bits, (list, tuple)):
+            raise PQCADConfigError(f"bits must be a list of bit-widths, got {self.bits!r:.40}.", ("bits",))
         object.__setattr__(self, "bits", tuple(self.bits))
+        self._check_types()
         if not self.bits or len(self.bits) > 2:
-            raise PQCADConfigError(f"bits takes one or two bit-widths (w8a8 or w8a8:w4a8), got {self.bits}.")
-        parsed = [parse_bits(b) for b in self.bits]
+            raise PQCADConfigError(
+                f"bits takes one or two bit-widths (w8a8 or w8a8:w4a8), got {self.bits}.", ("bits",)
+            )
+        try:
+            parsed = [parse_bits(b) for b in self.bits]
+        except QuantConfigError as e:
+            raise PQCADConfigError(str(e), ("bits",)) from e
         if self.schedule not in ("progressive", "fixed"):
-            raise PQCADConfigError(f"schedule must be 'progressive' or 'fixed', got {self.schedule!r}.")
+            raise PQCADConfigError(
+                f"schedule must be 'progressive' or 'fixed', got {self.schedule!r}.", ("schedule",)
+            )
         if self.schedule == "progressive" and len(parsed) == 2 and parsed[0][1] != parsed[1][1]:
             raise PQCADConfigError(
                 f"progressive schedule {self.bits} changes activation bits; only weight bits can change "
-                "between stages (set_weight_bits). Use e.g. w8a8:w4a8."
+                "between stages (set_weight_bits). Use e.g. w8a8:w4a8.",
+                ("bits",),
             )
         if self.stage2_reinit not in ("mse", "rescale", "auto"):
             raise PQCADConfigError(
-                f"stage2_reinit must be 'mse', 'rescale' or 'auto', got {self.stage2_reinit!r}."
+                f"stage2_reinit must be 'mse', 'rescale' or 'auto', got {self.stage2_reinit!r}.",
+                ("stage2_reinit",),
             )
         if self.teacher_kind not in ("quant", "fp"):
-            raise PQCADConfigError(f"teacher_kind must be 'quant' or 'fp', got {self.teacher_kind!r}.")
+            raise PQCADConfigError(
+                f"teacher_kind must be 'quant' or 'fp', got {self.teacher_kind!r}.", ("teacher_kind",)
+            )
         if self.schedule == "progressive" and len(parsed) == 2 and parsed[1][0] > parsed[0][0]:
             raise PQCADConfigError(
                 f"progressive schedule {self.bits} raises the weight bits; stage 2 must not have more bits than "
-                "stage 1 (e.g. w8a8:w4a8)."
+                "stage 1 (e.g. w8a8:w4a8).",
+                ("bits",),
             )
         if self.steps < 0 or self.stage1_cap < 1 or self.batch_size < 1:
-            raise PQCADConfigError("need steps >= 0, stage1_cap >= 1 and batch_size >= 1.")
+            raise PQCADConfigError(
+                "need steps >= 0, stage1_cap >= 1 and batch_size >= 1.", ("steps", "stage1_cap", "batch_size")
+            )
         if not (self.lr >= 0 and self.lr_quant >= 0 and self.lr + self.lr_quant > 0):
             raise PQCADConfigError(
-                f"learning rates must be >= 0 and not both 0 (lr {self.lr}, lr_quant {self.lr_quant})."
+                f"learning rates must be >= 0 and not both 0 (lr {self.lr}, lr_quant {self.lr_quant}).",
+                ("lr", "lr_quant"),
             )
         if self.check_every < 1 or self.patience < 1 or self.save_every < 1:
-            raise PQCADConfigError("check_every, patience and save_every must be >= 1.")
+            raise PQCADConfigError(
+                "check_every, patience and save_every must be >= 1.",
+                ("check_every", "patience", "save_every"),
+            )
         if not (0 <= self.beta < 1 and 0 <= self.smoothing < 1 and self.eps >= 0 and self.grad_clip >= 0):
-            raise PQCADConfigError("need 0 <= beta < 1, 0 <= smoothing < 1, eps >= 0 and grad_clip >= 0.")
+            raise PQCADConfigError(
+                "need 0 <= beta < 1, 0 <= smoothing < 1, eps >= 0 and grad_clip >= 0.",
+                ("beta", "smoothing", "eps", "grad_clip"),
+            )
         self.quant_config(parsed[-1])  # every quantization knob is checked here, before any work
         if self.lambda_d < 0 or self.lambda_c < 0 or self.lambda_d + self.lambda_c == 0:
-            raise PQCADConfigError("CAD weights lambda_d, lambda_c must be >= 0 and not both 0.")
+            raise PQCADConfigError(
+                "CAD weights lambda_d, lambda_c must be >= 0 and not both 0.", ("lambda_d", "lambda_c")
+            )
         if self.version != CONFIG_VERSION:
             raise PQCADConfigError(
                 f"PQCADConfig version {self.version} is not supported (this code: {CONFIG_VERSION})."
             )
+
+    def _check_types(self) -> None:
+        """Each field has the type of its default (ints may stand for floats; None where the default is None)."""
+        for f in dataclasses.fields(self):
+            if f.name in ("bits", "weight_reduce_range", "int4_block_size"):
+                continue  # checked by their own rules (bit grammar, QuantConfig)
+            v, default = getattr(self, f.name), f.default
+            kinds = (int, float) if isinstance(default, float) else (type(default),)
+            if isinstance(v, bool) != isinstance(default, bool) or not isinstance(v, kinds):
+                raise PQCADConfigError(
+                    f"{f.name} must be of type {type(default).__name__}, got {v!r:.40}.", (f.name,)
+                )
+            if isinstance(v, float) and not math.isfinite(v):
+                raise PQCADConfigError(f"{f.name} must be finite, got {v}.", (f.name,))
 
     @property
     def stage_bits(self) -> list[tuple[int, int]]:

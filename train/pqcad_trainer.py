@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from tqdm.auto import tqdm
 
 from pqcad_deploy.calibset import eps_mse
 from pqcad_deploy.denoiser import UNetWrapper
-from pqcad_deploy.errors import UsageError
-from pqcad_deploy.io import CheckpointError, atomic_torch_save, safe_torch_load
+from pqcad_deploy.errors import PQCADError, UsageError
+from pqcad_deploy.io import CheckpointError
 from pqcad_deploy.quant import iter_quantizers, quantize_model, set_weight_bits
 from pqcad_deploy.sampling import make_scheduler
 from pqcad_deploy.zoo import ModelSpec
 
 from . import distributed
+from .checkpointing import TrainingDiverged, kept, load_weights, read_checkpoint, restore, save_if_sound
 from .pqcad_config import BRANCHABLE, PQCADConfig
 from .pqcad_losses import alphas_at, cad_loss, ddim_step, eps_from_two_step
 from .pqcad_momentum import MomentumSwitch
@@ -158,21 +160,44 @@ class PQCADTrainer:
             "rng_cpu": torch.get_rng_state(),
         }
 
-    def save(self, path: Path | None = None) -> None:
+    def save(self, path: Path | None = None, last_good: int | None = None) -> None:
+        """Replace the checkpoint only with a sound state: finite weights and a finite eps-error on a fixed probe of
+        calibration points (a diverged student never becomes "the last good checkpoint")."""
         if self.ctx.is_main:
-            atomic_torch_save(self.state(), path or self.ckpt_path)
+            modules = {"model": self.student, "teacher_q": self.teacher_q}
+            probe = lambda: self._probe_error(self.student, n=64)  # noqa: E731
+            hint = "Lower --lr/--lr-quant and --resume."
+            save_if_sound(path or self.ckpt_path, self.state, self.step, modules, probe, hint, last_good)
+
+    _SCHEMA = {
+        "config": dict,
+        "step": int,
+        "stage": int,
+        "stage_start": int,
+        "model": dict,
+        "teacher_q": (dict, type(None)),
+        "optimizer": dict,
+        "switch": dict,
+        "history": list,
+        "curve": list,
+        "elapsed_s": (int, float),
+        "rng_cpu": torch.Tensor,
+    }
 
     def load(self, path: Path) -> None:
         """Resume (or branch) from a training checkpoint; loss/budget knobs come from this run's config."""
-        ck = safe_torch_load(path)
-        if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a PQCAD training checkpoint (format {FORMAT!r}).")
-        old = PQCADConfig.from_dict(ck["config"])
+        ck = read_checkpoint(path, FORMAT, self._SCHEMA)
+        if ck["stage"] not in (0, 1) or not 0 <= ck["stage_start"] <= ck["step"]:
+            raise CheckpointError(f"{path}: stage/step fields are inconsistent; the checkpoint is damaged.")
+        try:
+            old = PQCADConfig.from_dict(ck["config"])
+        except (PQCADError, TypeError) as e:
+            raise CheckpointError(f"{path}: its PQCAD config is invalid ({e}).") from e
         fixed = {k for k in old.to_dict() if k not in BRANCHABLE and k != "seed"}
         diff = sorted(k for k in fixed if getattr(old, k) != getattr(self.cfg, k))
         if diff:
             raise CheckpointError(f"{path} was trained with different {diff}; these cannot change on resume.")
-        stage = int(ck["stage"])
+        stage = ck["stage"]
         if old.stage_bits[: stage + 1] != self.cfg.stage_bits[: stage + 1]:
             raise CheckpointError(
                 f"{path} reached stage {stage + 1} at bits {old.bits}; this run's bits {self.cfg.bits} differ there."
@@ -180,19 +205,22 @@ class PQCADTrainer:
         self.student = self._quantized_copy(self.cfg.stage_bits[0])
         if stage > 0:
             self._apply_bits(self.student, self.cfg.stage_bits[stage], reinit=False)
-        self.student.load_state_dict(ck["model"])
+        load_weights(self.student, ck["model"], path, "model")
         if ck.get("teacher_q") is not None:
             self.teacher_q = self._quantized_copy(self.cfg.stage_bits[0])
-            self.teacher_q.load_state_dict(ck["teacher_q"])
+            load_weights(self.teacher_q, ck["teacher_q"], path, "teacher_q")
             self.teacher_q.eval().requires_grad_(False)
-        self.step, self.stage, self.stage_start = int(ck["step"]), stage, int(ck["stage_start"])
-        self.switch = MomentumSwitch.from_state_dict(ck["switch"])
-        self.history, self.curve = list(ck["history"]), [list(x) for x in ck["curve"]]
+        self.step, self.stage, self.stage_start = ck["step"], stage, ck["stage_start"]
+        self.switch = restore(
+            "transition rule state", path, lambda: MomentumSwitch.from_state_dict(ck["switch"])
+        )
+        self.history = list(ck["history"])
+        self.curve = restore("loss curve", path, lambda: [[float(v) for v in x] for x in ck["curve"]])
         self.elapsed = float(ck["elapsed_s"])
-        torch.set_rng_state(ck["rng_cpu"])
+        restore("random number generator state", path, lambda: torch.set_rng_state(ck["rng_cpu"]))
         self._make_optimizer()
         if old.lr == self.cfg.lr and old.lr_quant == self.cfg.lr_quant:
-            self.opt.load_state_dict(ck["optimizer"])
+            restore("optimizer state", path, lambda: self.opt.load_state_dict(ck["optimizer"]))
         self.history.append(
             {"event": "resume", "step": self.step, "stage": self.stage + 1, "from": str(path)}
         )
@@ -300,15 +328,24 @@ class PQCADTrainer:
         first = self.step - len(losses) + 1
         self._pending = []
         for i, lv in enumerate(losses):
-            if lv != lv or lv in (float("inf"), float("-inf")):
-                raise RuntimeError(
-                    f"non-finite loss at step {first + i} (stage {self.stage + 1}); training stopped. The last good "
-                    f"checkpoint (step {last_good}) is kept at {self.ckpt_path}; lower --lr/--lr-quant and --resume."
+            if not math.isfinite(lv):
+                raise TrainingDiverged(
+                    f"non-finite loss at step {first + i} (stage {self.stage + 1}); training stopped: "
+                    f"{self._divergence_cause()}; {kept(self.ckpt_path, last_good)}."
                 )
         self.curve.append([self.step, self.stage + 1, sum(losses) / len(losses)])
         if self.stage == 0 and len(self.cfg.stage_bits) > 1:
             for i, lv in enumerate(losses):
                 self.switch.update(first + i - self.stage_start, lv)
+
+    def _divergence_cause(self) -> str:
+        """Blame the calibration set when its targets are not finite (not a learning rate)."""
+        d = self.data
+        bad = [k for k in ("x_t", "eps_fp", "x_next2", "cond") if getattr(d, k) is not None]
+        bad = [k for k in bad if not torch.isfinite(getattr(d, k)).all()]
+        if bad:
+            return f"the calibration set holds non-finite {bad}; collect it again (pqcad-train calib)"
+        return "lower --lr/--lr-quant and --resume"
 
     def run(self, progress: bool = True) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -359,7 +396,7 @@ class PQCADTrainer:
             if at_save:
                 self.elapsed += self._lap(t0)
                 t0 = time.perf_counter()
-                self.save()
+                self.save(last_good=last_good)
                 last_good = self.step
         self._flush(last_good)
         self.elapsed += self._lap(t0)

@@ -25,33 +25,34 @@ from tqdm.auto import tqdm
 
 from pqcad_deploy.captions import evaluation_prompts
 from pqcad_deploy.cli.common import (
+    MAX_COUNT,
     add_device,
     add_subcommand,
+    batch_int,
+    check_output_path,
+    count_int,
     float_range,
+    int_range,
     nonneg_float,
-    nonneg_int,
     positive_float,
-    positive_int,
     resolve_device,
+    seed_int,
 )
 from pqcad_deploy.conditioning import DEFAULT_GUIDANCE
 from pqcad_deploy.denoiser import TorchDenoiser
-from pqcad_deploy.errors import PQCADError, UsageError
+from pqcad_deploy.errors import UsageError
 from pqcad_deploy.images import save_grid
-from pqcad_deploy.io import CheckpointError, atomic_torch_save, safe_torch_load
+from pqcad_deploy.io import CheckpointError
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.sampling import make_scheduler, sample
 from pqcad_deploy.zoo import build_model, count_parameters, get_spec, save_weights
 
 from . import distributed
+from .checkpointing import TrainingDiverged, kept, load_weights, read_checkpoint, restore, save_if_sound
 from .teacher_data import teacher_data
 
 log = logging.getLogger(__name__)
 FORMAT = "pqcad-teacher-train/1"
-
-
-class TrainingDiverged(PQCADError, RuntimeError):
-    """The loss or the weights became non-finite; the last good checkpoint is kept."""
 
 
 def lr_at(step: int, base: float, warmup: int, total: int, schedule: str) -> float:
@@ -91,26 +92,18 @@ def _state(step, model, ema, opt, args) -> dict:
     }
 
 
+_SCHEMA = {"step": int, "model": dict, "ema": dict, "optimizer": dict, "rng_cpu": torch.Tensor}
+
+
 def _load_resume(path: Path, model, ema, opt) -> int:
-    ck = safe_torch_load(path)
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a teacher training checkpoint (format {FORMAT!r}).")
-    for name, module in (("model", model), ("ema", ema)):
-        if not isinstance(ck.get(name), dict):
-            raise CheckpointError(f"{path}: {name!r} is missing or not a weight dict.")
-        missing, unexpected = (
-            set(module.state_dict()) - set(ck[name]),
-            set(ck[name]) - set(module.state_dict()),
-        )
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: {name} weights do not match the model config ({len(missing)} missing, {len(unexpected)} unexpected)."
-            )
-    model.load_state_dict(ck["model"])
-    ema.load_state_dict(ck["ema"])
-    opt.load_state_dict(ck["optimizer"])
-    torch.set_rng_state(ck["rng_cpu"])
-    return int(ck["step"])
+    ck = read_checkpoint(path, FORMAT, _SCHEMA)
+    if ck["step"] < 0:
+        raise CheckpointError(f"{path}: step {ck['step']} is negative; the checkpoint is damaged.")
+    load_weights(model, ck["model"], path, "model")
+    load_weights(ema, ck["ema"], path, "ema")
+    restore("optimizer state", path, lambda: opt.load_state_dict(ck["optimizer"]))
+    restore("random number generator state", path, lambda: torch.set_rng_state(ck["rng_cpu"]))
+    return ck["step"]
 
 
 def _init_from(model: torch.nn.Module, spec, source: str) -> None:
@@ -126,21 +119,27 @@ def _init_from(model: torch.nn.Module, spec, source: str) -> None:
     log.info("initialised from %s", init.source)
 
 
-def _save_checkpoint(path: Path, step: int, model, ema, opt, args) -> None:
-    """Replace the training checkpoint only with finite weights: a diverged run never overwrites the last good
-    state (the error names the file that is kept)."""
-    bad = [
-        n
-        for m in (model, ema)
-        for n, v in m.state_dict().items()
-        if v.is_floating_point() and not torch.isfinite(v).all()
-    ]
-    if bad:
-        kept = f"the last good checkpoint is {path}" if path.exists() else "no checkpoint was written yet"
-        raise TrainingDiverged(
-            f"non-finite weights at step {step} (e.g. {bad[0]}); {kept}. Lower --lr and --resume."
-        )
-    atomic_torch_save(_state(step, model, ema, opt, args), path)
+def _save_checkpoint(path: Path, step: int, model, ema, opt, args, probe=None) -> None:
+    """Replace the training checkpoint only with a sound state (finite weights, finite probe loss): a diverged run
+    never overwrites the last good state, and the error names the file that is kept."""
+    save_if_sound(
+        path, lambda: _state(step, model, ema, opt, args), step, {"model": model, "ema": ema}, probe=probe
+    )
+
+
+def _probe_loss(model, data, noise_sched, n_train_t: int, n: int, dev) -> float:
+    """The training loss of ``model`` on one fixed batch (the same every time)."""
+    g = distributed.step_generator(10**6, 0, 0, dev)
+    x0, cond = data.batch(g, n)
+    t = torch.randint(0, n_train_t, (n,), device=dev, generator=g)
+    noise = torch.randn(x0.shape, device=dev, generator=g)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        kwargs = {"encoder_hidden_states": cond} if cond is not None else {}
+        pred = model(noise_sched.add_noise(x0, noise, t), t, return_dict=False, **kwargs)[0]
+    model.train(was)
+    return F.mse_loss(pred.float(), noise).item()
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -150,6 +149,8 @@ def train(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; the teacher writes a folder (checkpoint, weights, grid).")
+    for name in ("teacher_train.pt", f"{spec.name}.safetensors", "teacher_grid.png"):  # before any work
+        check_output_path(out / name, inputs=[args.init, args.embeddings], what="--out")
     data, prompts = teacher_data(spec, args.data_dir, dev, args.hflip, args.embeddings)
     model = build_model(spec, seed=args.seed).to(dev)
     if args.init:
@@ -214,10 +215,9 @@ def train(args: argparse.Namespace) -> Path:
         if step % 50 == 0 or step == args.steps:
             lv = distributed.all_reduce_mean(loss.detach(), ctx).item()
             if not math.isfinite(lv):
-                kept = (
-                    f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint yet"
+                raise TrainingDiverged(
+                    f"non-finite loss at step {step}; {kept(ckpt_path)}. Lower --lr and --resume."
                 )
-                raise TrainingDiverged(f"non-finite loss at step {step}; {kept}. Lower --lr and --resume.")
             loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
             curve.append([step, lv])
             rate = seen / (time.perf_counter() - t0)
@@ -227,7 +227,8 @@ def train(args: argparse.Namespace) -> Path:
             bar.update(step - bar.n)
         near_limit = bool(args.time_limit) and time.perf_counter() - t0 > args.time_limit
         if ctx.is_main and (step % args.save_every == 0 or step == args.steps or near_limit):
-            _save_checkpoint(ckpt_path, step, model, ema, opt, args)
+            probe = lambda: _probe_loss(model, data, noise_sched, n_train_t, min(per_rank, 16), dev)  # noqa: E731
+            _save_checkpoint(ckpt_path, step, model, ema, opt, args, probe)
     bar.close()
     elapsed = time.perf_counter() - t0
     weights = out / f"{spec.name}.safetensors"
@@ -298,21 +299,19 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--init", default=None, help="fine-tune: start from these FP weights (same architecture)")
     p.add_argument("--out", default="runs/teacher", help="output folder (checkpoint, weights, grid)")
-    p.add_argument("--steps", type=positive_int, default=20000)
-    p.add_argument(
-        "--batch-size", type=positive_int, default=256, help="GLOBAL batch, split across DDP ranks"
-    )
+    p.add_argument("--steps", type=count_int, default=20000)
+    p.add_argument("--batch-size", type=batch_int, default=256, help="GLOBAL batch, split across DDP ranks")
     p.add_argument("--lr", type=positive_float, default=4e-4)
     p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine")
-    p.add_argument("--warmup", type=nonneg_int, default=500)
+    p.add_argument("--warmup", type=int_range(0, MAX_COUNT), default=500)
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
     p.add_argument("--ema-decay", type=float_range(0.0, 1.0), default=0.9995)
     p.add_argument("--hflip", action="store_true", help="random horizontal flips")
-    p.add_argument("--save-every", type=positive_int, default=1000, help="atomic checkpoint interval (steps)")
+    p.add_argument("--save-every", type=count_int, default=1000, help="atomic checkpoint interval (steps)")
     p.add_argument(
         "--resume", default=None, help="checkpoint to resume from, or 'auto' for <out>/teacher_train.pt"
     )
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
         "--time-limit",
         type=nonneg_float,
