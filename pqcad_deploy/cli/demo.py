@@ -35,18 +35,21 @@ from ..quant import QuantConfig, get_quant_config
 from ..runtime.bench import BenchConfig, format_table, parse_engine, run_bench
 from ..runtime.build_config import BuildPlan
 from ..runtime.ort_builder import build_ort_engine
+from ..sampling import check_steps
 from ..text import TextEncoderError, default_encoder_dir
 from ..train.ptq import ptq_student
 from ..zoo import ASSETS, T2I_TEACHER_PATH, TEACHER_PATH, build_model
 from .common import (
     add_text_args,
     add_verbose,
+    batch_int,
     check_output_path,
+    count_int,
     make_parser,
-    nonneg_int,
-    positive_int,
     run_cli,
     setup_logging,
+    steps_int,
+    threads_int,
 )
 from .demo_t2i import run_t2i
 
@@ -98,21 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=str(TEACHER_PATH), help="FP teacher (.safetensors + .json)")
     p.add_argument(
         "--fp-steps",
-        type=positive_int,
+        type=steps_int,
         default=None,
         help="FP baseline DDIM steps (default: 2x a halved student's)",
     )
     p.add_argument(
         "--student-steps",
-        type=positive_int,
+        type=steps_int,
         default=None,
         help=f"student DDIM steps (default: {SHIPPED_STUDENT_STEPS} for the shipped student; half the FP steps for a "
         "step-halved student, else the FP steps)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per sampler run")
-    p.add_argument("--repeats", type=positive_int, default=2, help="timed runs per engine")
+    p.add_argument("--batch-size", type=batch_int, default=8, help="images per sampler run")
+    p.add_argument("--repeats", type=count_int, default=2, help="timed runs per engine")
     p.add_argument(
-        "--threads", type=nonneg_int, default=2, help="intra-op threads for torch and ONNX Runtime"
+        "--threads", type=threads_int, default=2, help="intra-op threads for torch and ONNX Runtime"
     )
     p.add_argument(
         "--include-trt-form",
@@ -150,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         args.fp_steps,
         args.student_steps or (SHIPPED_STUDENT_STEPS if shipped else None),
     )
+    check_steps(fp_steps, teacher.spec.scheduler, "--fp-steps")
+    check_steps(student_steps, teacher.spec.scheduler, "--student-steps")
     batch, repeats = args.batch_size, args.repeats
     if args.quick:
         fp_steps, student_steps, batch, repeats = 4, 2 if student_steps < fp_steps else 4, 2, 1
