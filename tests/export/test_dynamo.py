@@ -80,5 +80,5 @@ def test_dynamo_gives_the_torchscript_qdq_graph(students, tmp_path, key, target,
 def test_exporter_option():
     with pytest.raises(ExportError, match="exporter must be one of"):
         ExportOptions(exporter="jit")
-    args = build_parser().parse_args(["--model", "tiny-unet", "--exporter", "dynamo"])
+    args = build_parser().parse_args(["--checkpoint", "tiny-unet", "--exporter", "dynamo"])
     assert args.exporter == "dynamo"
