@@ -68,9 +68,21 @@ def test_classifier_free_guidance_is_one_batched_call_per_step():
         return den(x, t, c)
 
     g = torch.Generator().manual_seed(0)
-    cond, uncond = torch.randn(2, *spec.cond_shape, generator=g), torch.randn(1, *spec.cond_shape, generator=g)
+    cond, uncond = (
+        torch.randn(2, *spec.cond_shape, generator=g),
+        torch.randn(1, *spec.cond_shape, generator=g),
+    )
     shape = (2, *spec.sample_shape)
-    got = sample(recording, make_scheduler("ddim"), shape, steps=3, seed=1, cond=cond, uncond=uncond, guidance_scale=4.0)
+    got = sample(
+        recording,
+        make_scheduler("ddim"),
+        shape,
+        steps=3,
+        seed=1,
+        cond=cond,
+        uncond=uncond,
+        guidance_scale=4.0,
+    )
     assert calls == [(4, *spec.sample_shape)] * 3
 
     def manual(x, t, c):
@@ -80,5 +92,7 @@ def test_classifier_free_guidance_is_one_batched_call_per_step():
 
     ref = sample(manual, make_scheduler("ddim"), shape, steps=3, seed=1, cond=cond)
     torch.testing.assert_close(got.images, ref.images, atol=1e-5, rtol=1e-5)
-    plain = sample(den, make_scheduler("ddim"), shape, steps=3, seed=1, cond=cond, uncond=uncond, guidance_scale=1.0)
+    plain = sample(
+        den, make_scheduler("ddim"), shape, steps=3, seed=1, cond=cond, uncond=uncond, guidance_scale=1.0
+    )
     assert not torch.allclose(plain.images, got.images)  # the scale matters
