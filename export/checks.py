@@ -35,6 +35,7 @@ import torch
 
 from pqcad_deploy.errors import PQCADError
 from pqcad_deploy.quant.quantizer import TensorQuantizer
+from pqcad_deploy.runtime.backends.ort_backend import OrtRunner
 
 from .spec import ExportSpec
 
@@ -63,17 +64,12 @@ def checker(path: Path) -> None:
         raise CheckError(f"onnx.checker rejected the model: {str(e).splitlines()[0]}") from e
 
 
-def ort_session(path: Path, threads: int = 2, optimize: bool = True):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+def ort_runner(path: Path, optimize: bool = True, threads: int = 2) -> OrtRunner:
+    """The runtime's ORT runner (the one session builder): reference kernels (``optimize=False``) execute the
+    Q/DQ semantics literally; ``optimize=True`` is the fused CPU path a deployment runs."""
+    return OrtRunner(
+        path, intra_op_threads=threads, optimization="all" if optimize else "disable", log_severity=3
     )
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def compare(a: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -132,13 +128,16 @@ def _activation_jitter(model: torch.nn.Module, ulps: int = JITTER_ULPS, seed: in
             h.remove()
 
 
-def _ort_run(sess, feed: dict[str, np.ndarray], n: int, chunk: int) -> np.ndarray:
-    return np.concatenate(
-        [
-            sess.run(None, {k: v[i : i + chunk] for k, v in feed.items()})[0].astype(np.float32)
+def _ort_run(runner: OrtRunner, feed: dict[str, np.ndarray], n: int, chunk: int) -> np.ndarray:
+    """The graph's first output on ``feed``, ``chunk`` samples per call."""
+    with runner:
+        outs = [
+            next(
+                iter(runner.infer({k: torch.from_numpy(v[i : i + chunk]) for k, v in feed.items()}).values())
+            )
             for i in range(0, n, chunk)
         ]
-    )
+    return np.concatenate([o.float().numpy() for o in outs])
 
 
 def parity(
@@ -202,8 +201,8 @@ def parity(
     floor_rel, floor_abs = FLOORS[(precision, quantized)]
     tol_rel = max(floor_rel, SENSITIVITY_FACTOR * self_rel)
     tol_abs = max(floor_abs * float(np.abs(ref).max()), SENSITIVITY_FACTOR * self_abs)
-    res = compare(_ort_run(ort_session(path, optimize=False), np_feed, n, chunk), ref)
-    fused = compare(_ort_run(ort_session(path, optimize=True), np_feed, n, chunk), ref)
+    res = compare(_ort_run(ort_runner(path, optimize=False), np_feed, n, chunk), ref)
+    fused = compare(_ort_run(ort_runner(path, optimize=True), np_feed, n, chunk), ref)
     fused["passed"] = bool(fused["rel_l2"] <= tol_rel and fused["max_abs"] <= tol_abs)
     out = {
         **res,
@@ -241,17 +240,17 @@ def parity(
 
 def ort_smoke(path: Path, batch: int = 2, seed: int = 0) -> dict:
     """Run ORT once on random inputs shaped from the graph's own inputs (dynamic dims -> ``batch``)."""
-    sess = ort_session(path)
     rng = np.random.default_rng(seed)
-    feed = {}
-    for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) else batch for d in i.shape]
-        if "int64" in i.type:
-            feed[i.name] = rng.integers(0, 1000, shape).astype(np.int64)
-        else:
-            dt = np.float16 if "float16" in i.type else np.float32
-            feed[i.name] = rng.standard_normal(shape).astype(dt)
-    out = sess.run(None, feed)[0]
-    if not np.isfinite(out.astype(np.float32)).all():
+    with ort_runner(path) as runner:
+        feed = {}
+        for i in runner.session.get_inputs():
+            shape = [d if isinstance(d, int) else batch for d in i.shape]
+            if "int64" in i.type:
+                feed[i.name] = torch.from_numpy(rng.integers(0, 1000, shape).astype(np.int64))
+            else:
+                dt = np.float16 if "float16" in i.type else np.float32
+                feed[i.name] = torch.from_numpy(rng.standard_normal(shape).astype(dt))
+        out = next(iter(runner.infer(feed).values())).float()
+    if not torch.isfinite(out).all():
         raise CheckError(f"{path}: ONNX Runtime produced non-finite outputs on random inputs.")
     return {"passed": True, "output_shape": list(out.shape)}
