@@ -61,7 +61,7 @@ class PromptEncoder:
 
     @property
     def fingerprint(self) -> str:
-        return (self.cache or self.encoder).fingerprint
+        return (self.cache if self.cache is not None else self.encoder).fingerprint
 
     def states(self, prompts: Sequence[str]) -> torch.Tensor:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
