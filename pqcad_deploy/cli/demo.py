@@ -27,14 +27,11 @@ from .. import metrics
 from ..calibset import collect_calibset
 from ..denoiser import TorchDenoiser
 from ..errors import UsageError
-from ..export.pipeline import ExportOptions, export
 from ..images import save_grid
 from ..io import atomic_json_save
 from ..loading import ModelBundle, open_model
 from ..quant import QuantConfig, get_quant_config
 from ..runtime.bench import BenchConfig, format_table, parse_engine, run_bench
-from ..runtime.build_config import BuildPlan
-from ..runtime.ort_builder import build_ort_engine
 from ..sampling import check_steps
 from ..text import TextEncoderError, default_encoder_dir
 from ..train.ptq import ptq_student
@@ -51,6 +48,7 @@ from .common import (
     steps_int,
     threads_int,
 )
+from .demo_steps import build_ort, export_checked
 from .demo_t2i import run_t2i
 
 STUDENT_PATH = ASSETS / "fmnist_pqcad_w8a8.safetensors"
@@ -78,18 +76,6 @@ def plan_steps(
     if fp < 1 or student < 1:
         raise UsageError(f"step counts must be >= 1 (FP {fp}, student {student})")
     return fp, student, halved
-
-
-def _export(bundle: ModelBundle, path: Path, quick: bool) -> dict:
-    return export(bundle, path, ExportOptions(parity_samples=2 if quick else 8))
-
-
-def _build_ort(onnx_path: Path, threads: int) -> Path:
-    engine = onnx_path.with_suffix(".ort.json")
-    build_ort_engine(
-        BuildPlan(onnx=onnx_path, save_engine=engine, backend="onnxruntime", ort_threads=threads or None)
-    )
-    return engine
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         "student_ort_form": args.out / "student_int8_ort.onnx",
     }
     sources = {"teacher_fp32": teacher, "student_trt_form": student, "student_ort_form": ort_student}
-    reports = {k: _export(sources[k], onnx[k], args.quick) for k in onnx}
+    reports = {k: export_checked(sources[k], onnx[k], 2 if args.quick else 8) for k in onnx}
     for name, r in reports.items():
         a = (r.get("audit") or {}).get("counts") or {}
         par = r.get("parity") or {}
@@ -194,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"      exports done: {time.perf_counter() - t0:.0f} s")
     print("[3/4] building ONNX Runtime engines (what pqcad-build --backend onnxruntime does)")
-    engines = {k: _build_ort(v, args.threads) for k, v in onnx.items()}
+    engines = {k: build_ort(v, args.threads) for k, v in onnx.items()}
     print(
         f"[4/4] sampling on every engine: batch {batch}, same noise; FP at {fp_steps} steps, student at {student_steps}"
     )

@@ -18,17 +18,15 @@ from .. import metrics
 from ..calibset import collect_calibset
 from ..conditioning import PromptEncoder
 from ..denoiser import TorchDenoiser
-from ..export.pipeline import ExportOptions, export
 from ..export.text_encoder import export_text_encoder
 from ..images import save_grid
 from ..io import atomic_json_save
 from ..loading import ModelBundle, open_model
 from ..quant import QuantConfig, get_quant_config
 from ..runtime.bench import BenchConfig, format_table, parse_engine, run_bench
-from ..runtime.build_config import BuildPlan
-from ..runtime.ort_builder import build_ort_engine
 from ..runtime.text_engine import prompt_conditioning
 from ..train.ptq import ptq_student
+from .demo_steps import build_ort, export_checked
 
 DEFAULT_PROMPTS = ("a red dress", "a photo of a blue sneaker", "a green bag on black", "a yellow ankle boot")
 STEPS = 25  # DDIM steps with guidance: two UNet rows per image per step on a 2-core CPU
@@ -66,18 +64,9 @@ def run_t2i(args: Any, out: Path, t0: float) -> dict[str, Any]:
         f"[t2i 2/4] calibration on {len(calib)} guided training-prompt points + PTQ: {time.perf_counter() - t0:.0f} s"
     )
     onnx = {"t2i_fp32": out / "t2i_fp32.onnx", "t2i_int8_ort": out / "t2i_int8_ort.onnx"}
-    reports = {
-        k: export(b, onnx[k], ExportOptions(parity_samples=2 if quick else 4))
-        for k, b in (("t2i_fp32", teacher), ("t2i_int8_ort", student))
-    }
-    engines = {}
-    for k, path in onnx.items():
-        engines[k] = path.with_suffix(".ort.json")
-        build_ort_engine(
-            BuildPlan(
-                onnx=path, save_engine=engines[k], backend="onnxruntime", ort_threads=args.threads or None
-            )
-        )
+    sources = {"t2i_fp32": teacher, "t2i_int8_ort": student}
+    reports = {k: export_checked(sources[k], onnx[k], 2 if quick else 4) for k in onnx}
+    engines = {k: build_ort(path, args.threads) for k, path in onnx.items()}
     print(f"[t2i 3/4] exports checked and ORT engines built: {time.perf_counter() - t0:.0f} s")
     conditioning = prompt_conditioning(
         teacher.spec,
