@@ -93,9 +93,7 @@ def prompt_fidelity(
             f"prompt_fidelity needs one label per image: {n} images, {len(colour_labels)} colour labels, "
             f"{len(class_labels)} class labels{'' if set_names is None else f', {len(set_names)} set names'}"
         )
-    feats, probs = classifier_outputs(untint(images), device)  # once, for every number below
-    class_ok = torch.from_numpy(probs.argmax(axis=1)) == class_labels.cpu()
-    colour_ok = predict_colours(images) == colour_labels.cpu()
+    feats, class_ok, colour_ok = _score(images, colour_labels, class_labels, device)  # one classifier pass
     result: dict = {"n": n, **_accuracies(class_ok, colour_ok)}
     if set_names is not None:
         names = np.asarray(set_names)
@@ -108,8 +106,7 @@ def prompt_fidelity(
             raise ValueError(
                 "FD-fmnist needs at least 2 images (a covariance); use thousands for a stable number."
             )
-        mu, sigma = gaussian_stats(feats)
-        result["fd_fmnist_grey"] = frechet_distance(mu, sigma, *reference_stats("test"))
+        result["fd_fmnist_grey"] = frechet_distance(*gaussian_stats(feats), *reference_stats("test"))
     return result
 
 
@@ -123,17 +120,24 @@ def prompt_quality(
     """Everything the text-to-image tables report for one image set: class / colour / joint accuracy, FD-fmnist of
     the grey images against the test set, and with ``reference`` (the FP model's images for the same prompts and
     noise) FD to FP and PSNR to FP (PCR's fidelity-to-full-precision idea). One classifier pass per image set."""
-    feats, probs = classifier_outputs(untint(images), device)
-    class_ok = torch.from_numpy(probs.argmax(axis=1)) == class_labels.cpu()
-    colour_ok = predict_colours(images) == colour_labels.cpu()
-    mu, sigma = gaussian_stats(feats)
+    feats, class_ok, colour_ok = _score(images, colour_labels, class_labels, device)
+    stats = gaussian_stats(feats)
     out = {"n": len(images), **_accuracies(class_ok, colour_ok)}
-    out["fd_fmnist_grey"] = frechet_distance(mu, sigma, *reference_stats("test"))
+    out["fd_fmnist_grey"] = frechet_distance(*stats, *reference_stats("test"))
     if reference is not None:
         ref_feats, _ = classifier_outputs(untint(reference), device)
-        out["fd_to_fp"] = frechet_distance(mu, sigma, *gaussian_stats(ref_feats))
+        out["fd_to_fp"] = frechet_distance(*stats, *gaussian_stats(ref_feats))
         out["psnr_to_fp"] = fidelity(images, reference)["psnr_db"]
     return out
+
+
+def _score(
+    images: torch.Tensor, colour_labels: torch.Tensor, class_labels: torch.Tensor, device: str | torch.device
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """(classifier features, class right?, colour right?) per image, from one classifier pass."""
+    feats, probs = classifier_outputs(untint(images), device)
+    class_ok = torch.from_numpy(probs.argmax(axis=1)) == class_labels.cpu()
+    return feats, class_ok, predict_colours(images) == colour_labels.cpu()
 
 
 def _accuracies(class_ok: torch.Tensor, colour_ok: torch.Tensor) -> dict[str, float]:
