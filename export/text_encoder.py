@@ -82,12 +82,16 @@ def export_text_encoder(
         report["export_s"] = round(time.perf_counter() - t0, 2)
         if check:
             checker(out)
-            report["parity"] = _parity(encoder, out, prompts[:parity_samples], TOLERANCE[precision])
-        report["ms_per_batch"] = _ms_per_batch(out, encoder, prompts[:TIMING_BATCH])
+        parity_prompts = prompts[:parity_samples] if check else None
+        fp32_states, report["ms_per_batch"], report["parity"] = _measure(
+            out, encoder, prompts[:TIMING_BATCH], parity_prompts, TOLERANCE[precision]
+        )
         moves = [(out, final)]
         if int8:
             name = f"{final.stem}_int8{final.suffix}"
-            variant, path = _int8_variant(encoder, out, Path(tmpd) / name, prompts[:TIMING_BATCH], report)
+            variant, path = _int8_variant(
+                encoder, out, Path(tmpd) / name, prompts[:TIMING_BATCH], fp32_states, report
+            )
             report["variants"] = {name: variant}
             if variant["kept"]:
                 moves.append((path, parent / name))
@@ -120,15 +124,27 @@ def _export(encoder: TextEncoder, path: Path, precision: str) -> None:
     onnx.save(model, str(path))
 
 
-def _ort_states(path: Path, feed: dict[str, torch.Tensor]) -> np.ndarray:
+def _measure(
+    path: Path, encoder: TextEncoder, prompts: list[str], parity_prompts: list[str] | None, tol: float
+) -> tuple[np.ndarray, float, dict[str, Any] | None]:
+    """One ORT session: (states of ``prompts``, median ms per batch of them, parity against torch or None)."""
+    feed = encoder.tokenize(prompts)
     with OrtRunner(path, intra_op_threads=torch.get_num_threads()) as r:
-        return r.infer(feed)[OUTPUT].float().numpy()
+        parity = None
+        if parity_prompts is not None:
+            got = r.infer(encoder.tokenize(parity_prompts))[OUTPUT].float().numpy()
+            parity = _parity(got, encoder.encode(parity_prompts).float().numpy(), len(parity_prompts), tol)
+        states = r.infer(feed)[OUTPUT].float().numpy()
+        times = []
+        for _ in range(TIMING_REPEATS):
+            r.infer(feed)
+            times.append(r.last_inference_ms)
+    return states, float(np.median(times)), parity
 
 
-def _parity(encoder: TextEncoder, path: Path, prompts: list[str], tol: float) -> dict[str, Any]:
-    ref = encoder.encode(prompts).float().numpy()
-    res = compare(_ort_states(path, encoder.tokenize(prompts)), ref)
-    res.update({"tol": tol, "prompts": len(prompts), "passed": bool(res["rel_l2"] <= tol)})
+def _parity(got: np.ndarray, ref: np.ndarray, n: int, tol: float) -> dict[str, Any]:
+    res = compare(got, ref)
+    res.update({"tol": tol, "prompts": n, "passed": bool(res["rel_l2"] <= tol)})
     if not res["passed"]:
         raise CheckError(
             f"ONNX Runtime text states differ from torch: rel-L2 {res['rel_l2']:.3g} (tolerance {tol:g}); the graph "
@@ -137,29 +153,23 @@ def _parity(encoder: TextEncoder, path: Path, prompts: list[str], tol: float) ->
     return res
 
 
-def _ms_per_batch(path: Path, encoder: TextEncoder, prompts: list[str]) -> float:
-    feed = encoder.tokenize(prompts)
-    with OrtRunner(path, intra_op_threads=torch.get_num_threads()) as r:
-        r.infer(feed)
-        times = []
-        for _ in range(TIMING_REPEATS):
-            r.infer(feed)
-            times.append(r.last_inference_ms)
-    return float(np.median(times))
-
-
 def _int8_variant(
-    encoder: TextEncoder, fp32: Path, out: Path, prompts: list[str], report: dict[str, Any]
+    encoder: TextEncoder,
+    fp32: Path,
+    out: Path,
+    prompts: list[str],
+    fp32_states: np.ndarray,
+    report: dict[str, Any],
 ) -> tuple[dict[str, Any], Path]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(fp32), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
     model = onnx.load(str(out))
-    onnx.helper.set_model_props(model, {p.key: p.value for p in onnx.load(str(fp32)).metadata_props})
+    values = (report["encoder_fingerprint"], str(report["max_length"]), str(report["hidden_size"]))
+    onnx.helper.set_model_props(model, dict(zip(META_KEYS, values, strict=True)))
     onnx.save(model, str(out))
-    feed = encoder.tokenize(prompts)
-    rel = compare(_ort_states(out, feed), _ort_states(fp32, feed))["rel_l2"]
-    ms = _ms_per_batch(out, encoder, prompts)
+    states, ms, _ = _measure(out, encoder, prompts, None, 0.0)
+    rel = compare(states, fp32_states)["rel_l2"]
     faster, faithful = ms < report["ms_per_batch"], rel <= INT8_MAX_REL_L2
     why = (
         ""
