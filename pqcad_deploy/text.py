@@ -89,16 +89,7 @@ class TextEncoder:
     def tokenize(self, prompts: str | Sequence[str]) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask``, int64 [B, max_length] on the CPU: exactly what an exported
         encoder engine is fed (no token_type_ids: BERT's default of zeros is what ``encode`` uses too)."""
-        prompts = _as_list(prompts)
-        self._warn_truncated(prompts)
-        enc = self.tokenizer(
-            prompts,
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
+        return tokenize(self.tokenizer, prompts, self.max_length)
 
     @torch.inference_mode()
     def encode(self, prompts: str | Sequence[str]) -> torch.Tensor:
@@ -109,17 +100,25 @@ class TextEncoder:
     def check_width(self, cross_attention_dim: int | Sequence[int]) -> None:
         check_encoder_width(self.hidden_size, cross_attention_dim)
 
-    def _warn_truncated(self, prompts: list[str]) -> None:
-        lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
-        for prompt, n in zip(prompts, lengths, strict=True):
-            if n > self.max_length:
-                log.warning(
-                    "prompt %r is %d tokens (with [CLS]/[SEP]) but max_length is %d: its last %d tokens are cut",
-                    prompt,
-                    n,
-                    self.max_length,
-                    n - self.max_length,
-                )
+
+def tokenize(tokenizer: Any, prompts: str | Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    """The encoder feed of any runtime (torch encoder or exported engine): ``input_ids`` and ``attention_mask``,
+    int64 [B, max_length], padded and truncated; a truncated prompt is warned with how many tokens were cut."""
+    prompts = _as_list(prompts)
+    lengths = [len(ids) for ids in tokenizer(prompts, truncation=False)["input_ids"]]
+    for prompt, n in zip(prompts, lengths, strict=True):
+        if n > max_length:
+            log.warning(
+                "prompt %r is %d tokens (with [CLS]/[SEP]) but max_length is %d: its last %d tokens are cut",
+                prompt,
+                n,
+                max_length,
+                n - max_length,
+            )
+    enc = tokenizer(
+        prompts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
 
 
 def _as_list(prompts: str | Sequence[str]) -> list[str]:

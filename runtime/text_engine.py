@@ -10,12 +10,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pqcad_deploy.conditioning import PromptEncoder, prompts_for
 from pqcad_deploy.export.text_encoder import OUTPUT, read_encoder_metadata
-from pqcad_deploy.text import TextEncoderError, resolve_encoder_dir
+from pqcad_deploy.text import TextEncoderError, resolve_encoder_dir, tokenize
 from pqcad_deploy.timing import summarize
 from pqcad_deploy.zoo import ModelSpec
 
@@ -57,12 +56,7 @@ class TextEngine:
         encoder wall time of this call."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         t0 = time.perf_counter()
-        enc = self.tokenizer(
-            prompts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="np"
-        )
-        feed = {
-            k: torch.from_numpy(np.asarray(enc[k], dtype=np.int64)) for k in ("input_ids", "attention_mask")
-        }
+        feed = tokenize(self.tokenizer, prompts, self.max_length)
         out = self.runner.infer(feed)[OUTPUT].float()
         self.last_ms = (time.perf_counter() - t0) * 1e3
         return out
