@@ -19,13 +19,21 @@ from .data import load_fashion_mnist
 log = logging.getLogger(__name__)
 
 
+def untint(images: torch.Tensor) -> torch.Tensor:
+    """RGB [N, 3, H, W] in [-1, 1] -> grey [N, 1, H, W]: the brightest channel, which tinting leaves untouched
+    (the palette's colours all have a 255 channel), so this is the exact inverse of ``captions.tint``."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"untint expects RGB images [N, 3, H, W], got {tuple(images.shape)}")
+    return images.amax(dim=1, keepdim=True)
+
+
 def classifier_input(images: torch.Tensor) -> torch.Tensor:
     """Map images in [-1, 1] onto the classifier's [N, 1, 32, 32]: RGB tinted garments become grey (the brightest
     channel, which tinting leaves untouched), other channel counts (latents of tiny test models) keep channel 0,
     and other sizes are resized (nearest), so every sampler's output can be scored the same way."""
     if images.dim() != 4:
         raise ValueError(f"images must be [N, C, H, W], got {tuple(images.shape)}")
-    x = images.amax(dim=1, keepdim=True) if images.shape[1] == 3 else images[:, :1]
+    x = untint(images) if images.shape[1] == 3 else images[:, :1]
     if x.shape[-2:] != (32, 32):
         x = torch.nn.functional.interpolate(x.float(), size=(32, 32), mode="nearest")
     return x

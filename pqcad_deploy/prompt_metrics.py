@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .captions import hue_degrees, palette_hues
-from .metrics import classifier_outputs, fidelity, frechet_distance, gaussian_stats, reference_stats
+from .metrics import classifier_outputs, fidelity, frechet_distance, gaussian_stats, reference_stats, untint
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +22,6 @@ log = logging.getLogger(__name__)
 GARMENT_THRESHOLD = 0.1
 NO_COLOUR = -1  # predicted for an image without a coloured garment pixel: never equal to a label
 _CHUNK = 1024  # images per step of the hue computation, to bound memory on 10k-sample evaluations
-
-
-def untint(images: torch.Tensor) -> torch.Tensor:
-    """RGB [N, 3, H, W] in [-1, 1] -> grey [N, 1, H, W]: the brightest channel, which tinting leaves untouched."""
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"untint expects RGB images [N, 3, H, W], got {tuple(images.shape)}")
-    return images.amax(dim=1, keepdim=True)
 
 
 def dominant_hue(
