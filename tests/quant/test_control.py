@@ -95,6 +95,7 @@ def test_export_mode_refuses_uncalibrated(quantized):
 def test_onnx_export_qdq_and_ort_parity(quantized, target):
     import onnx
     import onnxruntime as ort
+
     model, _, inputs = quantized("tiny-unet", QuantConfig(target=target), batches=1)
     f = io.BytesIO()
     with export_mode(model):
