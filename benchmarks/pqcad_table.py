@@ -10,7 +10,7 @@ noise; reported: FD-fmnist, fidelity to the FP images (PSNR dB, rel-L2) and trai
     python benchmarks/pqcad_table.py                                   # one H100, <= 9 min (--deadline-s 540)
     python benchmarks/pqcad_table.py --init-ptq percentile --lr 1e-5 --n-samples 10000 --seeds 0 1 --deadline-s 0
     python benchmarks/pqcad_table.py --quick                           # CPU smoke run, tiny random model
-Runs split across machines (``--skip-ptq``, ``--branches``) are combined by ``--merge a.json b.json --out t.json``.
+Runs split across machines (``--skip-ptq``, ``--ptq-only``, ``--branches``) are combined by ``--merge a.json b.json --out t.json``.
 Writes benchmarks/results/pqcad_table_<UTC date>.json and sample grids under benchmarks/results/pqcad_grids/.
 """
 
@@ -86,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--reuse", action="store_true", help="use students already in --work instead of retraining")
     add("--branches", nargs="+", default=list(BRANCHES), choices=BRANCHES, help="rows per seed, in order")
     add("--skip-ptq", action="store_true", help="no PTQ rows (a run that only adds a seed or a branch)")
+    add("--ptq-only", action="store_true", help="only the FP and PTQ rows (no training)")
     add("--merge", type=Path, nargs="+", help="combine the table JSONs of separate runs; no training")
     add("--quick", action="store_true", help="CPU smoke test: tiny random model, tiny budgets")
     add_calib_args(p)
@@ -101,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.work = args.work.with_name(args.work.name + "_quick")
     if args.skip_ptq and not args.n_samples:
         p.error("--skip-ptq needs --n-samples (the adaptive N is measured on a PTQ model)")
+    if args.skip_ptq and args.ptq_only:
+        p.error("--skip-ptq and --ptq-only leave nothing to measure beyond FP; give one of them")
     return args
 
 
@@ -223,7 +226,7 @@ class Bench:
         self.add("FP", "fp32", None)
         for bits, path in ptq.items():
             self.add("PTQ", bits, path, method=self.ptq_choice[bits]["best"])
-        for seed in a.seeds:
+        for seed in [] if a.ptq_only else a.seeds:
             pq = self.train(f"pq_s{seed}", self.cfg(seed))  # stage 1 + PQ+CAD stage 2, the default recipe
             if "pq" in a.branches:
                 self.add("PQ+CAD", "w4a8", pq, seed)
