@@ -5,6 +5,7 @@
     pqcad-export --checkpoint sd15-unet --random-weights --precision fp16 --onnx sd15.onnx
     pqcad-export --text-encoder --onnx text_encoder.onnx --text-int8             # the T2I text encoder
     pqcad-export --check-only unet.onnx
+    pqcad-export --check-only unet_int8.onnx --target onnxruntime --ort-optimized   # rules vs ORT's own fusions
 
 Every file is written in a temporary folder beside the destination and moved into place only after the ONNX
 checker, ONNX Runtime parity against torch and (for UNets) the TensorRT explicit-quantization audit passed.
@@ -28,6 +29,7 @@ from pqcad_deploy.cli.common import (
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.loading import open_model
 
+from .audit import format_ort_cross_check, ort_cross_check
 from .pipeline import ExportOptions, check_only, export, report_path
 from .report import audit_table, full_report
 
@@ -93,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --text-encoder: also write <onnx stem>_int8.onnx (ONNX Runtime dynamic INT8 MatMuls), kept "
         "only when its embeddings match FP32",
     )
+    p.add_argument(
+        "--ort-optimized",
+        action="store_true",
+        help="with --check-only --target onnxruntime: also let ORT optimize the file and compare what it fused "
+        "with the audit's rules",
+    )
     p.add_argument("--print-json", action="store_true", help="print the report as JSON instead of tables")
     add_verbose(p)
     return p
@@ -116,8 +124,17 @@ def run(args: argparse.Namespace) -> int:
         if args.onnx:
             raise UsageError("--check-only checks the file it names and writes nothing; drop --onnx.")
         rep = check_only(args.check_only, args.target or "tensorrt")
+        if args.ort_optimized:
+            if rep["audit"]["target"] != "onnxruntime":
+                raise UsageError("--ort-optimized checks the onnxruntime audit; add --target onnxruntime.")
+            rep["ort_optimized"] = ort_cross_check(args.check_only, rep["audit"])
         print(json.dumps(rep, indent=2) if args.print_json else audit_table(rep["audit"], not args.verbose))
-        return 0 if rep["audit"]["counts"]["float_blocked"] == 0 else 1
+        if args.ort_optimized and not args.print_json:
+            print(format_ort_cross_check(rep["ort_optimized"]))
+        bad = rep["audit"]["counts"]["float_blocked"] + len(rep.get("ort_optimized", {}).get("disagree", []))
+        return 0 if bad == 0 else 1
+    if args.ort_optimized:
+        raise UsageError("--ort-optimized applies to --check-only; drop it.")
     if not args.onnx:
         raise UsageError("--onnx PATH is required (where to write the model).")
     if args.text_encoder is not None:

@@ -181,3 +181,84 @@ def format_onnx_audit(a: dict[str, Any]) -> str:
         f"nodes {a['nodes']}; integer kernels: {fmt(a['integer_ops'])}; float compute: {fmt(a['float_compute'])}; "
         f"leftover QuantizeLinear {a['quantize_linear']}, DequantizeLinear {a['dequantize_linear']}"
     )
+
+
+# -- ONNX Runtime ground truth, per layer ---------------------------------------------------------------
+ORT_COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Integer kernels a Conv/Gemm/MatMul can become (QLinearConv keeps its name under the NHWC/NCHWc layout passes).
+ORT_LAYER_INTEGER_OPS = (*ORT_INTEGER_OPS, "QLinearConvTranspose", "QOrderedMatMul", "QLinearAttention")
+
+
+def ort_optimized_model(path: str | os.PathLike, optimization: str = "extended") -> Any:
+    """Let ORT (CPU EP) optimize ``path`` once and return the model it wrote (``optimized_model_filepath``).
+
+    ``extended`` is where the QDQ -> QLinear*/QGemm/MatMulIntegerToFloat fusions run; ``all`` adds only layout
+    passes (NCHWc/NHWC), which do not change whether a layer is integer."""
+    import tempfile
+
+    import onnx
+
+    from .backends.ort_backend import OrtRunner
+
+    with tempfile.TemporaryDirectory(prefix="pqcad-ort-opt-") as d:
+        out = Path(d) / "optimized.onnx"
+        entries = {
+            "session.optimized_model_external_initializers_file_name": "optimized.onnx.data",
+            "session.optimized_model_external_initializers_min_size_in_bytes": "1024",
+        }
+        runner = OrtRunner(
+            path,
+            providers=["CPUExecutionProvider"],
+            intra_op_threads=1,
+            optimization=optimization,
+            optimized_model_filepath=out,
+            session_config_entries=entries,
+            log_severity=3,
+        )
+        with runner:
+            pass
+        return onnx.load(str(out), load_external_data=False)
+
+
+def _layer_key(node: Any) -> str:
+    return node.name or (node.output[0] if node.output else "")
+
+
+def ort_fused_layers(path: str | os.PathLike, optimization: str = "extended") -> dict[str, str]:
+    """For every Conv/ConvTranspose/Gemm/MatMul of ``path``: the op ORT's optimized graph runs it as (e.g.
+    ``QLinearConv``, ``MatMulIntegerToFloat``, ``FusedConv``, ``Conv``), keyed like the rule-based audit
+    (node name, else first output). This is ORT's own answer to "which layers became integer kernels", used to
+    check the rule-based audit (``export.audit``); ``""`` when no optimized node could be matched.
+
+    Matching: fused nodes keep the name of the node they replace; unnamed layers are matched through their output
+    tensor or the output of the Q that consumed it (a QLinear op writes the Q's output)."""
+    import onnx
+
+    src = onnx.load(str(path), load_external_data=False)
+    opt = ort_optimized_model(path, optimization)
+    by_name: dict[str, str] = {}
+    by_output: dict[str, str] = {}
+    for n in opt.graph.node:
+        if n.name:
+            by_name.setdefault(n.name, n.op_type)
+        for o in n.output:
+            by_output[o] = n.op_type
+    consumers: dict[str, list[Any]] = {}
+    for n in src.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    result: dict[str, str] = {}
+    for n in src.graph.node:
+        if n.op_type not in ORT_COMPUTE:
+            continue
+        op = by_name.get(n.name, "") if n.name else ""
+        if not op and n.output:
+            q_outs = [c.output[0] for c in consumers.get(n.output[0], []) if c.op_type == "QuantizeLinear"]
+            op = next((by_output[o] for o in [n.output[0], *q_outs] if o in by_output), "")
+        result[_layer_key(n)] = op
+    return result
+
+
+def is_integer_kernel(op_type: str) -> bool:
+    """Does ORT run a layer fused into ``op_type`` with integer arithmetic?"""
+    return op_type in ORT_LAYER_INTEGER_OPS
