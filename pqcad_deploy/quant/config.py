@@ -128,6 +128,12 @@ class QuantConfig:
         return 7 if bits == 8 and self.reduce_range else bits
 
     @property
+    def weight_only_linear(self) -> bool:
+        """ORT at <= 4-bit weights: Linear layers quantize their weights only, the form ORT fuses into MatMulNBits
+        (an INT4 MatMul with a Q/DQ'd activation or an output Q runs in float, dequantizing weights every call)."""
+        return self.target == "onnxruntime" and self.weight_bits <= 4
+
+    @property
     def output_quantizers(self) -> bool:
         """ORT needs DQ->op->Q node units, so every quantized op also gets an output quantizer."""
         return self.target == "onnxruntime"

@@ -21,20 +21,23 @@ class _QuantMixin:
     """
 
     weight_quantizer: TensorQuantizer
-    input_quantizer: TensorQuantizer
+    input_quantizer: TensorQuantizer | None
     output_quantizer: TensorQuantizer | None
 
-    def _attach(self, cfg: QuantConfig, weight_quantizer: TensorQuantizer) -> None:
+    def _attach(self, cfg: QuantConfig, weight_quantizer: TensorQuantizer, weight_only: bool = False) -> None:
+        """``weight_only``: no activation quantizers at all (ORT's MatMulNBits form: float in, float out)."""
         self.weight_quantizer = weight_quantizer
-        self.input_quantizer = TensorQuantizer(cfg.act_bits, uint8_export=cfg.act_uint8, kind="input")
+        self.input_quantizer = (
+            None if weight_only else TensorQuantizer(cfg.act_bits, uint8_export=cfg.act_uint8, kind="input")
+        )
         self.output_quantizer = (
             TensorQuantizer(cfg.act_bits, uint8_export=cfg.act_uint8, kind="output")
-            if cfg.output_quantizers
+            if cfg.output_quantizers and not weight_only
             else None
         )
 
     def _quant_forward(self, x: torch.Tensor, op, skip_input_quant: bool) -> torch.Tensor:  # noqa: ANN001
-        if not skip_input_quant:
+        if not skip_input_quant and self.input_quantizer is not None:
             x = self.input_quantizer(x)
         y = op(x, self.weight_quantizer(self.weight), self.bias)
         if self.output_quantizer is not None:
@@ -88,7 +91,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
         q.weight = lin.weight
         q.bias = lin.bias
         q.train(lin.training)
-        q._attach(cfg, q.make_weight_quantizer(cfg))
+        q._attach(cfg, q.make_weight_quantizer(cfg), weight_only=cfg.weight_only_linear)
         q.to(lin.weight.device)
         return q
 

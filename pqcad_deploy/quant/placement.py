@@ -7,7 +7,8 @@ skip input of each residual Add (ResnetBlock2D: after ``conv_shortcut``, or in i
 ORT form: the same plus an output quantizer on every quantized layer, so ORT sees DQ->op->Q units and fuses
 QLinearConv/QGemm (measured on this project's UNets: input-only QDQ runs 1.5-1.7x slower than ORT FP32, DQ->op->Q units 1.6x faster). No skip quantizers: ORT keeps the Add in float either way.
 8-bit weights use the 7-bit grid by default there (``QuantConfig.reduce_range``: ORT's x86 U8S8 kernels
-saturate otherwise).
+saturate otherwise). At <= 4-bit weights its Linear layers are weight-only (``QuantConfig.weight_only_linear``: no
+activation Q/DQ), the form ORT runs as MatMulNBits; with a Q/DQ'd activation ORT 1.32 keeps an INT4 MatMul in float.
 
 Decoder skip concats (``torch.cat([h, res_skip])`` in up blocks) are left in float, on purpose. Their output
 feeds GroupNorm (float) and the 1x1 ``conv_shortcut``, whose single per-tensor input quantizer already gives

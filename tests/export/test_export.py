@@ -18,6 +18,7 @@ from pqcad_deploy.export.onnx_export import quantize_codes
 from pqcad_deploy.export.pipeline import ExportOptions, _quant_ctx, export
 from pqcad_deploy.export.spec import export_spec_for
 from pqcad_deploy.loading import open_model
+from pqcad_deploy.runtime.audit import ort_fused_layers
 
 
 def _dq_nodes(m):
@@ -53,14 +54,7 @@ def test_w8a8_both_targets(students, tmp_path, key, target):
         assert any(n.op_type == "QuantizeLinear" for n in m.graph.node)
 
 
-_ORT_W4_NOT_FUSED = pytest.mark.xfail(
-    strict=True,
-    reason="ORT 1.32 fuses no INT4-weight MatMul whose activation is Q/DQ'd (MatMulNBits needs a float activation "
-    "and output); the onnxruntime audit now says so and the export refuses. Fix the ORT-form INT4 placement.",
-)
-
-
-@pytest.mark.parametrize("key, block", [("trt4c", 16), pytest.param("ort4c", 0, marks=_ORT_W4_NOT_FUSED)])
+@pytest.mark.parametrize("key, block", [("trt4c", 16), ("ort4c", 0)])
 def test_w4_int4_rewrite_cond_unet(students, tmp_path, key, block):
     out = tmp_path / "w4.onnx"
     rep = export(open_model(students[key]), out, ExportOptions(parity_samples=4))
@@ -79,6 +73,9 @@ def test_w4_int4_rewrite_cond_unet(students, tmp_path, key, block):
     for n in _dq_nodes(m):
         if n.input[0] in {i.name for i in int4} and n.input[0].endswith("_T"):
             assert cons[n.output[0]].op_type == "MatMul"
+    if key == "ort4c":  # weight-only Linear form: ORT itself runs every INT4 MatMul as MatMulNBits
+        fused = ort_fused_layers(out)
+        assert list(fused.values()).count("MatMulNBits") == c["int4_matmul"]
 
 
 def test_fp16_export_has_fp16_scales(students, tmp_path):
