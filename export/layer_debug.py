@@ -572,18 +572,19 @@ def format_table(report: dict[str, Any], top: int | None = 20) -> str:
     """The ranking as a plain-text table, then the suggested exclude list."""
     rows = report["layers"][:top] if top else report["layers"]
     src = report.get("quant_onnx") or report.get("checkpoint")
+    ow = max([9] + [len(r["op_type"]) for r in rows])
     lines = [
         f"{src}: final rel-L2 {report['final_rel_l2']:.4g} vs FP at timesteps {report['timesteps']} "
         f"(batch {report['batch_size']}, seed {report['seed']}); {len(report['layers'])} quantized layers",
         f"ranked by {report['method']}",
         "",
-        f"{'rank':>4}  {'removed':>8}  {'without':>9}  {'local':>9}  {'op':<9} layer",
+        f"{'rank':>4}  {'removed':>8}  {'without':>9}  {'local':>9}  {'op':<{ow}} layer",
     ]
     for r in rows:
         local = f"{r['local_rel_l2']:.3g}" if r.get("local_rel_l2") is not None else "-"
         lines.append(
             f"{r['rank']:>4}  {100 * r['error_removed']:>7.1f}%  {r['final_rel_l2_without']:>9.4g}  {local:>9}  "
-            f"{r['op_type']:<9} {r['module']}" + (f"  [{r['name']}]" if r["name"] != r["module"] else "")
+            f"{r['op_type']:<{ow}} {r['module']}" + (f"  [{r['name']}]" if r["name"] != r["module"] else "")
         )
     if top and len(report["layers"]) > top:
         lines.append(f"  ... {len(report['layers']) - top} more (all of them in --json)")
