@@ -157,7 +157,9 @@ def export(loaded: ModelBundle, onnx_path: str | os.PathLike, opts: ExportOption
     if quantized and opts.target and ckpt_target and opts.target != ckpt_target:
         raise ExportError(
             f"The checkpoint was quantized for target {ckpt_target!r}; its Q/DQ placement cannot be re-targeted "
-            f"to {opts.target!r} at export. Quantize for that target (pqcad-train ... --target {opts.target})."
+            f"to {opts.target!r} at export. Retarget the student (its weights kept, its quantizers rebuilt and "
+            f"recalibrated, optionally fine-tuned): pqcad-train pqcad --init-student STUDENT --target {opts.target} "
+            "--bits w8a8 --schedule fixed --steps 0|N --calib CALIB --out NEW, then export NEW."
         )
     int4 = quantized and wbits <= 4
     opset = opts.opset or default_opset(opts.precision, quantized, int4)

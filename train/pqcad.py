@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -60,8 +61,12 @@ def train_pqcad(
     progress: bool = True,
     extra_meta: dict[str, Any] | None = None,
     on_done: Callable[[PQCADTrainer], None] | None = None,
+    init_student: tuple[nn.Module, str] | None = None,
 ) -> Path:
     """Train (or resume/branch) and write the student with ``student.save_student``; returns its path.
+
+    A fresh run starts from PTQ of ``teacher``, or with ``init_student=(model, source)`` from that student's weights
+    retargeted to ``cfg``'s placement (``ptq.retarget``); ``cfg.steps == 0`` then writes the recalibrated student.
 
     The training checkpoint lives beside it as ``<out stem>_train.pt`` (and ``_train_stage1.pt`` at the switch).
     ``on_done(trainer)`` runs on every rank before the process group is torn down (tests, benchmarks).
@@ -78,6 +83,8 @@ def train_pqcad(
         trainer.load(resume_from)
     elif resume not in (None, "auto"):
         raise CheckpointError(f"--resume {resume} does not exist.")
+    elif init_student is not None:
+        trainer.init_from(*init_student)
     else:
         trainer.init_ptq()
     if ctx.is_main:
@@ -148,12 +155,13 @@ def config_from_args(args: argparse.Namespace) -> PQCADConfig:
 
 def _main(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
-    check_output_path(args.out, inputs=[args.teacher, args.calib, args.resume])
+    check_output_path(args.out, inputs=[args.teacher, args.calib, args.resume, args.init_student])
     dev = resolve_device(args.device)
     t0 = time.perf_counter()
     bundle = open_model(args.teacher)
     if bundle.quantized:
         raise UsageError(f"--teacher {args.teacher} is a quantized student; PQCAD starts from an FP model.")
+    init = _open_init_student(args.init_student, bundle.spec) if args.init_student else None
     prompts = open_prompts(bundle.spec, args, dev)
     collect = calib_collect_kwargs(args)
     calib = load_or_collect_calib(
@@ -168,8 +176,25 @@ def _main(args: argparse.Namespace) -> None:
         resume=args.resume,
         device=str(dev),
         progress=not args.no_progress,
+        init_student=init,
     )
     print(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
+
+
+def _open_init_student(source: str, spec: ModelSpec) -> tuple[nn.Module, str]:
+    """The --init-student model, refused unless it is a quantized student of the teacher's architecture."""
+    bundle = open_model(source)
+    if not bundle.quantized:
+        raise UsageError(
+            f"--init-student {source} is an FP model; give a quantized student (an FP model is --teacher)."
+        )
+    same_config = json.dumps(bundle.spec.config, sort_keys=True) == json.dumps(spec.config, sort_keys=True)
+    if bundle.spec.name != spec.name or not same_config:
+        raise UsageError(
+            f"--init-student {source} is a {bundle.spec.name} student but --teacher is {spec.name}; "
+            "give the teacher the student was trained from."
+        )
+    return bundle.model, bundle.source
 
 
 def register(sub: Any) -> None:
@@ -185,6 +210,14 @@ def register(sub: Any) -> None:
         "--resume",
         default=None,
         help="training checkpoint to resume or branch from, or 'auto' (<out>_train.pt)",
+    )
+    p.add_argument(
+        "--init-student",
+        default=None,
+        metavar="STUDENT",
+        help="start from this student's trained weights instead of PTQ of the teacher: its quantizers are rebuilt "
+        "for --target/--bits and recalibrated with --ptq-method, then trained for --steps (0: recalibrate only). "
+        "Moves e.g. a TensorRT-trained student to the onnxruntime placement (a retarget)",
     )
     add_quant_args(
         p, "stage bit-widths: w8a8:w4a8 (progressive) or one, e.g. w4a8", ":".join(d.bits), d.ptq_method

@@ -33,7 +33,7 @@ from .checkpointing import TrainingDiverged, kept, load_weights, read_checkpoint
 from .pqcad_config import BRANCHABLE, PQCADConfig
 from .pqcad_losses import alphas_at, cad_loss, ddim_step, eps_from_two_step
 from .pqcad_momentum import MomentumSwitch
-from .ptq import ptq_student
+from .ptq import ptq_student, retarget
 
 log = logging.getLogger(__name__)
 FORMAT = "pqcad-train-state/1"
@@ -133,6 +133,25 @@ class PQCADTrainer:
         self.student = model.requires_grad_(True).train()
         self.history.append(entry)
         log.info("PTQ init at %s (%s) done in %.1fs", entry["bits"], entry["method"], entry["seconds"])
+        self._make_optimizer()
+
+    def init_from(self, student: nn.Module, source: str) -> None:
+        """Fine-tune run: stage 1 starts from another student's trained weights, its quantizers rebuilt in this
+        config's placement and recalibrated (:func:`ptq.retarget`), e.g. a TensorRT-trained student moved to the
+        ONNX Runtime placement."""
+        bits = self.cfg.stage_bits[0]
+        model, entry = retarget(student, self.spec, self.cfg.quant_config(bits), self.calib, self.dev)
+        entry["from"] = source
+        self.student = model.requires_grad_(True).train()
+        self.history.append(entry)
+        log.info(
+            "retargeted %s to %s %s (%s) in %.1fs",
+            source,
+            entry["target"],
+            entry["bits"],
+            entry["method"],
+            entry["seconds"],
+        )
         self._make_optimizer()
 
     @staticmethod

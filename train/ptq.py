@@ -34,7 +34,7 @@ from pqcad_deploy.loading import open_model
 from pqcad_deploy.quant import QuantConfig, calibrate, parse_bits, quantize_model
 from pqcad_deploy.quant.config import BLOCK_SIZES, CALIB_METHODS, TARGETS, QuantConfigError
 from pqcad_deploy.student import save_student
-from pqcad_deploy.zoo import TEACHER_PATH
+from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec, build_model
 
 from .calib import load_or_collect_calib, open_prompts
 
@@ -65,6 +65,35 @@ def ptq_student(
         "calib": {k: v for k, v in calib.meta.items() if isinstance(v, (int, float, str, bool))},
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    return model, entry
+
+
+def retarget(
+    student: nn.Module,
+    spec: ModelSpec,
+    qcfg: QuantConfig,
+    calib: CalibSet,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained student's weights with its quantizers rebuilt for ``qcfg`` (another target's Q/DQ placement, another
+    weight grid) and calibrated by :func:`ptq_student` on ``calib``.
+
+    Quantizer state (step sizes, zero points) is dropped, not carried over: the new placement has quantizers the old
+    one lacks (ONNX Runtime's output quantizers) and a different weight grid, so every range is estimated again with
+    ``qcfg.calib_method``. ``pqcad-train pqcad --init-student`` fine-tunes the result; the demo uses it as is.
+    """
+    fp = build_model(spec, seed=None)
+    keys = fp.state_dict().keys()
+    weights = {k: v for k, v in student.state_dict().items() if k in keys}
+    missing = sorted(set(keys) - set(weights))
+    if missing:
+        raise UsageError(
+            f"the student lacks {len(missing)} weights of {spec.name} (first: {missing[0]}); "
+            "retarget a student of the same model."
+        )
+    fp.load_state_dict(weights, strict=True)
+    model, entry = ptq_student(fp.eval(), qcfg, calib, device)
+    entry["event"] = "retarget"
     return model, entry
 
 

@@ -34,8 +34,8 @@ from ..quant import QuantConfig, get_quant_config
 from ..runtime.bench import BenchConfig, format_table, parse_engine, run_bench
 from ..sampling import check_steps
 from ..text import TextEncoderError, default_encoder_dir
-from ..train.ptq import ptq_student
-from ..zoo import ASSETS, T2I_TEACHER_PATH, TEACHER_PATH, build_model
+from ..train.ptq import retarget
+from ..zoo import ASSETS, T2I_TEACHER_PATH, TEACHER_PATH
 from .common import (
     add_text_args,
     add_verbose,
@@ -55,15 +55,6 @@ STUDENT_PATH = ASSETS / "fmnist_pqcad_w8a8.safetensors"
 # The shipped student runs at half the FP steps: at DDIM 50 its FD-fmnist is +3.3 % against FP at 100 (10k samples,
 # benchmarks/RESULTS.md, "PQCAD"), so halving the steps costs little quality and halves the latency.
 SHIPPED_STUDENT_STEPS = 50
-
-
-def retarget_for_onnxruntime(student: torch.nn.Module, spec, calib) -> torch.nn.Module:
-    """Keep the student's trained weights, rebuild the quantizers in the ORT placement and calibrate them."""
-    fp = build_model(spec, seed=None)
-    fp_keys = fp.state_dict()
-    fp.load_state_dict({k: v for k, v in student.state_dict().items() if k in fp_keys}, strict=True)
-    model, _ = ptq_student(fp.eval(), QuantConfig(target="onnxruntime", calib_method="mse"), calib)
-    return model
 
 
 def plan_steps(
@@ -158,7 +149,10 @@ def run(args: argparse.Namespace) -> int:
         seed=4321,
         progress=False,
     )
-    ort_model = retarget_for_onnxruntime(student.model, teacher.spec, calib)
+    # what `pqcad-train pqcad --init-student STUDENT --target onnxruntime --steps 0 --ptq-method mse` writes
+    ort_model, _ = retarget(
+        student.model, teacher.spec, QuantConfig(target="onnxruntime", calib_method="mse"), calib
+    )
     ort_student = ModelBundle(
         ort_model, teacher.spec, get_quant_config(ort_model), {}, "PQCAD weights, ORT placement"
     )
