@@ -146,7 +146,9 @@ class OrtRunner(Runner):
         session_config_entries: dict[str, str] | None = None,
         log_severity: int | None = None,
         name: str | None = None,
+        profile_prefix: str | os.PathLike | None = None,
     ):
+        """``profile_prefix``: turn on ORT's profiler (per-node timings); :meth:`end_profiling` writes the JSON."""
         super().__init__()
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
@@ -158,6 +160,7 @@ class OrtRunner(Runner):
         self.session_config_entries = dict(session_config_entries or {})
         self.log_severity = log_severity
         self.name = name or f"ort:{self.model_path.name}"
+        self.profile_prefix = profile_prefix
         self.session = None
         self._inputs: dict[str, Any] = {}
 
@@ -196,6 +199,9 @@ class OrtRunner(Runner):
             so.add_session_config_entry(key, value)
         if self.log_severity is not None:
             so.log_severity_level = self.log_severity
+        if self.profile_prefix is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = str(self.profile_prefix)
         providers = resolve_providers(s["providers"], ort.get_available_providers())
         opts = [self.provider_options.get(p, {}) for p in providers]
         try:
@@ -217,6 +223,12 @@ class OrtRunner(Runner):
 
     def deactivate(self) -> None:
         self.session = None
+
+    def end_profiling(self) -> Path:
+        """Stop ORT's profiler and return its JSON trace (needs ``profile_prefix`` and an active session)."""
+        if self.session is None or self.profile_prefix is None:
+            raise RunnerError(f"{self.name}: profiling needs profile_prefix and an active session.")
+        return Path(self.session.end_profiling())
 
     # -- inference -----------------------------------------------------------------------------------
     def _np_dtype(self, name: str):
