@@ -4,6 +4,7 @@
     pqcad-export --checkpoint teacher.safetensors --onnx unet_fp32.onnx          # FP baseline
     pqcad-export --checkpoint sd15-unet --random-weights --precision fp16 --onnx sd15.onnx
     pqcad-export --text-encoder --onnx text_encoder.onnx --text-int8             # the T2I text encoder
+    pqcad-export --checkpoint student.pt --float-weights --onnx student_fp.onnx  # pqcad-debug's FP reference
     pqcad-export --check-only unet.onnx
     pqcad-export --check-only unet_int8.onnx --target onnxruntime --ort-optimized   # rules vs ORT's own fusions
 
@@ -27,7 +28,7 @@ from pqcad_deploy.cli.common import (
     setup_logging,
 )
 from pqcad_deploy.errors import UsageError
-from pqcad_deploy.loading import open_model
+from pqcad_deploy.loading import ModelBundle, open_model
 
 from .audit import format_ort_cross_check, ort_cross_check
 from .pipeline import ExportOptions, check_only, export, report_path
@@ -42,8 +43,15 @@ _UNET_ONLY = {
     "external_data": "--external-data",
     "allow_float_layers": "--allow-float-layers",
     "random_weights": "--random-weights",
+    "float_weights": "--float-weights",
 }
-_DEFAULTS = {"exporter": "torchscript", "batch_size": 1, "allow_float_layers": False, "random_weights": False}
+_DEFAULTS = {
+    "exporter": "torchscript",
+    "batch_size": 1,
+    "allow_float_layers": False,
+    "random_weights": False,
+    "float_weights": False,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-only", metavar="ONNX", help="check an existing ONNX file (checker, audit, ORT run)"
     )
     p.add_argument("--random-weights", action="store_true", help="with a zoo name: seeded random weights")
+    p.add_argument(
+        "--float-weights",
+        action="store_true",
+        help="export a student's trained weights without Q/DQ: the FP reference that makes pqcad-debug measure "
+        "quantization error alone",
+    )
     p.add_argument("--onnx", help="output path (written only after all checks pass)")
     p.add_argument("--target", choices=["tensorrt", "onnxruntime"], help="default: the checkpoint's target")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="float parts of the graph")
@@ -156,6 +170,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--text-int8 applies to --text-encoder exports only.")
     check_output_path(args.onnx, inputs=[args.checkpoint], what="--onnx")
     bundle = open_model(args.checkpoint, random_weights=True if args.random_weights else None)
+    if args.float_weights:
+        if not bundle.quantized:
+            raise UsageError(
+                f"--float-weights strips a student's quantizers; {args.checkpoint} is already float."
+            )
+        from pqcad_deploy.train.ptq import float_copy
+
+        bundle = ModelBundle(
+            float_copy(bundle.model, bundle.spec), bundle.spec, None, bundle.meta, bundle.source
+        )
     opts = ExportOptions(
         target=args.target,
         precision=args.precision,

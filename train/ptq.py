@@ -82,6 +82,14 @@ def retarget(
     one lacks (ONNX Runtime's output quantizers) and a different weight grid, so every range is estimated again with
     ``qcfg.calib_method``. ``pqcad-train pqcad --init-student`` fine-tunes the result; the demo uses it as is.
     """
+    model, entry = ptq_student(float_copy(student, spec), qcfg, calib, device)
+    entry["event"] = "retarget"
+    return model, entry
+
+
+def float_copy(student: nn.Module, spec: ModelSpec) -> nn.Module:
+    """The float model of ``spec`` holding a student's trained weights, without any quantizer (eval mode): the
+    start of a retarget, and the FP reference that measures a student's quantization error alone."""
     fp = build_model(spec, seed=None)
     keys = fp.state_dict().keys()
     weights = {k: v for k, v in student.state_dict().items() if k in keys}
@@ -89,12 +97,10 @@ def retarget(
     if missing:
         raise UsageError(
             f"the student lacks {len(missing)} weights of {spec.name} (first: {missing[0]}); "
-            "retarget a student of the same model."
+            "give a student of the same model."
         )
     fp.load_state_dict(weights, strict=True)
-    model, entry = ptq_student(fp.eval(), qcfg, calib, device)
-    entry["event"] = "retarget"
-    return model, entry
+    return fp.eval()
 
 
 def probe_indices(calib: CalibSet, n: int = 2048, seed: int = 99) -> torch.Tensor:

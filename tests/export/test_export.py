@@ -90,6 +90,25 @@ def test_fp16_export_has_fp16_scales(students, tmp_path):
     assert rep["audit"]["counts"]["float_blocked"] == 0 and rep["parity"]["passed"]
 
 
+def test_float_weights_exports_the_students_weights_without_qdq(students, tmp_path, capsys):
+    out = tmp_path / "student_fp.onnx"
+    assert main(["--checkpoint", str(students["trt8"]), "--float-weights", "--onnx", str(out)]) == 0
+    rep = json.loads((tmp_path / "student_fp.report.json").read_text())
+    assert not rep["quantized"] and rep["counts"]["QuantizeLinear"] == rep["counts"]["DequantizeLinear"] == 0
+    assert rep["parity"]["passed"]
+    # a quantized layer's weight travels as the student's float tensor (no INT8 codes)
+    student = open_model(students["trt8"]).model.state_dict()
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+    w = student["down_blocks.0.resnets.0.conv1.weight"].numpy()
+    assert any(a.shape == w.shape and np.array_equal(a, w) for a in inits.values())
+    fp = tmp_path / "fp.safetensors"
+    from pqcad_deploy.zoo import build_model, get_spec, save_weights
+
+    save_weights(build_model(get_spec("tiny-unet")), get_spec("tiny-unet"), fp)
+    assert main(["--checkpoint", str(fp), "--float-weights", "--onnx", str(tmp_path / "x.onnx")]) == 2
+    assert "already float" in capsys.readouterr().err
+
+
 def test_fp_teacher_and_random_zoo_model(tmp_path):
     from pqcad_deploy.zoo import build_model, get_spec, save_weights
 
