@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pqcad_deploy.cli.demo import STUDENT_PATH, main, plan_steps
+from pqcad_deploy.cli.demo import ORT_STUDENT_PATH, STUDENT_PATH, main, plan_steps
 from pqcad_deploy.errors import UsageError
 
 
@@ -18,6 +18,9 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
     assert all(r["error"] is None for r in result["rows"])
     # the shipped student runs at fewer steps than FP by default (in --quick: 2 vs 4)
     assert result["student"]["path"] == str(STUDENT_PATH)
+    assert result["student"]["ort_form"] == str(
+        ORT_STUDENT_PATH
+    )  # the ORT-trained twin, not a demo-time retarget
     assert result["student"]["steps"] < result["student"]["fp_steps"]
     # both quantized exports passed the TensorRT audit with nothing blocked
     for name in ("student_trt_form", "student_ort_form"):
@@ -59,3 +62,21 @@ def test_shipped_student_is_weight_trained_w8a8():
     t_sd = teacher.state_dict()
     moved = [k for k, v in student.state_dict().items() if k in t_sd and not v.equal(t_sd[k])]
     assert len(moved) > 100, f"only {len(moved)} tensors differ from the teacher"
+
+
+def test_shipped_ort_student_is_the_shipped_student_trained_in_the_ort_placement():
+    """The CPU INT8 row is trained in the placement it runs in: retargeted from the shipped student, then trained."""
+    from pqcad_deploy.student import load_student
+
+    ort, _, qcfg, meta = load_student(ORT_STUDENT_PATH)
+    trt, _, _, _ = load_student(STUDENT_PATH)
+    assert qcfg.target == "onnxruntime" and (qcfg.weight_bits, qcfg.act_bits) == (8, 8)
+    first = meta["history"][0]
+    assert first["event"] == "retarget" and first["from"].endswith(STUDENT_PATH.name)
+    assert meta["pqcad"]["steps"] > 0 and meta["pqcad"]["lr"] > 0
+    assert meta["loss_summary"]["stage1"]["last"] < meta["loss_summary"]["stage1"]["first"]
+    t_sd = trt.state_dict()
+    moved = [
+        k for k, v in ort.state_dict().items() if k in t_sd and "quantizer" not in k and not v.equal(t_sd[k])
+    ]
+    assert len(moved) > 100, f"only {len(moved)} tensors moved in the ORT placement"

@@ -6,9 +6,9 @@ Runtime engines (``pqcad-build --backend onnxruntime``) -> the shared sampler on
 -> one latency / quality table, a JSON record and a PNG grid (one row of samples per engine).
 
 Two INT8 forms of the student are exported: the TensorRT form exactly as trained (what ``trtexec --stronglyTyped``
-builds) and the ONNX Runtime form (same trained weights, re-placed for ORT's DQ->op->Q fusion and PTQ-calibrated on
-FP trajectories), which is the CPU INT8 fast path that the table samples; ``--include-trt-form`` samples the
-TensorRT form on ORT too (unfused there).
+builds) and the ONNX Runtime form, the shipped student moved to ORT's DQ->op->Q placement and trained there
+(``assets/fmnist_pqcad_w8a8_ort``; another ``--student`` is retargeted here without training), which is the CPU
+INT8 fast path that the table samples; ``--include-trt-form`` samples the TensorRT form on ORT too (unfused there).
 
 Then the text-to-image pipeline on the shipped conditional teacher (``demo_t2i``): prompt -> text encoder engine ->
 UNet engine with classifier-free guidance -> image, FP32 and INT8, with the encoder time shown apart.
@@ -52,9 +52,30 @@ from .demo_steps import build_ort, export_checked
 from .demo_t2i import run_t2i
 
 STUDENT_PATH = ASSETS / "fmnist_pqcad_w8a8.safetensors"
+# The same student moved to the ONNX Runtime placement and trained there (pqcad-train pqcad --init-student,
+# benchmarks/RESULTS.md "Train what you deploy"): the CPU INT8 row; the TensorRT form exports STUDENT_PATH.
+ORT_STUDENT_PATH = ASSETS / "fmnist_pqcad_w8a8_ort.safetensors"
 # The shipped student runs at half the FP steps: at DDIM 50 its FD-fmnist is +3.3 % against FP at 100 (10k samples,
 # benchmarks/RESULTS.md, "PQCAD"), so halving the steps costs little quality and halves the latency.
 SHIPPED_STUDENT_STEPS = 50
+
+
+def _retargeted(student: ModelBundle, teacher: ModelBundle, quick: bool) -> ModelBundle:
+    """A student without an ORT-trained twin: its weights in the ORT placement, recalibrated on a small FP set
+    (what `pqcad-train pqcad --init-student STUDENT --target onnxruntime --steps 0 --ptq-method mse` writes)."""
+    calib = collect_calibset(
+        TorchDenoiser(teacher.model),
+        teacher.spec,
+        n_trajectories=8 if quick else 32,
+        steps=10 if quick else 50,
+        n_points=3 if quick else 10,
+        seed=4321,
+        progress=False,
+    )
+    model, _ = retarget(
+        student.model, teacher.spec, QuantConfig(target="onnxruntime", calib_method="mse"), calib
+    )
+    return ModelBundle(model, teacher.spec, get_quant_config(model), {}, "PQCAD weights, ORT placement")
 
 
 def plan_steps(
@@ -89,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"student DDIM steps (default: {SHIPPED_STUDENT_STEPS} for the shipped student; half the FP steps for a "
         "step-halved student, else the FP steps)",
     )
+    p.add_argument(
+        "--ort-student",
+        default=None,
+        help="student trained in the onnxruntime placement for the CPU INT8 row (default: the shipped one with the "
+        "shipped --student; for another --student, that student retargeted here without training)",
+    )
     p.add_argument("--batch-size", type=batch_int, default=8, help="images per sampler run")
     p.add_argument("--repeats", type=count_int, default=2, help="timed runs per engine")
     p.add_argument(
@@ -116,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    check_output_path(args.out / "demo.json", inputs=[args.student, args.teacher], what="--out")
+    check_output_path(
+        args.out / "demo.json", inputs=[args.student, args.teacher, args.ort_student], what="--out"
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     teacher = open_model(args.teacher)
@@ -140,23 +169,20 @@ def run(args: argparse.Namespace) -> int:
         f"[1/4] student {Path(args.student).name}: {qc.target} form, W{qc.weight_bits}A{qc.act_bits}, "
         f"{'step-halved: ' + str(student_steps) if halved else str(student_steps)} steps vs FP {fp_steps}"
     )
-    calib = collect_calibset(
-        TorchDenoiser(teacher.model),
-        teacher.spec,
-        n_trajectories=8 if args.quick else 32,
-        steps=10 if args.quick else 50,
-        n_points=3 if args.quick else 10,
-        seed=4321,
-        progress=False,
-    )
-    # what `pqcad-train pqcad --init-student STUDENT --target onnxruntime --steps 0 --ptq-method mse` writes
-    ort_model, _ = retarget(
-        student.model, teacher.spec, QuantConfig(target="onnxruntime", calib_method="mse"), calib
-    )
-    ort_student = ModelBundle(
-        ort_model, teacher.spec, get_quant_config(ort_model), {}, "PQCAD weights, ORT placement"
-    )
-    print(f"      calibration set + ORT placement: {time.perf_counter() - t0:.0f} s")
+    ort_path = args.ort_student or (ORT_STUDENT_PATH if shipped and ORT_STUDENT_PATH.is_file() else None)
+    if ort_path is not None:
+        ort_student = open_model(ort_path)
+        if ort_student.qcfg is None or ort_student.qcfg.target != "onnxruntime":
+            raise UsageError(
+                f"--ort-student {ort_path} is not a student of the onnxruntime placement; train one with "
+                "pqcad-train pqcad --init-student STUDENT --target onnxruntime."
+            )
+        print(f"      ONNX Runtime form: {Path(ort_path).name} (trained in the ORT placement)")
+    else:
+        ort_student = _retargeted(student, teacher, args.quick)
+        print(
+            f"      ONNX Runtime form: retargeted here (calibration set + PTQ {time.perf_counter() - t0:.0f} s)"
+        )
     print("[2/4] exporting ONNX with explicit Q/DQ (checker, ORT parity, TensorRT audit on each)")
     onnx = {
         "teacher_fp32": args.out / "teacher_fp32.onnx",
@@ -201,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
     }
     result["student"] = {
         "path": str(args.student),
+        "ort_form": str(ort_path) if ort_path is not None else "retargeted at demo time (no training)",
         "trained_steps": trained_steps,
         "halved": halved,
         "steps": student_steps,
