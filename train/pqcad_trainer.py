@@ -260,11 +260,11 @@ class PQCADTrainer:
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         scores = {}
         for r in ("mse", "rescale"):
-            model.load_state_dict(saved)
+            _restore(model, saved)
             set_weight_bits(model, bits[0], reinit=r)
             scores[r] = self._probe_error(model)
         best = min(scores, key=scores.get)
-        model.load_state_dict(saved)
+        _restore(model, saved)
         set_weight_bits(model, bits[0], reinit=best)
         return {"reinit": best, "reinit_probe_mse": scores}
 
@@ -437,3 +437,12 @@ class PQCADTrainer:
             f"stage{s}": {"first": v[0], "last": v[-1], "min": min(v), "points": len(v)}
             for s, v in by_stage.items()
         }
+
+
+def _restore(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Load the pre-switch state; activation quantizers a weight-only switch removed stay removed."""
+    missing, unexpected = model.load_state_dict(saved, strict=False)
+    if missing or any("_quantizer." not in k for k in unexpected):
+        raise RuntimeError(
+            f"cannot restore the pre-switch student: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )

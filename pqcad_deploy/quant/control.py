@@ -29,7 +29,11 @@ def set_weight_bits(model: nn.Module, bits: int, reinit: str = "mse") -> nn.Modu
     the shape is unchanged the same quantizer module (and amax parameter object) is kept, so an optimizer keeps
     tracking it; where the config asks for another shape (``int4_block_size`` blocks appear at <= 4 bits) a new
     quantizer replaces it. ``reinit="mse"`` re-searches amax from the current weights; ``"rescale"`` keeps the
-    ranges (amax per channel, copied into or reduced over blocks), so scale = amax / qmax changes with qmax."""
+    ranges (amax per channel, copied into or reduced over blocks), so scale = amax / qmax changes with qmax.
+
+    Where the new config makes Linear layers weight-only (``QuantConfig.weight_only_linear``: ONNX Runtime at <= 4
+    bits), their activation quantizers are removed, as ``quantize_model`` would build them; the way back (4 -> 8
+    bits there) is refused, since those ranges no longer exist."""
     if reinit not in ("mse", "rescale"):
         raise ValueError(f"reinit={reinit!r} is not allowed; choose 'mse' or 'rescale'.")
     layers = [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
@@ -40,7 +44,12 @@ def set_weight_bits(model: nn.Module, bits: int, reinit: str = "mse") -> nn.Modu
     cfg = get_quant_config(model)
     if cfg is None:
         raise ValueError("Model carries no QuantConfig; quantize it with quantize_model(model, cfg).")
-    cfg = cfg.replace(weight_bits=bits)
+    old_cfg, cfg = cfg, cfg.replace(weight_bits=bits)
+    if old_cfg.weight_only_linear and not cfg.weight_only_linear:
+        raise ValueError(
+            f"{cfg.target} Linear layers at {old_cfg.weight_bits} bits are weight-only; their activation "
+            f"quantizers cannot come back at {bits} bits. Quantize the FP model at {bits} bits instead."
+        )
     reshaped = 0
     for m in layers:
         old = m.weight_quantizer
@@ -56,6 +65,10 @@ def set_weight_bits(model: nn.Module, bits: int, reinit: str = "mse") -> nn.Modu
             m.weight_quantizer = q = new
         if reinit == "mse":
             calibrate_weight(q, m.weight, method="mse")
+    if cfg.weight_only_linear:
+        for m in layers:
+            if isinstance(m, QuantLinear):
+                m.input_quantizer = m.output_quantizer = None
     set_quant_config(model, cfg)
     log.info(
         "weight quantizers switched to %d bits (%s), %d layers, %d re-shaped",

@@ -200,3 +200,18 @@ def test_shipped_teacher_training_moves_every_weight_and_fits_its_points(tmp_pat
     assert len(moved) == len(teacher.state_dict())
     every_point = torch.arange(len(cs))
     assert calibset.eps_mse(trained, cs, every_point, "cpu") < calibset.eps_mse(ptq, cs, every_point, "cpu")
+
+
+def test_progressive_ort_run_becomes_weight_only_at_4_bits_and_reloads(tiny, tmp_path):
+    """ORT target, W8A8 -> W4A8: at the switch Linear layers lose their activation quantizers (MatMulNBits form);
+    the "auto" step-size re-initialisation tries both candidates on the same pre-switch state, and the saved
+    student reloads with exactly that placement."""
+    from pqcad_deploy.quant.modules import QuantLinear
+
+    out = run(tiny, tmp_path / "ort.pt", config=cfg(target="onnxruntime", stage2_reinit="auto"))
+    model, _, qcfg, meta = student_mod.load_student(out)
+    assert qcfg.target == "onnxruntime" and qcfg.weight_bits == 4
+    switch = next(h for h in meta["history"] if h["event"] == "switch")
+    assert set(switch["reinit_probe_mse"]) == {"mse", "rescale"}
+    lins = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert lins and all(m.input_quantizer is None and m.output_quantizer is None for m in lins)
