@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import struct
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
 
 from pqcad_deploy.captions import caption_index
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def write_idx(path: Path, arr: np.ndarray, magic: int, gz: bool = True) -> Path:
@@ -64,3 +68,11 @@ def save_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32) -> Path:
     )
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script of benchmarks/ as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from pqcad_deploy.loading import open_model
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_sampler.py"
+from tests._utils import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def gs():
-    spec = importlib.util.spec_from_file_location("gpu_sampler", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("gpu_sampler")
 
 
 def test_rows_speedups_and_table(gs, capsys):

@@ -4,26 +4,17 @@ reference, the branch configs, the sweep. The scripts are loaded from their path
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests._utils import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def table():
-    return _load("pqcad_table")
+    return load_benchmark("pqcad_table")
 
 
 def _row(variant, bits, seed, fds: dict[int, float]):
@@ -114,7 +105,7 @@ def test_skip_ptq_needs_a_fixed_sample_count(table):
 
 
 def test_lr_sweep_quick_trains_scores_and_picks(tmp_path, capsys):
-    sweep = _load("pqcad_lr_sweep")
+    sweep = load_benchmark("pqcad_lr_sweep")
     out = tmp_path / "sweep.json"
     assert sweep.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
     doc = json.loads(out.read_text())

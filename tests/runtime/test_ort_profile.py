@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,16 +9,12 @@ import pytest
 
 from pqcad_deploy.runtime.backends.base import RunnerError
 from pqcad_deploy.runtime.backends.ort_backend import OrtRunner
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ort_profile.py"
+from tests._utils import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def prof():
-    spec = importlib.util.spec_from_file_location("ort_profile", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("ort_profile")
 
 
 def _node(op: str, ts: int, dur: int) -> dict:
