@@ -7,6 +7,7 @@ The ``tiny-*`` configs exist for tests.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -61,6 +62,12 @@ class ModelSpec:
     @property
     def text_conditioned(self) -> bool:
         return self.text is not None
+
+    def same_network(self, other: ModelSpec) -> bool:
+        """Same class and config: one's weights load into the other (configs compared as stored, lists == tuples)."""
+        return self.cls == other.cls and json.dumps(self.config, sort_keys=True) == json.dumps(
+            other.config, sort_keys=True
+        )
 
     @classmethod
     def from_dict(cls, d: Any) -> ModelSpec:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -188,8 +187,7 @@ def _open_init_student(source: str, spec: ModelSpec) -> tuple[nn.Module, str]:
         raise UsageError(
             f"--init-student {source} is an FP model; give a quantized student (an FP model is --teacher)."
         )
-    same_config = json.dumps(bundle.spec.config, sort_keys=True) == json.dumps(spec.config, sort_keys=True)
-    if bundle.spec.name != spec.name or not same_config:
+    if bundle.spec.name != spec.name or not bundle.spec.same_network(spec):
         raise UsageError(
             f"--init-student {source} is a {bundle.spec.name} student but --teacher is {spec.name}; "
             "give the teacher the student was trained from."

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -110,8 +109,7 @@ def _init_from(model: torch.nn.Module, spec, source: str) -> None:
     """Fine-tune: start from the weights of an FP model of the same architecture (not a resume: step 0, fresh
     optimizer and EMA)."""
     init = open_model(source)
-    same = json.dumps(init.spec.config, sort_keys=True) == json.dumps(spec.config, sort_keys=True)
-    if init.quantized or not same or init.spec.cls != spec.cls:
+    if init.quantized or not init.spec.same_network(spec):
         raise UsageError(
             f"--init {source} is not an FP {spec.name} model (architecture or quantization differs)."
         )
