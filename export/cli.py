@@ -29,6 +29,7 @@ from pqcad_deploy.cli.common import (
 )
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.loading import ModelBundle, open_model
+from pqcad_deploy.student import float_copy
 
 from .audit import format_ort_cross_check, ort_cross_check
 from .pipeline import ExportOptions, check_only, export, report_path
@@ -175,8 +176,6 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--float-weights strips a student's quantizers; {args.checkpoint} is already float."
             )
-        from pqcad_deploy.train.ptq import float_copy
-
         bundle = ModelBundle(
             float_copy(bundle.model, bundle.spec), bundle.spec, None, bundle.meta, bundle.source
         )

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .denoiser import UNetWrapper
+from .errors import UsageError
 from .io import (
     CheckpointError,
     atomic_torch_save,
@@ -206,3 +207,19 @@ def load_student(
     meta.setdefault("history", [])
     meta.setdefault("sampling", dict(DEFAULT_SAMPLING))
     return model, spec, qcfg, meta
+
+
+def float_copy(student: nn.Module, spec: ModelSpec) -> nn.Module:
+    """The float model of ``spec`` holding a student's trained weights, without any quantizer (eval mode): the
+    start of a retarget, and the FP reference that measures a student's quantization error alone."""
+    fp = build_model(spec, seed=None)
+    keys = fp.state_dict().keys()
+    weights = {k: v for k, v in student.state_dict().items() if k in keys}
+    missing = sorted(set(keys) - set(weights))
+    if missing:
+        raise UsageError(
+            f"the student lacks {len(missing)} weights of {spec.name} (first: {missing[0]}); "
+            "give a student of the same model."
+        )
+    fp.load_state_dict(weights, strict=True)
+    return fp.eval()

@@ -33,8 +33,8 @@ from pqcad_deploy.errors import UsageError
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.quant import QuantConfig, calibrate, parse_bits, quantize_model
 from pqcad_deploy.quant.config import BLOCK_SIZES, CALIB_METHODS, TARGETS, QuantConfigError
-from pqcad_deploy.student import save_student
-from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec, build_model
+from pqcad_deploy.student import float_copy, save_student
+from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec
 
 from .calib import load_or_collect_calib, open_prompts
 
@@ -85,22 +85,6 @@ def retarget(
     model, entry = ptq_student(float_copy(student, spec), qcfg, calib, device)
     entry["event"] = "retarget"
     return model, entry
-
-
-def float_copy(student: nn.Module, spec: ModelSpec) -> nn.Module:
-    """The float model of ``spec`` holding a student's trained weights, without any quantizer (eval mode): the
-    start of a retarget, and the FP reference that measures a student's quantization error alone."""
-    fp = build_model(spec, seed=None)
-    keys = fp.state_dict().keys()
-    weights = {k: v for k, v in student.state_dict().items() if k in keys}
-    missing = sorted(set(keys) - set(weights))
-    if missing:
-        raise UsageError(
-            f"the student lacks {len(missing)} weights of {spec.name} (first: {missing[0]}); "
-            "give a student of the same model."
-        )
-    fp.load_state_dict(weights, strict=True)
-    return fp.eval()
 
 
 def probe_indices(calib: CalibSet, n: int = 2048, seed: int = 99) -> torch.Tensor:
