@@ -9,21 +9,35 @@
 #                         (needs pqcad_deploy/assets/fmnist_ddpm.safetensors in the tree), in the background
 #   wait-table SECONDS    wait (at most SECONDS) for the background tables to finish
 #   table [ARGS...]       benchmarks/t2i_table.py on the trained teacher (in the background), ARGS passed through
+#   sweep-prep [ARGS...]  PQCAD recipe sweep on the shipped teacher (or runs/t2i's, when trained here), step 1: the
+#                         small (256 x 20) and large (2048 x 10) calibration sets, a held-out validation set, the FP
+#                         images and the FP / PTQ rows, on seen prompts; ARGS go to t2i_table.py (sizes)
+#   sweep NAME [ARGS...]  one PQCAD variant in the background (t2i_table.py --rows pqcad --label NAME ARGS), e.g.
+#                         sweep big_lr1e-6 --calib runs/sweep/calib_2048x10.safetensors --pqcad-lr 1e-6
+#   wait-sweep SECONDS    wait (at most SECONDS) for the variants; sweep-merge prints and writes one table
+#   final-fp / final NAME STUDENT
+#                         the full-size table (10k seen + 2k per held-out set, 2 noise seeds): the FP row (and its
+#                         image cache), then a chosen student's row against it, each in the background
 #   collect               copy results, grids and the fp16 teacher (split under 16 MB) to $OUT
-# Carried beside the tree (the device takes 64 MiB in all): .devdata/ with Fashion-MNIST (train images .xz, the rest
-# .gz) and the caption embedding cache (python -m pqcad_deploy.text runs/t2i_embeddings.safetensors; .safetensors as
-# .xz, .json as is), and .whl/ with the diffusers wheel.
+# Carried beside the tree (the device takes 64 MiB in all): .devdata/ (or any .devdata*/) with Fashion-MNIST (images
+# .xz, labels .gz; the tables need only the t10k files) and the caption embedding cache (python -m pqcad_deploy.text
+# runs/t2i_embeddings.safetensors; .safetensors as .xz, .json as is), and .whl/ with the diffusers wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:?stage: setup|train|table|collect}"; shift || true
 export PQCAD_FMNIST_DIR=/tmp/fmnist PYTHONUNBUFFERED=1
 EMB=runs/t2i_embeddings.safetensors
+TEACHER=fmnist-t2i; [ -f runs/t2i/fmnist-t2i.safetensors ] && TEACHER=runs/t2i/fmnist-t2i.safetensors
+SWEEP=(--teacher "$TEACHER" --embeddings $EMB --work runs/sweep --sets seen --num-samples 2000 --noise-seeds 0 1
+  --guidance-sweep --val-trajectories 128 --grids runs/sweep/grids)
+FINAL=(--teacher "$TEACHER" --embeddings $EMB --work runs/final --num-samples 10000 --held-out-samples 2000
+  --noise-seeds 0 1 --guidance-sweep --grids runs/final/grids)
 case "$stage" in
   setup)
     if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl; fi
     python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
     mkdir -p "$PQCAD_FMNIST_DIR" runs
-    for f in .devdata/*; do
+    for f in .devdata*/*; do
       case "$(basename "$f")" in
         t2i_embeddings.*.xz) xz -dc "$f" > "runs/$(basename "${f%.xz}")" ;;
         t2i_embeddings.*) cp "$f" runs/ ;;
@@ -71,7 +85,7 @@ case "$stage" in
     ;;
   wait-table)
     limit="${1:-600}"; t0=$SECONDS
-    for pid_file in runs/t2i_table/table.pid runs/ptq12/table.pid; do
+    for pid_file in runs/t2i_table/table.pid runs/ptq12/table.pid runs/final/*.pid; do
       [ -f "$pid_file" ] || continue
       while kill -0 "$(cat "$pid_file")" 2>/dev/null; do
         if [ $((SECONDS - t0)) -ge "$limit" ]; then echo "still running after ${limit}s: $pid_file"; exit 0; fi
@@ -86,6 +100,49 @@ case "$stage" in
     echo $! > runs/t2i_table/table.pid
     echo "table in the background (pid $!), log runs/t2i_table/table.log"
     ;;
+  sweep-prep)
+    mkdir -p runs/sweep
+    python3 -m pqcad_deploy.train.cli calib --teacher "$TEACHER" --embeddings $EMB --guidance-scale 3 \
+      --calib-trajectories 2048 --calib-steps 50 --calib-points 10 --out runs/sweep/calib_2048x10.safetensors \
+      --overwrite > runs/sweep/calib_large.log 2>&1 &
+    python3 benchmarks/t2i_table.py "${SWEEP[@]}" --rows fp ptq --ptq-methods mse \
+      --calib runs/sweep/calib_256x20.safetensors --out runs/sweep/prep.json "$@" > runs/sweep/prep.log 2>&1
+    wait
+    tail -3 runs/sweep/calib_large.log; grep -A4 "^row" runs/sweep/prep.log
+    ;;
+  sweep)
+    name="${1:?variant name}"; shift
+    setsid nohup python3 benchmarks/t2i_table.py "${SWEEP[@]}" --rows pqcad --ptq-methods mse --label "$name" \
+      --calib runs/sweep/calib_256x20.safetensors --out "runs/sweep/v_$name.json" "$@" \
+      > "runs/sweep/v_$name.log" 2>&1 < /dev/null &
+    echo $! > "runs/sweep/v_$name.pid"
+    ;;
+  wait-sweep)
+    limit="${1:-600}"; t0=$SECONDS
+    for pid_file in runs/sweep/v_*.pid; do
+      while kill -0 "$(cat "$pid_file")" 2>/dev/null; do
+        if [ $((SECONDS - t0)) -ge "$limit" ]; then echo "still running after ${limit}s: $pid_file"; exit 0; fi
+        sleep 5
+      done
+    done
+    ;;
+  sweep-merge)
+    python3 benchmarks/t2i_table.py --merge runs/sweep/prep.json runs/sweep/v_*.json --out runs/sweep/sweep.json
+    ;;
+  final-fp)
+    mkdir -p runs/final
+    setsid nohup python3 benchmarks/t2i_table.py "${FINAL[@]}" --rows fp --out runs/final/fp.json \
+      > runs/final/fp.log 2>&1 < /dev/null &
+    echo $! > runs/final/fp.pid
+    ;;
+  final)
+    # starts once the FP row (whose images it is scored against) is done
+    name="${1:?row label}"; student="${2:?student file}"
+    setsid nohup bash -c 'while kill -0 "$(cat runs/final/fp.pid)" 2>/dev/null; do sleep 5; done; exec "$@"' _ \
+      python3 benchmarks/t2i_table.py "${FINAL[@]}" --rows pqcad --pqcad-student "$student" --label "$name" \
+      --out "runs/final/$name.json" > "runs/final/$name.log" 2>&1 < /dev/null &
+    echo $! > "runs/final/$name.pid"
+    ;;
   collect)
     # at most 8 files come back, 16 MiB each: the weights in parts, everything else in one archive
     tail -3 runs/t2i/train.log 2>/dev/null || true
@@ -97,6 +154,7 @@ case "$stage" in
     tar czf "$OUT/t2i_results.tgz" --ignore-failed-read runs/t2i/train.log runs/t2i/fmnist-t2i.json \
       runs/t2i/teacher_grid.png runs/t2i_table/t2i_table.json runs/t2i_table/table.log runs/t2i_table/grids \
       runs/t2i_probe/fmnist-t2i.json runs/ptq12/table.log runs/ptq12/pqcad_table_ptq_h200.json \
+      runs/sweep/*.json runs/sweep/*.log runs/sweep/grids runs/final/*.json runs/final/*.log runs/final/grids \
       benchmarks/results/pqcad_grids 2>/dev/null || true
     ls -la "$OUT"
     ;;
