@@ -10,10 +10,11 @@
 #   wait-table SECONDS    wait (at most SECONDS) for the background tables to finish
 #   table [ARGS...]       benchmarks/t2i_table.py on the trained teacher (in the background), ARGS passed through
 #   sweep-prep [ARGS...]  PQCAD recipe sweep on the shipped teacher (or runs/t2i's, when trained here), step 1: the
-#                         small (256 x 20) and large (2048 x 10) calibration sets, a held-out validation set, the FP
-#                         images and the FP / PTQ rows, on seen prompts; ARGS go to t2i_table.py (sizes)
+#                         256 x 20 calibration set, a held-out validation set, the FP images and the FP / PTQ rows,
+#                         on 2k seen prompts x 2 noise seeds; ARGS go to t2i_table.py (--prepare-only: sets only)
 #   sweep NAME [ARGS...]  one PQCAD variant in the background (t2i_table.py --rows pqcad --label NAME ARGS), e.g.
-#                         sweep big_lr1e-6 --calib runs/sweep/calib_2048x10.safetensors --pqcad-lr 1e-6
+#                         sweep mid --calib runs/sweep/calib_1024x10.safetensors --calib-trajectories 1024 \
+#                         --calib-points 10 (a variant with its own set collects it)
 #   wait-sweep SECONDS    wait (at most SECONDS) for the variants; sweep-merge prints and writes one table
 #   final-fp / final NAME STUDENT
 #                         the full-size table (10k seen + 2k per held-out set, 2 noise seeds): the FP row (and its
@@ -101,14 +102,11 @@ case "$stage" in
     echo "table in the background (pid $!), log runs/t2i_table/table.log"
     ;;
   sweep-prep)
+    # the FP and PTQ rows, the shared calibration set and the held-out validation set; --prepare-only: the sets only
     mkdir -p runs/sweep
-    python3 -m pqcad_deploy.train.cli calib --teacher "$TEACHER" --embeddings $EMB --guidance-scale 3 \
-      --calib-trajectories 2048 --calib-steps 50 --calib-points 10 --out runs/sweep/calib_2048x10.safetensors \
-      --overwrite > runs/sweep/calib_large.log 2>&1 &
     python3 benchmarks/t2i_table.py "${SWEEP[@]}" --rows fp ptq --ptq-methods mse \
       --calib runs/sweep/calib_256x20.safetensors --out runs/sweep/prep.json "$@" > runs/sweep/prep.log 2>&1
-    wait
-    tail -3 runs/sweep/calib_large.log; grep -A4 "^row" runs/sweep/prep.log
+    tail -2 runs/sweep/prep.log; grep -A4 "^row" runs/sweep/prep.log || true
     ;;
   sweep)
     name="${1:?variant name}"; shift
@@ -127,7 +125,8 @@ case "$stage" in
     done
     ;;
   sweep-merge)
-    python3 benchmarks/t2i_table.py --merge runs/sweep/prep.json runs/sweep/v_*.json --out runs/sweep/sweep.json
+    python3 benchmarks/t2i_table.py --merge $(ls runs/sweep/prep.json runs/sweep/v_*.json 2>/dev/null) \
+      --out runs/sweep/sweep.json
     ;;
   final-fp)
     mkdir -p runs/final

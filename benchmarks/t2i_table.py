@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--merge", type=Path, nargs="+", default=None, help="print one table from these JSON files"
     )
+    p.add_argument(
+        "--prepare-only", action="store_true", help="collect the calibration (and validation) sets, then stop"
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--grids", type=Path, default=RESULTS / "t2i_grids")
     p.add_argument("--device", default=None)
@@ -116,6 +119,7 @@ class Table:
         self.sets = {s: evaluation_prompts(s, n[s], seed=0) for s in a.sets}
         self.fp_images: dict[tuple[str, int], torch.Tensor] = {}
         self.val = None
+        self.sweep: list[dict[str, Any]] = []
         self.rows: list[dict[str, Any]] = []
         a.work.mkdir(parents=True, exist_ok=True)
         a.grids.mkdir(parents=True, exist_ok=True)
@@ -157,9 +161,10 @@ class Table:
     def load_fp_images(self) -> None:
         path = self.a.work / "fp_images.safetensors"
         if not path.exists():
-            raise UsageError(
-                f"{path} is missing: run once with --rows fp (same --work) before rows without it."
+            log.warning(
+                "%s is missing: no FD/PSNR to FP (run once with --rows fp, same --work, for them)", path
             )
+            return
         tensors, meta = load_safetensors(path, "FP image cache")
         if meta != self.fp_cache_key():
             raise UsageError(
@@ -184,7 +189,7 @@ class Table:
             runs = []
             for seed in self.a.noise_seeds:
                 imgs = self.generate(model, ev.prompts, seed)
-                ref = None if name == "FP" else self.fp_images[(set_name, seed)]
+                ref = None if name == "FP" else self.fp_images.get((set_name, seed))
                 if name == "FP":
                     self.fp_images[(set_name, seed)] = imgs
                 runs.append(prompt_quality(imgs, ev.colours, ev.classes, ref, self.dev))
@@ -209,30 +214,18 @@ class Table:
     def run(self) -> None:
         a = self.a
         self.t0 = time.perf_counter()
+        if a.prepare_only:
+            self.calibration_sets()
+            return
         self.sweep = self.guidance_sweep() if a.guidance_sweep and "fp" in a.rows else []
         if "fp" in a.rows:
             self.evaluate("FP", self.fp.model, {"bits": "fp32", "training": self.fp.meta})
             self.save_fp_images()
         else:
             self.load_fp_images()
-        collect = dict(
-            n_trajectories=a.calib_trajectories,
-            steps=a.steps,
-            n_points=a.calib_points,
-            seed=1234,
-            batch_size=256,
-        )
-        t = time.perf_counter()
-        cs = load_or_collect_calib(
-            a.calib, self.fp.model, self.spec, self.dev, collect, True, self.prompts, a.guidance_scale
-        )
-        self.calib_s = time.perf_counter() - t
-        if a.val_trajectories:
-            collect.update(n_trajectories=a.val_trajectories, n_points=10, seed=98765)
-            self.val = load_or_collect_calib(
-                a.work / "val.safetensors", self.fp.model, self.spec, self.dev, collect, True, self.prompts,
-                a.guidance_scale,
-            )  # fmt: skip
+        if a.rows == ["fp"]:
+            return
+        cs = self.calibration_sets()
         if "ptq" in a.rows:
             t = time.perf_counter()
             model, entry = select_ptq_method(
@@ -253,6 +246,24 @@ class Table:
                 extra = {"student": str(student.source), "pqcad": student.meta.get("pqcad")}
             extra.update(bits="w8a8", train_time_s=student.meta.get("train_time_s"), calib=str(a.calib))
             self.evaluate(name, student.model.to(self.dev), extra)
+
+    def calibration_sets(self) -> Any:
+        """The calibration set (``--calib``) and, with ``--val-trajectories``, the held-out one; collected if missing."""
+        a = self.a
+        collect = dict(n_trajectories=a.calib_trajectories, steps=a.steps, n_points=a.calib_points, seed=1234)
+        collect["batch_size"] = 256
+        t = time.perf_counter()
+        cs = load_or_collect_calib(
+            a.calib, self.fp.model, self.spec, self.dev, collect, True, self.prompts, a.guidance_scale
+        )
+        self.calib_s = time.perf_counter() - t
+        if a.val_trajectories:
+            collect.update(n_trajectories=a.val_trajectories, n_points=10, seed=98765)
+            self.val = load_or_collect_calib(
+                a.work / "val.safetensors", self.fp.model, self.spec, self.dev, collect, True, self.prompts,
+                a.guidance_scale,
+            )  # fmt: skip
+        return cs
 
     def train_pqcad(self, cs: Any) -> Path:
         a = self.a
