@@ -31,6 +31,7 @@ from .io import (
 )
 from .quant import QuantConfig, QuantConfigError, get_quant_config, iter_quantizers, quantize_model
 from .quant.control import UncalibratedError, check_calibrated
+from .quant.intervals import IntervalError, IntervalSchedule, add_intervals, get_intervals
 from .zoo import ModelSpec, build_model, check_state_dict, sidecar_path, spec_from_meta
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,11 @@ def save_student(
         "history": meta.get("history", []),
         "sampling": meta.get("sampling", DEFAULT_SAMPLING),
     }
+    schedule = get_intervals(unet)
+    if schedule is not None:
+        full_meta["intervals"] = schedule.to_dict()
+    else:
+        full_meta.pop("intervals", None)
     try:
         meta_json = json.dumps(full_meta, sort_keys=True)
     except (TypeError, ValueError) as e:
@@ -161,6 +167,24 @@ def _check_meta(meta: dict[str, Any], source: str) -> None:
         raise CheckpointError(f"{source}: metadata sampling.scheduler must be a string.")
 
 
+def _read_intervals(meta: dict[str, Any], source: str) -> IntervalSchedule | None:
+    """Per-interval activation ranges (timestep-aware students); absent in single-set students and older files."""
+    if meta.get("intervals") is None:
+        return None
+    if not isinstance(meta["intervals"], dict):
+        raise CheckpointError(
+            f"{source}: metadata 'intervals' must be an object, got {meta['intervals']!r:.60}."
+        )
+    try:
+        return IntervalSchedule.from_dict(meta["intervals"])
+    except IntervalError as e:
+        raise CheckpointError(f"{source}: {e}") from e
+
+
+def _with_intervals(model: nn.Module, schedule: IntervalSchedule | None) -> nn.Module:
+    return add_intervals(model, schedule) if schedule is not None else model
+
+
 def _check_quantizer_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Quantizer state must be usable and agree with the stored QuantConfig, which is the one source of truth for
     bit-widths: the model is rebuilt from it, so a file whose ``num_bits`` disagree is refused, not obeyed."""
@@ -174,8 +198,10 @@ def _check_quantizer_tensors(model: nn.Module, tensors: dict[str, torch.Tensor],
             )
         if not bool(cal):
             raise CheckpointError(f"{source}: quantizer {name} is uncalibrated; the checkpoint is unusable.")
-        if not amax.is_floating_point() or not torch.isfinite(amax).all() or (amax <= 0).any():
-            raise CheckpointError(f"{source}: quantizer {name} has non-finite or non-positive scales.")
+        sets = tensors.get(f"{name}.interval_amax")
+        for a in (amax,) if sets is None else (amax, sets):
+            if not a.is_floating_point() or not torch.isfinite(a).all() or (a <= 0).any():
+                raise CheckpointError(f"{source}: quantizer {name} has non-finite or non-positive scales.")
         if int(bits) != q.bits:
             raise CheckpointError(
                 f"{source}: quantizer {name} stores num_bits={int(bits)} but the checkpoint's QuantConfig builds it "
@@ -196,12 +222,13 @@ def load_student(
         qcfg = QuantConfig.from_dict(meta["quant"])
     except QuantConfigError as e:
         raise CheckpointError(f"{source}: {e}") from e
-    probe = quantize_model(probe, qcfg)
+    schedule = _read_intervals(meta, source)
+    probe = _with_intervals(quantize_model(probe, qcfg), schedule)
     check_state_dict(probe, tensors, source=str(path))
     _check_quantizer_tensors(probe, tensors, str(path))
     if header is not None:
         check_pair(path, header, Path(source), meta)
-    model = quantize_model(build_model(spec, seed=None), qcfg)
+    model = _with_intervals(quantize_model(build_model(spec, seed=None), qcfg), schedule)
     model.load_state_dict(tensors, strict=True)
     model.to(device).eval()
     meta.setdefault("history", [])

@@ -27,6 +27,7 @@ from pqcad_deploy.cli.common import (
     calib_collect_kwargs,
     check_output_path,
     float_range,
+    int_range,
     resolve_device,
 )
 from pqcad_deploy.errors import UsageError
@@ -179,6 +180,8 @@ def run(args: argparse.Namespace) -> Path:
     bundle = open_model(args.teacher)
     prompts = open_prompts(bundle.spec, args, device)
     collect = calib_collect_kwargs(args)
+    if args.intervals > 1 or args.progressive:
+        return _run_intervals(args, qcfg, bundle, prompts, collect, device)
     cs = load_or_collect_calib(
         args.calib, bundle.model, bundle.spec, device, collect, True, prompts, args.guidance_scale
     )
@@ -190,6 +193,51 @@ def run(args: argparse.Namespace) -> Path:
     return out
 
 
+def _run_intervals(
+    args: argparse.Namespace, qcfg: QuantConfig, bundle: Any, prompts: Any, collect: dict, device: Any
+) -> Path:
+    """``--intervals K`` / ``--progressive``: timestep-aware PTQ on rollouts (``ptq_intervals.interval_ptq``)."""
+    from pqcad_deploy.quant.intervals import IntervalError
+
+    if args.calib is not None:
+        raise UsageError(
+            "--calib is a fixed point set; per-interval PTQ records its own rollouts of the --calib-steps sampler "
+            "(progressively: through the already calibrated intervals). Drop --calib."
+        )
+    if args.progressive and args.intervals < 2:
+        raise UsageError("--progressive calibrates interval by interval: give --intervals K with K >= 2.")
+    if args.interval_starts and len(args.interval_starts) + 1 != args.intervals:
+        raise UsageError(
+            f"--interval-starts gives {len(args.interval_starts)} starts, which make "
+            f"{len(args.interval_starts) + 1} intervals, not --intervals {args.intervals}."
+        )
+    cond_fn = prompts.calibration_cond_fn(collect["seed"] + 7) if prompts is not None else None
+    try:
+        model, entry = _interval_ptq(args, qcfg, bundle, prompts, collect, device, cond_fn)
+    except IntervalError as e:
+        raise UsageError(f"--intervals/--interval-starts: {e}") from e
+    entry["teacher"] = bundle.source
+    meta = {"history": [entry], "sampling": {"scheduler": "ddim", "steps": collect["steps"]}}
+    out = save_student(args.out, model.cpu(), bundle.spec, meta=meta)
+    how = "progressive" if entry["progressive"] else "per-interval"
+    print(
+        f"wrote {out}: {how} PTQ {args.bits} {qcfg.calib_method}, K={args.intervals} over {collect['steps']} steps"
+    )
+    return out
+
+
+def _interval_ptq(args, qcfg, bundle, prompts, collect, device, cond_fn):  # noqa: ANN001, ANN202
+    from .ptq_intervals import interval_ptq
+
+    return interval_ptq(
+        bundle.model, bundle.spec, qcfg, args.intervals, steps=collect["steps"],
+        n_trajectories=collect["n_trajectories"], progressive=args.progressive, seed=collect["seed"], device=device,
+        batch_size=collect["batch_size"], cond_fn=cond_fn, uncond=prompts.uncond() if prompts is not None else None,
+        guidance_scale=args.guidance_scale if prompts is not None else 1.0,
+        starts=tuple(args.interval_starts) if args.interval_starts else None,
+    )  # fmt: skip
+
+
 def register(sub: Any) -> None:
     p = add_subcommand(sub, "ptq", "post-training quantization baseline -> student checkpoint", __doc__)
     p.add_argument("--teacher", default=str(TEACHER_PATH), help="FP model (.safetensors + .json) or zoo name")
@@ -198,6 +246,19 @@ def register(sub: Any) -> None:
     )
     add_quant_args(p, "bit-widths, wXaY (w8a8, w4a8)", "w8a8", method_default="maxabs")
     add_calib_args(p)
+    g = p.add_argument_group("timestep-aware PTQ (activation ranges per timestep interval)")
+    g.add_argument(
+        "--intervals", type=int_range(1, 1000), default=1, help="K sets of activation ranges, one per interval of "
+        "the --calib-steps DDIM sampler (equal numbers of steps; 1: one set)",
+    )  # fmt: skip
+    g.add_argument(
+        "--progressive", action="store_true", help="calibrate interval k on rollouts whose earlier intervals "
+        "already run quantized (PCR's progressive calibration)",
+    )  # fmt: skip
+    g.add_argument(
+        "--interval-starts", type=int, nargs="+", default=None, metavar="T", help="first timestep of intervals "
+        "1..K-1, decreasing (instead of equal splits)",
+    )  # fmt: skip
     add_text_args(p)
     add_device(p)
     p.set_defaults(func=run)

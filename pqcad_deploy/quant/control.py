@@ -13,6 +13,7 @@ from ..errors import PQCADError
 from .calibrate import calibrate_weight
 from .modules import QuantConv2d, QuantLinear
 from .placement import get_quant_config, iter_quantizers, set_quant_config
+from .quantizer import QuantizerStateError
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,11 @@ def export_mode(model: nn.Module) -> Iterator[nn.Module]:
     The model is put in eval mode for the duration; refuses uncalibrated quantizers."""
     check_calibrated(model)
     quantizers = [q for _, q in iter_quantizers(model)]
+    if any(q.intervals is not None for q in quantizers):
+        raise QuantizerStateError(
+            "this student holds per-interval activation ranges (timestep-aware), and one ONNX graph carries one set "
+            "of constant scales; per-interval export is not built yet: export the single-set student instead."
+        )
     was_training = model.training
     model.eval()
     try:

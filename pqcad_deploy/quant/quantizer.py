@@ -78,6 +78,7 @@ class TensorQuantizer(nn.Module):
         self.enabled = True
         self._collector: Any = None  # set by calibrate(): forward observes and passes x through
         self._export_scale: torch.Tensor | None = None  # set by export_mode(): constant qparams
+        self.intervals: Any = None  # quant.intervals.IntervalState when the model holds per-interval ranges
 
     # ---- state -------------------------------------------------------------------------------
     @property
@@ -134,8 +135,15 @@ class TensorQuantizer(nn.Module):
         qmin, qmax = qrange(self._bits)
         if self._export_scale is not None:
             return self._export_forward(x, self._export_scale.to(x.device), qmin, qmax)
-        scale = self.scale()
         learn = self.training and self.amax.requires_grad and torch.is_grad_enabled()
+        if self.intervals is not None and self.intervals.index is not None:
+            if learn:
+                raise QuantizerStateError(
+                    "training a student with per-interval activation ranges is not supported; train the single-set "
+                    "student, then calibrate per interval (pqcad-train ptq --intervals K --init-student ...)."
+                )
+            return self._per_interval(x, self.intervals.index, qmin, qmax)
+        scale = self.scale()
         if not learn:
             scale = scale.detach()  # eval: plain fake quant (no amax gradient; x still gets the STE)
         if self.block_size is not None:
@@ -150,6 +158,22 @@ class TensorQuantizer(nn.Module):
             zp = torch.zeros((), dtype=torch.int32, device=x.device)
             return torch.fake_quantize_per_tensor_affine(x, scale, zp, qmin, qmax)
         return self._per_channel(x, scale, qmin, qmax, learn)
+
+    def _per_interval(self, x: torch.Tensor, index: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+        """Each sample with its own interval's range: a per-channel fake quant along the batch dimension. Batches
+        that grew inside the model (heads folded into the batch) repeat each sample's index."""
+        n = x.shape[0]
+        if index.numel() != n:
+            if n % index.numel():
+                raise QuantizerStateError(
+                    f"per-interval quantizer got a batch of {n} for {index.numel()} timesteps; the batch must "
+                    "lead every quantized tensor."
+                )
+            index = index.repeat_interleave(n // index.numel())
+        amax = self.interval_amax.to(x.device)[index.to(x.device)]
+        scale = amax.float().clamp_min(AMAX_EPS) / qmax
+        zp = torch.zeros(n, dtype=torch.int32, device=x.device)
+        return torch.fake_quantize_per_channel_affine(x, scale, zp, 0, qmin, qmax)
 
     def _per_channel(
         self, x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, learn: bool

@@ -1,0 +1,176 @@
+"""Timestep-aware activation ranges: K sets of activation step sizes, one per timestep interval.
+
+Diffusion activations change range strongly across the denoising trajectory (PCR, TDQ); one set of constant scales
+per engine is a compromise over all of it. ``add_intervals(model, schedule)`` gives every activation quantizer a
+``interval_amax`` buffer of K ranges; a forward pre-hook on the UNet reads each sample's timestep and the fake-quant
+forward uses that sample's interval's range (per-sample scales, so a batch may mix intervals: calibration and
+scoring batches do, the sampler's never). Weight ranges stay shared. K = 1 is never installed: a model without
+intervals is today's student, bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .quantizer import TensorQuantizer
+
+log = logging.getLogger(__name__)
+
+INTERVALS_ATTR = "_pqcad_intervals"
+
+
+class IntervalError(ValueError):
+    """Interval boundaries that overlap, leave the timestep range, or do not match the sampler's steps."""
+
+
+@dataclass(frozen=True)
+class IntervalSchedule:
+    """Intervals in sampling order (interval 0 holds the noisiest timesteps). ``starts[j]`` is the first (largest)
+    timestep of interval j + 1: a timestep t belongs to interval ``#{s in starts : t <= s}``."""
+
+    starts: tuple[int, ...]
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        s = [int(v) for v in self.starts]
+        if any(not 0 <= v < self.num_train_timesteps for v in s):
+            raise IntervalError(
+                f"interval starts {s} must lie in [0, {self.num_train_timesteps - 1}] (the training timesteps)."
+            )
+        if any(a <= b for a, b in zip(s, s[1:], strict=False)):
+            raise IntervalError(
+                f"interval starts {s} must be strictly decreasing (sampling order, noisiest first): two equal or "
+                "rising starts would make an empty or overlapping interval."
+            )
+        object.__setattr__(self, "starts", tuple(s))
+
+    @property
+    def k(self) -> int:
+        return len(self.starts) + 1
+
+    def index_of(self, t: torch.Tensor) -> torch.Tensor:
+        """Interval index of every timestep in ``t`` (long tensor of the same shape)."""
+        starts = torch.tensor(self.starts, dtype=torch.long, device=t.device)
+        return (t.long().reshape(-1, 1) <= starts.reshape(1, -1)).sum(1).reshape(t.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"k": self.k, "starts": list(self.starts), "num_train_timesteps": self.num_train_timesteps}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IntervalSchedule:
+        try:
+            sched = cls(tuple(int(v) for v in d["starts"]), int(d.get("num_train_timesteps", 1000)))
+        except (KeyError, TypeError) as e:
+            raise IntervalError(f"interval record {d!r:.80} needs a list 'starts' of timesteps ({e}).") from e
+        if "k" in d and int(d["k"]) != sched.k:
+            raise IntervalError(f"interval record says k={d['k']} but has {len(sched.starts)} starts.")
+        return sched
+
+    @classmethod
+    def equal_steps(
+        cls, timesteps: Sequence[int], k: int, num_train_timesteps: int = 1000
+    ) -> IntervalSchedule:
+        """K intervals of (nearly) equal numbers of the sampler's steps; ``timesteps`` in sampling order."""
+        n = len(timesteps)
+        if not 1 <= k <= n:
+            raise IntervalError(f"{k} intervals do not fit a sampler of {n} steps (need 1 <= K <= steps).")
+        ts = [int(t) for t in timesteps]
+        if any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
+            raise IntervalError("sampler timesteps must be strictly decreasing (sampling order).")
+        return cls(tuple(ts[(j * n) // k] for j in range(1, k)), num_train_timesteps)
+
+    def steps_per_interval(self, timesteps: Sequence[int]) -> list[int]:
+        """How many of the sampler's steps fall in each interval; every interval must get at least one."""
+        idx = self.index_of(torch.tensor([int(t) for t in timesteps]))
+        counts = torch.bincount(idx, minlength=self.k).tolist()
+        if min(counts) == 0:
+            raise IntervalError(
+                f"interval starts {list(self.starts)} leave interval(s) "
+                f"{[j for j, c in enumerate(counts) if c == 0]} without any of the sampler's {len(timesteps)} "
+                "steps; choose starts among the sampler's timesteps or fewer intervals."
+            )
+        return counts
+
+
+class IntervalState:
+    """Shared by a model's hook and its quantizers: the per-sample interval of the call in flight."""
+
+    def __init__(self, schedule: IntervalSchedule):
+        self.schedule = schedule
+        self.index: torch.Tensor | None = None
+
+
+class _SelectByTimestep:
+    """Forward pre-/post-hook pair body (a class, not a closure, so ``copy.deepcopy`` of the model keeps the hook
+    and its quantizers on the same copied state)."""
+
+    def __init__(self, state: IntervalState):
+        self.state = state
+
+    def pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        t = torch.as_tensor(t, device=sample.device).reshape(-1)
+        t = t.expand(sample.shape[0]) if t.numel() == 1 else t
+        self.state.index = self.state.schedule.index_of(t)
+
+    def post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        self.state.index = None
+
+
+def act_quantizers(model: nn.Module) -> list[TensorQuantizer]:
+    """Per-tensor activation quantizers (the ones that get interval sets), each once."""
+    seen, out = set(), []
+    for m in model.modules():
+        if isinstance(m, TensorQuantizer) and m.kind != "weight" and m.axis is None and id(m) not in seen:
+            seen.add(id(m))
+            out.append(m)
+    return out
+
+
+def add_intervals(model: nn.Module, schedule: IntervalSchedule) -> nn.Module:
+    """Install K activation-range sets (initialised to the current ranges) and the timestep hook; in place."""
+    if get_intervals(model) is not None:
+        raise IntervalError("the model already holds interval sets; start from a single-set student.")
+    if schedule.k < 2:
+        raise IntervalError("K = 1 is the plain student: nothing to install.")
+    state = IntervalState(schedule)
+    for q in act_quantizers(model):
+        q.register_buffer("interval_amax", q.amax.detach().reshape(1).repeat(schedule.k).clone())
+        q.intervals = state
+    hook = _SelectByTimestep(state)
+    model.register_forward_pre_hook(hook.pre, with_kwargs=True)
+    model.register_forward_hook(hook.post, with_kwargs=True)
+    setattr(model, INTERVALS_ATTR, state)
+    log.info("activation ranges per timestep interval: K=%d, starts %s", schedule.k, list(schedule.starts))
+    return model
+
+
+def get_intervals(model: nn.Module) -> IntervalSchedule | None:
+    state = getattr(model, INTERVALS_ATTR, None)
+    return state.schedule if state is not None else None
+
+
+@torch.no_grad()
+def store_interval(model: nn.Module, k: int) -> None:
+    """Copy every activation quantizer's current (just calibrated) range into interval ``k``'s set."""
+    sched = get_intervals(model)
+    if sched is None or not 0 <= k < sched.k:
+        raise IntervalError(f"interval {k} does not exist (model intervals: {sched}).")
+    for q in act_quantizers(model):
+        q.interval_amax[k] = q.amax.detach().reshape(())
+
+
+def interval_ranges(model: nn.Module) -> dict[str, list[float]]:
+    """Every activation quantizer's K ranges, by quantizer name (reports and tests)."""
+    return {
+        name: m.interval_amax.tolist()
+        for name, m in model.named_modules()
+        if isinstance(m, TensorQuantizer) and hasattr(m, "interval_amax")
+    }
