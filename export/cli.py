@@ -29,6 +29,7 @@ from pqcad_deploy.cli.common import (
 )
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.loading import ModelBundle, open_model
+from pqcad_deploy.quant.intervals import get_intervals
 from pqcad_deploy.student import float_copy
 
 from .audit import format_ort_cross_check, ort_cross_check
@@ -191,9 +192,26 @@ def run(args: argparse.Namespace) -> int:
         strict_audit=not args.allow_float_layers,
         exporter=args.exporter,
     )
+    if get_intervals(bundle.model) is not None:
+        return _export_intervals(bundle, args, opts)
     rep = export(bundle, args.onnx, opts)
     print(json.dumps(rep, indent=2) if args.print_json else full_report(rep, args.verbose))
     print(f"\nwrote {args.onnx} and {report_path(Path(args.onnx))}")
+    return 0
+
+
+def _export_intervals(bundle: ModelBundle, args: argparse.Namespace, opts: ExportOptions) -> int:
+    """A timestep-aware (K-set) student: one ONNX per interval and the manifest that binds them."""
+    from .intervals import export_intervals
+
+    rep = export_intervals(bundle, args.onnx, opts)
+    if args.print_json:
+        print(json.dumps(rep, indent=2))
+    else:
+        for r in rep["reports"]:
+            print(full_report(r, args.verbose))
+    files = ", ".join(e["onnx"] for e in rep["entries"])
+    print(f"\nwrote {len(rep['entries'])} interval files ({files}) and the manifest {rep['manifest']}")
     return 0
 
 

@@ -103,6 +103,12 @@ def make_runner(spec: EngineSpec, model: torch.nn.Module | None, device: str, th
         from .backends.ort_backend import OrtRunner
 
         providers = "cuda" if device.startswith("cuda") else "cpu"
+        if spec.target.endswith(".manifest.json"):  # per-interval engines of a timestep-aware student
+            from .backends.interval_backend import IntervalRunner
+
+            return IntervalRunner.from_manifest(
+                spec.target, threads=threads, name=spec.label, providers=providers
+            )
         if spec.target.endswith(".json"):
             return OrtRunner.from_engine(spec.target, name=spec.label)
         return OrtRunner(spec.target, providers=providers, intra_op_threads=threads, name=spec.label)
@@ -214,7 +220,11 @@ def check_engines(engines: list[EngineSpec], spec: ModelSpec, baselines: list[st
             raise RunnerError(f"--engine {e.label}: {what} {path} is a directory, not a file.")
         if not path.is_file():
             raise RunnerError(f"--engine {e.label}: {what} {path} does not exist.")
-        if path.suffix == ".json":
+        if path.name.endswith(".manifest.json"):
+            from pqcad_deploy.export.intervals import read_manifest
+
+            path = read_manifest(path)[1][0]  # files present and unchanged; interval 0's inputs stand for all
+        elif path.suffix == ".json":
             from .backends.ort_backend import read_engine_json
 
             path = path.parent / read_engine_json(path)["model"]

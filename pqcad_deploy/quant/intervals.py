@@ -10,6 +10,7 @@ intervals is today's student, bit for bit.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -174,3 +175,24 @@ def interval_ranges(model: nn.Module) -> dict[str, list[float]]:
         for name, m in model.named_modules()
         if isinstance(m, TensorQuantizer) and hasattr(m, "interval_amax")
     }
+
+
+def single_set_copy(model: nn.Module, k: int) -> nn.Module:
+    """A plain (single-set) copy of a K-set student holding interval ``k``'s ranges: what one engine of the
+    per-interval deployment computes (same weights, interval k's activation scales)."""
+    sched = get_intervals(model)
+    if sched is None or not 0 <= k < sched.k:
+        raise IntervalError(f"interval {k} does not exist (model intervals: {sched}).")
+    out = copy.deepcopy(model)
+    for hooks in (out._forward_pre_hooks, out._forward_hooks):
+        for key in [
+            key for key, h in hooks.items() if isinstance(getattr(h, "__self__", None), _SelectByTimestep)
+        ]:
+            del hooks[key]
+    with torch.no_grad():
+        for q in act_quantizers(out):
+            q.amax.copy_(q.interval_amax[k].reshape(q.amax.shape))
+            del q._buffers["interval_amax"]
+            q.intervals = None
+    delattr(out, INTERVALS_ATTR)
+    return out

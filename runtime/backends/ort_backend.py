@@ -147,8 +147,11 @@ class OrtRunner(Runner):
         log_severity: int | None = None,
         name: str | None = None,
         profile_prefix: str | os.PathLike | None = None,
+        shared_initializers: dict[str, Any] | None = None,
     ):
-        """``profile_prefix``: turn on ORT's profiler (per-node timings); :meth:`end_profiling` writes the JSON."""
+        """``profile_prefix``: turn on ORT's profiler (per-node timings); :meth:`end_profiling` writes the JSON.
+        ``shared_initializers``: name -> ``OrtValue`` used in place of the file's initializer of that name (the
+        caller keeps them alive): sessions of per-interval files share their identical weights this way."""
         super().__init__()
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
@@ -161,6 +164,7 @@ class OrtRunner(Runner):
         self.log_severity = log_severity
         self.name = name or f"ort:{self.model_path.name}"
         self.profile_prefix = profile_prefix
+        self.shared_initializers = shared_initializers or {}
         self.session = None
         self._inputs: dict[str, Any] = {}
 
@@ -199,6 +203,8 @@ class OrtRunner(Runner):
             so.add_session_config_entry(key, value)
         if self.log_severity is not None:
             so.log_severity_level = self.log_severity
+        for init_name, value in self.shared_initializers.items():
+            so.add_initializer(init_name, value)
         if self.profile_prefix is not None:
             so.enable_profiling = True
             so.profile_file_prefix = str(self.profile_prefix)

@@ -1,0 +1,114 @@
+"""Per-interval deployment: pqcad-export of a K-set student (one ONNX per interval + manifest), the manifest checks,
+and the runner that switches ONNX Runtime session by timestep (shared weights, split mixed feeds), via pqcad-bench."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from pqcad_deploy.denoiser import SAMPLE, TIMESTEP
+from pqcad_deploy.export.cli import main as export_main
+from pqcad_deploy.export.intervals import read_manifest
+from pqcad_deploy.io import CheckpointError
+from pqcad_deploy.quant import QuantConfig
+from pqcad_deploy.runtime.backends.interval_backend import IntervalRunner
+from pqcad_deploy.runtime.backends.ort_backend import OrtRunner
+from pqcad_deploy.runtime.bench_cli import main as bench_main
+from pqcad_deploy.student import save_student
+from pqcad_deploy.train.ptq_intervals import interval_ptq
+from pqcad_deploy.zoo import build_model, get_spec
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("intervals")
+    spec = get_spec("tiny-unet")
+    fp = build_model(spec, seed=0).eval()
+    qcfg = QuantConfig(weight_bits=8, act_bits=8, calib_method="maxabs")
+    model, entry = interval_ptq(fp, spec, qcfg, 3, steps=6, n_trajectories=4, batch_size=2, progress=False)
+    ckpt = save_student(d / "k3.safetensors", model, spec, meta={"history": [entry]})
+    assert export_main(["--checkpoint", str(ckpt), "--onnx", str(d / "unet.onnx"), "--batch-size", "2"]) == 0
+    return d, model, spec
+
+
+def test_export_writes_one_verified_file_per_interval_and_a_manifest(exported):
+    d, model, _ = exported
+    schedule, files, doc = read_manifest(d / "unet.manifest.json")
+    assert schedule.k == 3 and [f.name for f in files] == ["unet.i0.onnx", "unet.i1.onnx", "unet.i2.onnx"]
+    assert not (d / "unet.onnx").exists()  # no single file that would pretend to be the student
+    assert doc["intervals"]["starts"] == list(schedule.starts) and doc["entries"][1]["precision"] == "w8a8"
+    for k in range(3):  # each file passed the export's own ORT parity check against its interval's copy
+        rep = json.loads((d / f"unet.i{k}.report.json").read_text())
+        assert rep["parity"]["passed"] and rep["parity"]["samples"] > 0
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_manifest(d / "nope.manifest.json")
+
+
+def test_runner_picks_the_engine_of_each_timestep_and_splits_mixed_feeds(exported):
+    d, model, spec = exported
+    schedule, files, _ = read_manifest(d / "unet.manifest.json")
+    x = torch.randn(2, *spec.sample_shape, generator=torch.Generator().manual_seed(3))
+    t_of = {0: 900, 1: 500, 2: 20}
+    assert [int(schedule.index_of(torch.tensor(t))) for t in t_of.values()] == [0, 1, 2]
+    with IntervalRunner.from_manifest(d / "unet.manifest.json", threads=1) as runner:
+        assert len(runner.shared) > 0  # the INT8 weights are shared by the three sessions
+        outs = {}
+        for k, t in t_of.items():
+            feed = {SAMPLE: x, TIMESTEP: torch.tensor([t, t])}
+            with OrtRunner(files[k], intra_op_threads=1) as alone:
+                expect = next(iter(alone.infer(feed).values()))
+            outs[k] = next(iter(runner.infer(feed).values()))
+            assert torch.equal(outs[k], expect)  # the interval's own engine, shared weights or not
+        mixed = next(iter(runner.infer({SAMPLE: x, TIMESTEP: torch.tensor([900, 20])}).values()))
+        with OrtRunner(files[2], intra_op_threads=1) as last:
+            row1 = next(
+                iter(
+                    last.infer({SAMPLE: x[1:].repeat(2, 1, 1, 1), TIMESTEP: torch.tensor([20, 20])}).values()
+                )
+            )
+        with OrtRunner(files[0], intra_op_threads=1) as first:
+            row0 = next(
+                iter(
+                    first.infer(
+                        {SAMPLE: x[:1].repeat(2, 1, 1, 1), TIMESTEP: torch.tensor([900, 900])}
+                    ).values()
+                )
+            )
+        torch.testing.assert_close(mixed[0], row0[0]) and torch.testing.assert_close(mixed[1], row1[0])
+        assert runner.describe()["calls_per_interval"] == [2, 1, 2]
+
+
+def test_replaced_or_missing_interval_files_are_refused(exported, tmp_path):
+    d, _, _ = exported
+    for f in d.glob("unet.*"):
+        shutil.copy(f, tmp_path / f.name)
+    shutil.copy(tmp_path / "unet.i0.onnx", tmp_path / "unet.i1.onnx")  # a file from another interval
+    with pytest.raises(CheckpointError, match="SHA-256 differs"):
+        read_manifest(tmp_path / "unet.manifest.json")
+    (tmp_path / "unet.i2.onnx").unlink()
+    doc = json.loads((tmp_path / "unet.manifest.json").read_text())
+    doc["entries"] = doc["entries"][:2]
+    (tmp_path / "unet.manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="intervals 0..2 in order"):
+        read_manifest(tmp_path / "unet.manifest.json")
+
+
+def test_bench_accepts_a_manifest_wherever_it_accepts_an_engine(exported, tmp_path, capsys):
+    d, _, _ = exported
+    out = tmp_path / "bench.json"
+    argv = ["--checkpoint", str(d / "k3.safetensors"), "--engine", "torch-kset=torch:fp32",
+            "--engine", "kset=ort:" + str(d / "unet.manifest.json"),
+            "--engine", "i0=ort:" + str(d / "unet.i0.onnx"), "--steps", "6", "--batch-size", "2", "--repeats", "1",
+            "--warmup", "0", "--threads", "1", "--json", str(out)]  # fmt: skip
+    assert bench_main(argv) == 0
+    rows = {r["label"]: r for r in json.loads(out.read_text())["rows"]}
+    # 2 steps per interval, in the timed run and in the run whose images are scored
+    assert rows["kset"]["error"] is None and rows["kset"]["describe"]["calls_per_interval"] == [4, 4, 4]
+    # scored against the torch K-set student from the same noise; interval 0's engine alone is another model
+    assert rows["kset"]["fidelity"]["rel_l2"] != rows["i0"]["fidelity"]["rel_l2"]
