@@ -91,7 +91,9 @@ def test_classifier_free_guidance_is_one_batched_call_per_step():
         return eps_u + 4.0 * (eps_c - eps_u)
 
     ref = sample(manual, make_scheduler("ddim"), shape, steps=3, seed=1, cond=cond)
-    torch.testing.assert_close(got.images, ref.images, atol=1e-5, rtol=1e-5)
+    # batch 4 vs two calls of 2: oneDNN may pick other conv kernels by batch size (5e-4 seen on AMD EPYC after three
+    # steps at guidance 4); a wrong combination (swapped or unscaled halves) is off by O(1)
+    torch.testing.assert_close(got.images, ref.images, atol=2e-3, rtol=1e-3)
     plain = sample(
         den, make_scheduler("ddim"), shape, steps=3, seed=1, cond=cond, uncond=uncond, guidance_scale=1.0
     )

@@ -1,8 +1,10 @@
 """One runner over K per-interval engines: each UNet call goes to the engine of its timestep's interval.
 
-Opened from an interval manifest (``pqcad-export`` of a timestep-aware student). For ONNX Runtime the K sessions
-share every initializer whose bytes are identical in all K files (the INT8 weights; only activation scales differ),
-through ``SessionOptions.add_initializer``, so memory does not grow K-fold for the weights.
+Opened from an interval manifest (``pqcad-export`` of a timestep-aware student). For ONNX Runtime,
+``share_weights=True`` hands the K sessions one copy of every initializer whose bytes are identical in all K files
+(the INT8 weights; only activation scales differ) through ``SessionOptions.add_initializer``. Measured on the CPU it
+saves nothing (RESULTS, "Timestep-aware PTQ"): ORT's INT8 kernels pre-pack their weights per session, so it is off by
+default.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class IntervalRunner(Runner):
         cls,
         path: str | os.PathLike,
         threads: int | None = None,
-        share_weights: bool = True,
+        share_weights: bool = False,
         name: str | None = None,
         **ort_kwargs: Any,
     ) -> IntervalRunner:

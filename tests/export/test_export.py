@@ -161,13 +161,14 @@ def test_fp16_parity_on_cpu_catches_a_graph_that_differs(students, tmp_path):
 
 
 def test_parity_fails_a_wrong_scale_on_one_layer(students, tmp_path):
-    """The W4 tiny UNet is the most rounding-sensitive model here: its tolerance comes from the activation
-    jitter probe (about 0.1 rel-L2), yet one conv whose weight scale is off by 2x still fails."""
+    """The W4 tiny UNet is the most rounding-sensitive model here: its tolerance comes from torch's own
+    rounding probes (activation jitter, batch and oneDNN changes: 0.04-0.1 rel-L2), yet one conv whose weight scale is off by 2x still fails."""
     loaded = open_model(students["trt4c"])
     out = tmp_path / "w4.onnx"
     rep = export(loaded, out, ExportOptions(parity_samples=4))
     probes = rep["parity"]["torch_self_probes"]
-    assert probes["activation_jitter"] == rep["parity"]["torch_self_rel_l2"] > 1e-3
+    # the tolerance follows the largest probe (jitter on Intel; on AMD EPYC oneDNN's batch/kernel probes are larger)
+    assert "activation_jitter" in probes and rep["parity"]["torch_self_rel_l2"] == max(probes.values()) > 1e-3
     model = ir.load(out)
     conv = next(n for n in model.graph if n.name == "/unet/up_blocks.0/resnets.0/conv2/Conv")
     scale = conv.inputs[1].producer().inputs[1]

@@ -56,8 +56,8 @@ def test_runner_picks_the_engine_of_each_timestep_and_splits_mixed_feeds(exporte
     x = torch.randn(2, *spec.sample_shape, generator=torch.Generator().manual_seed(3))
     t_of = {0: 900, 1: 500, 2: 20}
     assert [int(schedule.index_of(torch.tensor(t))) for t in t_of.values()] == [0, 1, 2]
-    with IntervalRunner.from_manifest(d / "unet.manifest.json", threads=1) as runner:
-        assert len(runner.shared) > 0  # the INT8 weights are shared by the three sessions
+    with IntervalRunner.from_manifest(d / "unet.manifest.json", threads=1, share_weights=True) as runner:
+        assert len(runner.shared) > 0  # the INT8 weights are handed to the three sessions once
         outs = {}
         for k, t in t_of.items():
             feed = {SAMPLE: x, TIMESTEP: torch.tensor([t, t])}
