@@ -139,8 +139,8 @@ class TensorQuantizer(nn.Module):
         if self.intervals is not None and self.intervals.index is not None:
             if learn:
                 raise QuantizerStateError(
-                    "training a student with per-interval activation ranges is not supported; train the single-set "
-                    "student, then calibrate per interval (pqcad-train ptq --intervals K --init-student ...)."
+                    "training a student with per-interval activation ranges is not supported; per-interval ranges "
+                    "come from PTQ of the FP teacher (pqcad-train ptq --intervals K)."
                 )
             return self._per_interval(x, self.intervals.index, qmin, qmax)
         scale = self.scale()
