@@ -30,6 +30,7 @@ from pqcad_deploy.cli.common import (
     threads_int,
 )
 from pqcad_deploy.denoiser import sampler_feed
+from pqcad_deploy.errors import UsageError
 from pqcad_deploy.timing import summarize, time_calls
 
 from .audit import LayerAuditReport, format_onnx_audit
@@ -130,6 +131,12 @@ def build(plan: BuildPlan, verbose: bool = False) -> tuple[dict[str, Any], Runne
 
 
 def run(args: argparse.Namespace) -> int:
+    if str(args.onnx).endswith(".manifest.json"):
+        raise UsageError(
+            f"--onnx {args.onnx} is an interval manifest (a timestep-aware student); pqcad-build builds one file. "
+            "ONNX Runtime opens the manifest directly (pqcad-bench --engine ort:MANIFEST); for TensorRT, build "
+            "each interval file (unet.i<k>.onnx) on its own: manifest engines are not built yet."
+        )
     plan = plan_from_args(args)
     check_output_path(plan.save_engine, inputs=[plan.onnx], what="--saveEngine")
     check_profile(plan)

@@ -38,6 +38,7 @@ from pqcad_deploy.errors import UsageError
 from pqcad_deploy.io import CheckpointError
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.quant.config import QuantConfigError
+from pqcad_deploy.quant.intervals import get_intervals
 from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec
 
 from . import distributed
@@ -186,6 +187,11 @@ def _open_init_student(source: str, spec: ModelSpec) -> tuple[nn.Module, str]:
     if not bundle.quantized:
         raise UsageError(
             f"--init-student {source} is an FP model; give a quantized student (an FP model is --teacher)."
+        )
+    if get_intervals(bundle.model) is not None:
+        raise UsageError(
+            f"--init-student {source} holds per-interval activation ranges (timestep-aware PTQ); PQCAD trains "
+            "single-set students: give a single-set student, or the teacher alone."
         )
     if bundle.spec.name != spec.name or not bundle.spec.same_network(spec):
         raise UsageError(

@@ -112,3 +112,19 @@ def test_bench_accepts_a_manifest_wherever_it_accepts_an_engine(exported, tmp_pa
     assert rows["kset"]["error"] is None and rows["kset"]["describe"]["calls_per_interval"] == [4, 4, 4]
     # scored against the torch K-set student from the same noise; interval 0's engine alone is another model
     assert rows["kset"]["fidelity"]["rel_l2"] != rows["i0"]["fidelity"]["rel_l2"]
+
+
+def test_single_set_tools_refuse_a_k_set_student_or_manifest(exported, tmp_path, capsys):
+    from pqcad_deploy.runtime.build_cli import main as build_main
+    from pqcad_deploy.train.cli import main as train_main
+
+    d, _, _ = exported
+    argv = ["--onnx", str(d / "unet.manifest.json"), "--saveEngine", str(tmp_path / "e.ort.json"),
+            "--backend", "onnxruntime"]  # fmt: skip
+    assert build_main(argv) == 2
+    assert "is an interval manifest" in capsys.readouterr().err and not (tmp_path / "e.ort.json").exists()
+    out = tmp_path / "s.pt"
+    argv = ["pqcad", "--teacher", "tiny-unet", "--init-student", str(d / "k3.safetensors"), "--bits", "w8a8",
+            "--schedule", "fixed", "--steps", "1", "--calib-trajectories", "2", "--calib-steps", "4", "--out", str(out)]  # fmt: skip
+    assert train_main(argv) == 2
+    assert "holds per-interval activation ranges" in capsys.readouterr().err and not out.exists()
