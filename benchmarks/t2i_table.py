@@ -34,7 +34,7 @@ from pqcad_deploy.conditioning import DEFAULT_GUIDANCE, PromptEncoder, generate_
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.images import save_grid
-from pqcad_deploy.io import atomic_json_save, load_safetensors
+from pqcad_deploy.io import atomic_json_save, atomic_write, load_safetensors
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.prompt_metrics import prompt_quality
 from pqcad_deploy.quant import QuantConfig
@@ -159,7 +159,10 @@ class Table:
         from safetensors.torch import save_file
 
         tensors = {f"{s}/{seed}": v.to(torch.float16).contiguous() for (s, seed), v in self.fp_images.items()}
-        save_file(tensors, str(self.a.work / "fp_images.safetensors"), metadata=self.fp_cache_key())
+        meta = self.fp_cache_key()
+        atomic_write(
+            self.a.work / "fp_images.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta)
+        )
 
     def load_fp_images(self) -> None:
         path = self.a.work / "fp_images.safetensors"
@@ -228,7 +231,8 @@ class Table:
             self.load_fp_images()
         if a.rows == ["fp"]:
             return
-        cs = self.calibration_sets()
+        needs_set = "ptq" in a.rows or not a.pqcad_student or a.val_trajectories
+        cs = self.calibration_sets() if needs_set else None  # a given student is only scored
         if "ptq" in a.rows:
             t = time.perf_counter()
             model, entry = select_ptq_method(
