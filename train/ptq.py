@@ -199,6 +199,8 @@ def _run_intervals(
     """``--intervals K`` / ``--progressive``: timestep-aware PTQ on rollouts (``ptq_intervals.interval_ptq``)."""
     from pqcad_deploy.quant.intervals import IntervalError
 
+    from .ptq_intervals import interval_ptq
+
     if args.calib is not None:
         raise UsageError(
             "--calib is a fixed point set; per-interval PTQ records its own rollouts of the --calib-steps sampler "
@@ -213,7 +215,14 @@ def _run_intervals(
         )
     cond_fn = prompts.calibration_cond_fn(collect["seed"] + 7) if prompts is not None else None
     try:
-        model, entry = _interval_ptq(args, qcfg, bundle, prompts, collect, device, cond_fn)
+        model, entry = interval_ptq(
+            bundle.model, bundle.spec, qcfg, args.intervals, steps=collect["steps"],
+            n_trajectories=collect["n_trajectories"], progressive=args.progressive, seed=collect["seed"],
+            device=device, batch_size=collect["batch_size"], cond_fn=cond_fn,
+            uncond=prompts.uncond() if prompts is not None else None,
+            guidance_scale=args.guidance_scale if prompts is not None else 1.0,
+            starts=tuple(args.interval_starts) if args.interval_starts else None,
+        )  # fmt: skip
     except IntervalError as e:
         raise UsageError(f"--intervals/--interval-starts: {e}") from e
     entry["teacher"] = bundle.source
@@ -224,18 +233,6 @@ def _run_intervals(
         f"wrote {out}: {how} PTQ {args.bits} {qcfg.calib_method}, K={args.intervals} over {collect['steps']} steps"
     )
     return out
-
-
-def _interval_ptq(args, qcfg, bundle, prompts, collect, device, cond_fn):  # noqa: ANN001, ANN202
-    from .ptq_intervals import interval_ptq
-
-    return interval_ptq(
-        bundle.model, bundle.spec, qcfg, args.intervals, steps=collect["steps"],
-        n_trajectories=collect["n_trajectories"], progressive=args.progressive, seed=collect["seed"], device=device,
-        batch_size=collect["batch_size"], cond_fn=cond_fn, uncond=prompts.uncond() if prompts is not None else None,
-        guidance_scale=args.guidance_scale if prompts is not None else 1.0,
-        starts=tuple(args.interval_starts) if args.interval_starts else None,
-    )  # fmt: skip
 
 
 def register(sub: Any) -> None:

@@ -36,22 +36,22 @@ class _Done(Exception):
 
 
 class _RoutingDenoiser:
-    """FP or quantized UNet by the timestep's interval; records the inputs of interval ``record`` (all intervals
-    when ``schedule`` is None)."""
+    """FP UNet, or ``quant`` (when given) for the intervals before ``record``; records the inputs of interval
+    ``record`` (of every step when ``schedule`` is None)."""
 
-    def __init__(self, fp, quant, schedule: IntervalSchedule | None, record: int, quantized_before: bool):
+    def __init__(self, fp, quant, schedule: IntervalSchedule | None, record: int):
         self.fp, self.quant, self.schedule, self.record = fp, quant, schedule, record
-        self.quantized_before = quantized_before
         self.points: Points = []
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        j = 0 if self.schedule is None else int(self.schedule.index_of(torch.as_tensor(t).reshape(-1)[:1])[0])
+        ts = torch.as_tensor(t).reshape(-1)
+        j = 0 if self.schedule is None else int(self.schedule.index_of(ts[:1])[0])
         if j > self.record:
             raise _Done
         if j == self.record:
-            tt = torch.as_tensor(t).reshape(-1).expand(x.shape[0]) if torch.as_tensor(t).numel() == 1 else t
-            self.points.append((x.detach().cpu(), tt.detach().cpu(), None if c is None else c.detach().cpu()))
-        net = self.quant if (self.quantized_before and j < self.record) else self.fp
+            ts = ts.expand(x.shape[0]) if ts.numel() == 1 else ts
+            self.points.append((x.detach().cpu(), ts.detach().cpu(), None if c is None else c.detach().cpu()))
+        net = self.quant if (self.quant is not None and j < self.record) else self.fp
         return net(x, t, c)
 
 
@@ -71,8 +71,9 @@ def rollout_points(
     guidance_scale: float = 1.0,
 ) -> Points:
     """UNet inputs of interval ``record`` on DDIM rollouts; with ``quant`` the earlier intervals run quantized."""
-    router = _RoutingDenoiser(TorchDenoiser(fp), TorchDenoiser(quant) if quant is not None else None, schedule,
-                              record, quant is not None)  # fmt: skip
+    router = _RoutingDenoiser(
+        TorchDenoiser(fp), TorchDenoiser(quant) if quant is not None else None, schedule, record
+    )
     for b in range(0, n_trajectories, batch_size):
         bs = min(batch_size, n_trajectories - b)
         cond = cond_fn(bs) if cond_fn is not None else None
