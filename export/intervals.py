@@ -1,7 +1,8 @@
 """Per-interval deployment of a timestep-aware student: one ONNX per timestep interval plus a manifest.
 
 Every file holds the same INT8 weights and its interval's activation scales (``quant.intervals.single_set_copy``),
-exported and verified by the one export path. The manifest (``<stem>.manifest.json``, written last, so it exists
+exported and verified by the one export path; a relaxed interval (activation relaxing) is a weight-only file
+whose activations stay float (precision ``w8``). The manifest (``<stem>.manifest.json``, written last, so it exists
 only when every file does) records the intervals, the files with their SHA-256, and the precision per interval;
 runners switch engine by timestep (``runtime.backends.interval_backend``).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +57,14 @@ def export_intervals(bundle: ModelBundle, onnx_path: str | Path, opts: ExportOpt
             single_set_copy(bundle.model, k), bundle.spec, bundle.qcfg, bundle.meta, bundle.source
         )
         path = interval_file(onnx_path, k)
-        reports.append(export(one, path, opts))
-        entries.append({"interval": k, "onnx": path.name, "sha256": sha256(path), "precision": precision})
+        relaxed = schedule.is_relaxed(k)
+        # a relaxed interval's float activations are the point: its float layers are not an audit failure
+        reports.append(export(one, path, replace(opts, strict_audit=False) if relaxed else opts))
+        entries.append({
+            "interval": k, "onnx": path.name, "sha256": sha256(path),
+            "precision": f"w{bundle.qcfg.weight_bits}" if relaxed and bundle.qcfg is not None else precision,
+            "activations": "float" if relaxed else "int",
+        })  # fmt: skip
     manifest = {
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,

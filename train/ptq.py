@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> Path:
     bundle = open_model(args.teacher)
     prompts = open_prompts(bundle.spec, args, device)
     collect = calib_collect_kwargs(args)
-    if args.intervals > 1 or args.progressive:
+    if args.intervals > 1 or args.progressive or args.relax_fraction:
         return _run_intervals(args, qcfg, bundle, prompts, collect, device)
     cs = load_or_collect_calib(
         args.calib, bundle.model, bundle.spec, device, collect, True, prompts, args.guidance_scale
@@ -222,15 +222,20 @@ def _run_intervals(
             uncond=prompts.uncond() if prompts is not None else None,
             guidance_scale=args.guidance_scale if prompts is not None else 1.0,
             starts=tuple(args.interval_starts) if args.interval_starts else None,
+            relax=(args.relax_fraction, args.relax_end) if args.relax_fraction else None,
         )  # fmt: skip
     except IntervalError as e:
-        raise UsageError(f"--intervals/--interval-starts: {e}") from e
+        raise UsageError(f"--intervals/--interval-starts/--relax-fraction: {e}") from e
     entry["teacher"] = bundle.source
     meta = {"history": [entry], "sampling": {"scheduler": "ddim", "steps": collect["steps"]}}
     out = save_student(args.out, model.cpu(), bundle.spec, meta=meta)
     how = "progressive" if entry["progressive"] else "per-interval"
+    relaxed = ""
+    if entry["relax"]:
+        relaxed = f", relaxed (float activations): {args.relax_fraction:g} of the steps at {args.relax_end}"
     print(
         f"wrote {out}: {how} PTQ {args.bits} {qcfg.calib_method}, K={args.intervals} over {collect['steps']} steps"
+        + relaxed
     )
     return out
 
@@ -255,6 +260,14 @@ def register(sub: Any) -> None:
     g.add_argument(
         "--interval-starts", type=int, nargs="+", default=None, metavar="T", help="first timestep of intervals "
         "1..K-1, decreasing (instead of equal splits)",
+    )  # fmt: skip
+    g.add_argument(
+        "--relax-fraction", type=float_range(0.0, 1.0), default=0.0, metavar="TAU", help="activation relaxing (PCR): this "
+        "fraction of the sampler's steps runs with float activations (a weight-only engine), the rest W8A8; 0: off",
+    )  # fmt: skip
+    g.add_argument(
+        "--relax-end", choices=["x0", "xT"], default="x0", help="relax the last steps (x0: image fidelity, PCR's "
+        "choice for SD) or the first ones (xT: text alignment, PCR's choice for SDXL)",
     )  # fmt: skip
     add_text_args(p)
     add_device(p)

@@ -6,6 +6,8 @@ inputs on the FP trajectory. **Progressive calibration** calibrates interval by 
 records interval k's inputs on a rollout in which intervals 0..k-1 already run quantized with their calibrated
 ranges, so the error those intervals accumulate is part of what interval k is calibrated on. Each interval's ranges
 come from the one estimator path (``quant.calibrate`` with the QuantConfig's method); weights are shared.
+**Activation relaxing** (``relax=(fraction, end)``) adds one interval of the sampler's first ("xT") or last ("x0")
+steps whose activations stay float; it is not calibrated, and progressive rollouts run it relaxed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 from pqcad_deploy.denoiser import TorchDenoiser, UNetWrapper
 from pqcad_deploy.quant import QuantConfig, calibrate, quantize_model
-from pqcad_deploy.quant.intervals import IntervalSchedule, add_intervals, store_interval
+from pqcad_deploy.quant.intervals import IntervalError, IntervalSchedule, add_intervals, store_interval
 from pqcad_deploy.sampling import make_scheduler, sample
 from pqcad_deploy.zoo import ModelSpec
 
@@ -110,11 +112,13 @@ def interval_ptq(
     uncond: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
     starts: tuple[int, ...] | None = None,
+    relax: tuple[float, str] | None = None,
     progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """PTQ with ``k`` activation-range sets over the ``steps``-step DDIM sampler (equal numbers of steps per interval
-    unless ``starts`` are given); ``k == 1`` is single-set PTQ on the same rollouts (the fair baseline). Returns
-    (student in eval mode on ``device``, history entry)."""
+    unless ``starts`` are given); ``k == 1`` is single-set PTQ on the same rollouts (the fair baseline). ``relax``
+    (fraction of steps, "x0" or "xT") adds a relaxed interval with float activations. Returns (student in eval mode
+    on ``device``, history entry)."""
     t0 = time.perf_counter()
     fp = fp_model.to(device).eval()
     model = quantize_model(copy.deepcopy(fp), qcfg)
@@ -122,16 +126,15 @@ def interval_ptq(
     sched.set_timesteps(steps)
     timesteps = [int(t) for t in sched.timesteps]
     n_train = int(spec.scheduler.get("num_train_timesteps", 1000))
-    schedule = None
-    if k > 1 or starts:
-        schedule = IntervalSchedule(tuple(starts), n_train) if starts else IntervalSchedule.equal_steps(
-            timesteps, k, n_train
-        )  # fmt: skip
-        schedule.steps_per_interval(timesteps)  # every interval must hold sampler steps
+    schedule = _schedule(timesteps, k, starts, relax, n_train)
+    if schedule is not None:
         add_intervals(model, schedule)
     n_sets = schedule.k if schedule is not None else 1
     points_per_set = []
     for j in tqdm(range(n_sets), desc="interval calibration", disable=not progress or n_sets == 1):
+        if schedule is not None and schedule.is_relaxed(j):
+            points_per_set.append(0)  # float activations: nothing to calibrate
+            continue
         quant = model if (progressive and j > 0) else None
         pts = rollout_points(fp, quant, spec, schedule, j, steps, n_trajectories, seed, device, batch_size,
                              cond_fn, uncond, guidance_scale)  # fmt: skip
@@ -139,6 +142,9 @@ def interval_ptq(
         if schedule is not None:
             store_interval(model, j)
         points_per_set.append(sum(len(p[0]) for p in pts))
+    if schedule is not None:
+        for j in schedule.relaxed:  # unused ranges, kept valid: the calibrated set the model ended with
+            store_interval(model, j)
     entry = {
         "event": "interval_ptq" if schedule is not None else "ptq",
         "method": qcfg.calib_method,
@@ -146,6 +152,7 @@ def interval_ptq(
         "target": qcfg.target,
         "progressive": bool(progressive and schedule is not None),
         "intervals": schedule.to_dict() if schedule is not None else None,
+        "relax": {"fraction": relax[0], "end": relax[1]} if relax else None,
         "sampler_steps": steps,
         "rollouts": {"n_trajectories": n_trajectories, "seed": seed, "guidance_scale": guidance_scale},
         "points_per_interval": points_per_set,
@@ -155,3 +162,28 @@ def interval_ptq(
         "%s: %s", entry["event"], {k: entry[k] for k in ("progressive", "points_per_interval", "seconds")}
     )
     return model.eval(), entry
+
+
+def _schedule(
+    timesteps: list[int],
+    k: int,
+    starts: tuple[int, ...] | None,
+    relax: tuple[float, str] | None,
+    n_train: int,
+) -> IntervalSchedule | None:
+    """The interval schedule of ``interval_ptq`` (None: one set, no relaxing)."""
+    if relax and starts:
+        raise IntervalError(
+            "relaxing adds its own interval at one end of the sampler's steps; give --interval-starts or "
+            "--relax-fraction, not both."
+        )
+    if relax:
+        schedule = IntervalSchedule.with_relaxing(timesteps, k, relax[0], relax[1], n_train)
+    elif starts:
+        schedule = IntervalSchedule(tuple(starts), n_train)
+    elif k > 1:
+        schedule = IntervalSchedule.equal_steps(timesteps, k, n_train)
+    else:
+        return None
+    schedule.steps_per_interval(timesteps)  # every interval must hold sampler steps
+    return schedule

@@ -6,6 +6,10 @@ per engine is a compromise over all of it. ``add_intervals(model, schedule)`` gi
 forward uses that sample's interval's range (per-sample scales, so a batch may mix intervals: calibration and
 scoring batches do, the sampler's never). Weight ranges stay shared. K = 1 is never installed: a model without
 intervals is today's student, bit for bit.
+
+**Activation relaxing** (PCR): intervals listed in ``IntervalSchedule.relaxed`` run with float activations (weights
+stay quantized). PCR relaxes 8 -> 10 bits; engines have no 10-bit activations, so a relaxed interval deploys as a
+weight-only (W8, float activations) engine beside the W8A8 ones.
 """
 
 from __future__ import annotations
@@ -37,9 +41,18 @@ class IntervalSchedule:
 
     starts: tuple[int, ...]
     num_train_timesteps: int = 1000
+    relaxed: tuple[int, ...] = ()  # intervals whose activations stay float (activation relaxing)
 
     def __post_init__(self) -> None:
         s = [int(v) for v in self.starts]
+        r = sorted({int(j) for j in self.relaxed})
+        if any(not 0 <= j <= len(s) for j in r):
+            raise IntervalError(f"relaxed intervals {r} must be among the {len(s) + 1} intervals (0..{len(s)}).")
+        if len(r) == len(s) + 1:
+            raise IntervalError(
+                "relaxing every interval leaves no activation quantized; export a weight-only student instead."
+            )
+        object.__setattr__(self, "relaxed", tuple(r))
         if any(not 0 <= v < self.num_train_timesteps for v in s):
             raise IntervalError(
                 f"interval starts {s} must lie in [0, {self.num_train_timesteps - 1}] (the training timesteps)."
@@ -60,15 +73,28 @@ class IntervalSchedule:
         starts = torch.tensor(self.starts, dtype=torch.long, device=t.device)
         return (t.long().reshape(-1, 1) <= starts.reshape(1, -1)).sum(1).reshape(t.shape)
 
+    def is_relaxed(self, k: int) -> bool:
+        return k in self.relaxed
+
     def to_dict(self) -> dict[str, Any]:
-        return {"k": self.k, "starts": list(self.starts), "num_train_timesteps": self.num_train_timesteps}
+        d = {"k": self.k, "starts": list(self.starts), "num_train_timesteps": self.num_train_timesteps}
+        return {**d, "relaxed": list(self.relaxed)} if self.relaxed else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IntervalSchedule:
         try:
-            sched = cls(tuple(int(v) for v in d["starts"]), int(d.get("num_train_timesteps", 1000)))
-        except (KeyError, TypeError) as e:
-            raise IntervalError(f"interval record {d!r:.80} needs a list 'starts' of timesteps ({e}).") from e
+            sched = cls(
+                tuple(int(v) for v in d["starts"]),
+                int(d.get("num_train_timesteps", 1000)),
+                tuple(int(j) for j in d.get("relaxed", ())),
+            )
+        except IntervalError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise IntervalError(
+                f"interval record {d!r:.80} needs a list 'starts' of timesteps and optionally a list 'relaxed' of "
+                f"interval indices ({e})."
+            ) from e
         if "k" in d and int(d["k"]) != sched.k:
             raise IntervalError(f"interval record says k={d['k']} but has {len(sched.starts)} starts.")
         return sched
@@ -85,6 +111,28 @@ class IntervalSchedule:
         if any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
             raise IntervalError("sampler timesteps must be strictly decreasing (sampling order).")
         return cls(tuple(ts[(j * n) // k] for j in range(1, k)), num_train_timesteps)
+
+    @classmethod
+    def with_relaxing(
+        cls, timesteps: Sequence[int], k: int, fraction: float, end: str, num_train_timesteps: int = 1000
+    ) -> IntervalSchedule:
+        """``k`` quantized intervals of equal numbers of steps plus one relaxed interval holding
+        ``round(fraction * steps)`` steps at ``end`` ("x0": the last steps, "xT": the first ones)."""
+        ts = [int(t) for t in timesteps]
+        n = len(ts)
+        r = round(fraction * n)
+        if end not in ("x0", "xT"):
+            raise IntervalError(f"relaxing end must be 'x0' or 'xT', not {end!r}.")
+        if not 1 <= r <= n - k:
+            raise IntervalError(
+                f"relaxing a fraction {fraction:g} of {n} steps relaxes {r}; it must relax at least one step and leave "
+                f"at least {k} quantized step(s) for {k} interval(s)."
+            )
+        if end == "x0":
+            quantized = cls.equal_steps(ts[: n - r], k, num_train_timesteps)
+            return cls((*quantized.starts, ts[n - r]), num_train_timesteps, (k,))
+        quantized = cls.equal_steps(ts[r:], k, num_train_timesteps)
+        return cls((ts[r], *quantized.starts), num_train_timesteps, (0,))
 
     def steps_per_interval(self, timesteps: Sequence[int]) -> list[int]:
         """How many of the sampler's steps fall in each interval; every interval must get at least one."""
@@ -105,6 +153,8 @@ class IntervalState:
     def __init__(self, schedule: IntervalSchedule):
         self.schedule = schedule
         self.index: torch.Tensor | None = None
+        self.relaxed_mask = torch.zeros(schedule.k, dtype=torch.bool)  # per interval: activations stay float
+        self.relaxed_mask[list(schedule.relaxed)] = True
 
 
 class _SelectByTimestep:
@@ -149,7 +199,12 @@ def add_intervals(model: nn.Module, schedule: IntervalSchedule) -> nn.Module:
     model.register_forward_pre_hook(hook.pre, with_kwargs=True)
     model.register_forward_hook(hook.post, with_kwargs=True)
     setattr(model, INTERVALS_ATTR, state)
-    log.info("activation ranges per timestep interval: K=%d, starts %s", schedule.k, list(schedule.starts))
+    log.info(
+        "activation ranges per timestep interval: K=%d, starts %s, relaxed %s",
+        schedule.k,
+        list(schedule.starts),
+        list(schedule.relaxed),
+    )
     return model
 
 
@@ -179,7 +234,8 @@ def interval_ranges(model: nn.Module) -> dict[str, list[float]]:
 
 def single_set_copy(model: nn.Module, k: int) -> nn.Module:
     """A plain (single-set) copy of a K-set student holding interval ``k``'s ranges: what one engine of the
-    per-interval deployment computes (same weights, interval k's activation scales)."""
+    per-interval deployment computes (same weights, interval k's activation scales; a relaxed interval's copy has
+    its activation quantizers off: weights quantized, activations float)."""
     sched = get_intervals(model)
     if sched is None or not 0 <= k < sched.k:
         raise IntervalError(f"interval {k} does not exist (model intervals: {sched}).")
@@ -194,5 +250,6 @@ def single_set_copy(model: nn.Module, k: int) -> nn.Module:
             q.amax.copy_(q.interval_amax[k].reshape(q.amax.shape))
             del q._buffers["interval_amax"]
             q.intervals = None
+            q.enabled = q.enabled and not sched.is_relaxed(k)
     delattr(out, INTERVALS_ATTR)
     return out

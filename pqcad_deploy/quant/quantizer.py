@@ -173,7 +173,11 @@ class TensorQuantizer(nn.Module):
         amax = self.interval_amax.to(x.device)[index.to(x.device)]
         scale = amax.float().clamp_min(AMAX_EPS) / qmax
         zp = torch.zeros(n, dtype=torch.int32, device=x.device)
-        return torch.fake_quantize_per_channel_affine(x, scale, zp, 0, qmin, qmax)
+        y = torch.fake_quantize_per_channel_affine(x, scale, zp, 0, qmin, qmax)
+        if self.intervals.schedule.relaxed:  # relaxed intervals: activations stay float
+            keep = self.intervals.relaxed_mask.to(x.device)[index.to(x.device)]
+            y = torch.where(keep.reshape(n, *([1] * (x.dim() - 1))), x, y)
+        return y
 
     def _per_channel(
         self, x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, learn: bool

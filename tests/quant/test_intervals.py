@@ -155,3 +155,39 @@ def test_k_set_students_refuse_export_training_and_k1(student):
         add_intervals(copy.deepcopy(model), IntervalSchedule(()))
     with pytest.raises(IntervalError, match="does not exist"):
         store_interval(k2, 2)
+
+
+def test_relaxing_adds_one_float_interval_at_the_chosen_end():
+    ddim = make_scheduler("ddim")
+    ddim.set_timesteps(50)
+    ts = [int(t) for t in ddim.timesteps]
+    x0 = IntervalSchedule.with_relaxing(ts, 2, 0.1, "x0")
+    assert x0.k == 3 and x0.relaxed == (2,) and x0.steps_per_interval(ts) == [22, 23, 5]
+    xt = IntervalSchedule.with_relaxing(ts, 1, 0.2, "xT")
+    assert xt.k == 2 and xt.relaxed == (0,) and xt.steps_per_interval(ts) == [10, 40]
+    assert IntervalSchedule.from_dict(json.loads(json.dumps(x0.to_dict()))) == x0
+    assert "relaxed" not in IntervalSchedule((500,)).to_dict()  # files without relaxing look as before
+    with pytest.raises(IntervalError, match="relax at least one step"):
+        IntervalSchedule.with_relaxing(ts, 2, 0.001, "x0")
+    with pytest.raises(IntervalError, match="leave at least 4 quantized"):
+        IntervalSchedule.with_relaxing(ts[:5], 4, 0.5, "x0")
+    with pytest.raises(IntervalError, match="must be among"):
+        IntervalSchedule((500,), relaxed=(2,))
+    with pytest.raises(IntervalError, match="no activation quantized"):
+        IntervalSchedule((500,), relaxed=(0, 1))
+
+
+def test_a_relaxed_interval_runs_float_activations_on_quantized_weights(student):
+    model, _, x = student
+    relaxed = add_intervals(copy.deepcopy(model), IntervalSchedule((700, 200), relaxed=(2,)))
+    out = run(relaxed, x)
+    weight_only = copy.deepcopy(model)
+    for q in act_quantizers(weight_only):
+        q.enabled = False
+    assert torch.equal(out[3], run(weight_only, x)[3])  # t=10: interval 2, float activations
+    assert torch.equal(out[:3], run(model, x)[:3])  # the others: the quantized student
+    assert not torch.equal(out[3], run(model, x)[3])
+    # its single-set copy (what the relaxed engine exports) is the weight-only student
+    from pqcad_deploy.quant.intervals import single_set_copy
+
+    assert torch.equal(run(single_set_copy(relaxed, 2), x), run(weight_only, x))

@@ -9,6 +9,7 @@ import torch
 
 from pqcad_deploy.quant import QuantConfig
 from pqcad_deploy.quant.intervals import get_intervals, interval_ranges
+from pqcad_deploy.sampling import make_scheduler
 from pqcad_deploy.student import load_student
 from pqcad_deploy.train.cli import main
 from pqcad_deploy.train.ptq_intervals import interval_ptq
@@ -65,6 +66,8 @@ def test_ptq_cli_intervals_write_a_loadable_k_set_student(tmp_path, teacher):
         (["--intervals", "3", "--interval-starts", "300", "500"], "strictly decreasing"),
         (["--intervals", "2", "--calib", "x.safetensors"], "Drop --calib"),
         (["--intervals", "9"], "do not fit a sampler of 6 steps"),
+        (["--relax-fraction", "0.05"], "relax at least one step"),
+        (["--intervals", "2", "--interval-starts", "500", "--relax-fraction", "0.5"], "not both"),
     ],
 )
 def test_ptq_cli_interval_errors(tmp_path, capsys, extra, message):
@@ -84,3 +87,29 @@ def test_ptq_cli_interval_errors(tmp_path, capsys, extra, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()  # nothing half-written
+
+
+def test_relaxed_interval_is_not_calibrated_and_progressive_rollouts_run_it_float(teacher):
+    fp, spec = teacher
+    qcfg = QuantConfig(weight_bits=8, act_bits=8, calib_method="maxabs")
+    model, entry = interval_ptq(fp, spec, qcfg, 2, progressive=True, relax=(0.34, "xT"), **KW)
+    sched = get_intervals(model)
+    ddim = make_scheduler("ddim", **spec.scheduler)
+    ddim.set_timesteps(6)
+    assert sched.relaxed == (0,) and sched.steps_per_interval([int(t) for t in ddim.timesteps]) == [2, 2, 2]
+    assert entry["points_per_interval"] == [0, 8, 8] and entry["relax"] == {"fraction": 0.34, "end": "xT"}
+    # interval 1 was calibrated on rollouts whose first steps ran relaxed (W8 weights, float activations), not on
+    # the FP trajectory; the relaxed set holds valid (unused) ranges: the last calibrated set
+    plain, _ = interval_ptq(fp, spec, qcfg, 2, progressive=False, relax=(0.34, "xT"), **KW)
+    a, b = interval_ranges(plain), interval_ranges(model)
+    assert any(a[n][1] != b[n][1] for n in a)
+    assert all(b[n][0] == b[n][2] > 0 for n in b)
+
+
+def test_ptq_cli_relaxing(tmp_path):
+    out = tmp_path / "r.safetensors"
+    argv = ["ptq", "--teacher", "tiny-unet", "--intervals", "2", "--relax-fraction", "0.2", "--calib-trajectories",
+            "2", "--calib-steps", "10", "--calib-batch-size", "2", "--ptq-method", "maxabs", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    _, _, _, meta = load_student(out)
+    assert meta["intervals"]["relaxed"] == [2] and meta["history"][0]["relax"]["end"] == "x0"
