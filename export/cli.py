@@ -209,10 +209,14 @@ def _export_intervals(bundle: ModelBundle, args: argparse.Namespace, opts: Expor
         print(json.dumps(rep, indent=2))
     else:
         for r, e in zip(rep["reports"], rep["entries"], strict=True):
-            print(f"\n== interval {e['interval']}: {e['onnx']} ({e['precision']}, {e['activations']} activations)")
+            print(
+                f"\n== interval {e['interval']}: {e['onnx']} ({e['precision']}, {e['activations']} activations)"
+            )
             print(full_report(r, args.verbose))
             if e["activations"] == "float":
-                print("(relaxed interval: its activations stay float by design, the audit's 'float' layers included)")
+                print(
+                    "(relaxed interval: its activations stay float by design, the audit's 'float' layers included)"
+                )
     files = ", ".join(e["onnx"] for e in rep["entries"])
     print(f"\nwrote {len(rep['entries'])} interval files ({files}) and the manifest {rep['manifest']}")
     return 0

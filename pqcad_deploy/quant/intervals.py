@@ -47,7 +47,9 @@ class IntervalSchedule:
         s = [int(v) for v in self.starts]
         r = sorted({int(j) for j in self.relaxed})
         if any(not 0 <= j <= len(s) for j in r):
-            raise IntervalError(f"relaxed intervals {r} must be among the {len(s) + 1} intervals (0..{len(s)}).")
+            raise IntervalError(
+                f"relaxed intervals {r} must be among the {len(s) + 1} intervals (0..{len(s)})."
+            )
         if len(r) == len(s) + 1:
             raise IntervalError(
                 "relaxing every interval leaves no activation quantized; export a weight-only student instead."

@@ -139,12 +139,17 @@ def test_a_relaxed_interval_exports_as_a_weight_only_file(tmp_path, capsys):
     model, entry = interval_ptq(fp, spec, qcfg, 1, steps=10, n_trajectories=2, batch_size=2, relax=(0.2, "x0"),
                                 progress=False)  # fmt: skip
     ckpt = save_student(tmp_path / "r.safetensors", model, spec, meta={"history": [entry]})
-    assert export_main(["--checkpoint", str(ckpt), "--onnx", str(tmp_path / "unet.onnx"), "--batch-size", "2"]) == 0
+    assert (
+        export_main(["--checkpoint", str(ckpt), "--onnx", str(tmp_path / "unet.onnx"), "--batch-size", "2"])
+        == 0
+    )
     assert "relaxed interval" in capsys.readouterr().out
     _, files, doc = read_manifest(tmp_path / "unet.manifest.json")
     assert doc["intervals"]["relaxed"] == [1]
     assert [(e["precision"], e["activations"]) for e in doc["entries"]] == [("w8a8", "int"), ("w8", "float")]
     ops = [[n.op_type for n in onnx.load(str(f)).graph.node] for f in files]
     assert ops[0].count("QuantizeLinear") > 0 and ops[1].count("QuantizeLinear") == 0  # activations float
-    assert ops[1].count("DequantizeLinear") == ops[0].count("DequantizeLinear") - ops[0].count("QuantizeLinear")
+    assert ops[1].count("DequantizeLinear") == ops[0].count("DequantizeLinear") - ops[0].count(
+        "QuantizeLinear"
+    )
     assert json.loads((tmp_path / "unet.i1.report.json").read_text())["parity"]["passed"]
