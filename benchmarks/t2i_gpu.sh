@@ -22,7 +22,8 @@
 #   collect               copy results, grids and the fp16 teacher (split under 16 MB) to $OUT
 # Carried beside the tree (the device takes 64 MiB in all): .devdata/ (or any .devdata*/) with Fashion-MNIST (images
 # .xz, labels .gz; the tables need only the t10k files) and the caption embedding cache (python -m pqcad_deploy.text
-# runs/t2i_embeddings.safetensors; .safetensors as .xz, .json as is), and .whl/ with the diffusers wheel.
+# runs/t2i_embeddings.safetensors; .safetensors as .xz, .json as is), and .whl/ with the diffusers wheel. Shipped
+# weights that do not fit the tree travel there too, as pqcad_deploy/assets/fmnist_*.safetensors.xz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:?stage: setup|train|table|collect}"; shift || true
@@ -42,6 +43,7 @@ case "$stage" in
       case "$(basename "$f")" in
         t2i_embeddings.*.xz) xz -dc "$f" > "runs/$(basename "${f%.xz}")" ;;
         t2i_embeddings.*) cp "$f" runs/ ;;
+        fmnist_*.safetensors.xz) xz -dc "$f" > "pqcad_deploy/assets/$(basename "${f%.xz}")" ;;  # shipped weights
         *.xz) xz -dc "$f" > "$PQCAD_FMNIST_DIR/$(basename "${f%.xz}")" ;;
         *) cp "$f" "$PQCAD_FMNIST_DIR/" ;;
       esac

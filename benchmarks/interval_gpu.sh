@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Timestep-aware PTQ tables on one GPU (RESULTS.md "Timestep-aware PTQ"), benchmarks/interval_ptq.py in background
+# processes that share one FP image cache per teacher. Stages:
+#   uncond [ARGS...]  the unconditional teacher, 10k images x noise seeds 0/1: FP images first, then W8A8 rows
+#                     (K = 1/2/4/8, progressive, relaxing tau 0.05/0.1/0.2), W4A8 rows and rows on the shipped PQCAD
+#                     student, in four processes (needs the uncond weights in the tree)
+#   t2i [ARGS...]     the text-to-image teacher, 2k seen + 1k held-out-template prompts x seeds 0/1, W8A8 and W4A8
+#                     (needs the caption embeddings: benchmarks/t2i_gpu.sh setup unpacks them); ARGS go to every
+#                     process (a smoke run: --n 8 --trajectories 2 --steps 4 --batch-size 8 --method maxabs)
+#   wait SECONDS      wait (at most SECONDS) for every process; prints each finished row
+#   collect           merge each teacher's tables and copy JSON and logs to $OUT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage="${1:?stage: uncond|t2i|wait|collect}"; shift || true
+export PQCAD_FMNIST_DIR=/tmp/fmnist PYTHONUNBUFFERED=1
+mkdir -p runs/ip
+U=(--n 10000 --batch-size 1000 --trajectories 64 --noise-seeds 0 1 --fp-cache runs/ip/fp_uncond.safetensors)
+T=(--teacher fmnist-t2i --embeddings runs/t2i_embeddings.safetensors --n 2000 --held-out 1000 --batch-size 1000
+   --trajectories 64 --noise-seeds 0 1 --fp-cache runs/ip/fp_t2i.safetensors)
+launch() {  # NAME ARGS...: one benchmark process in the background, after the FP cache of its teacher exists
+  name="$1"; shift
+  setsid nohup bash -c 'while [ -f "runs/ip/$0.fp_pending" ]; do sleep 3; done; exec python3 benchmarks/interval_ptq.py "$@"' \
+    "${name%%_*}" "$@" --out "runs/ip/$name.json" > "runs/ip/$name.log" 2>&1 < /dev/null &
+  echo $! > "runs/ip/$name.pid"
+}
+fp() {  # TEACHER ARGS...: the FP row (fills the cache) in the background; the other processes wait for it
+  t="$1"; shift
+  touch "runs/ip/$t.fp_pending"
+  setsid nohup bash -c 'python3 benchmarks/interval_ptq.py "$@" --rows fp --out "runs/ip/$0_fp.json"; rm -f "runs/ip/$0.fp_pending"' \
+    "$t" "$@" > "runs/ip/${t}_fp.log" 2>&1 < /dev/null &
+  echo $! > "runs/ip/${t}_fp.pid"
+}
+case "$stage" in
+  uncond)
+    fp u "${U[@]}" "$@"
+    launch u_w8a "${U[@]}" --bits w8a8 --rows k1 k2 k4 k8 "$@"
+    launch u_w8b "${U[@]}" --bits w8a8 --rows k4p k4p+r0.05 k4p+r0.1 k4p+r0.2 "$@"
+    launch u_w4 "${U[@]}" --bits w4a8 --rows k1 k4 k4p k4p+r0.1 "$@"
+    launch u_pq "${U[@]}" --student pqcad_deploy/assets/fmnist_pqcad_w8a8.safetensors --rows student k1 k4p k4p+r0.1 "$@"
+    ;;
+  t2i)
+    fp t "${T[@]}" "$@"
+    launch t_w8 "${T[@]}" --bits w8a8 --rows k1 k4 k4p k4p+r0.1 "$@"
+    launch t_w4 "${T[@]}" --bits w4a8 --rows k1 k4p k4p+r0.1 "$@"
+    ;;
+  wait)
+    limit="${1:-540}"; t0=$SECONDS
+    for pid_file in runs/ip/*.pid; do
+      while kill -0 "$(cat "$pid_file")" 2>/dev/null; do
+        if [ $((SECONDS - t0)) -ge "$limit" ]; then echo "still running after ${limit}s: $pid_file"; break 2; fi
+        sleep 5
+      done
+    done
+    grep -h "INFO interval_ptq:" runs/ip/*.log | cut -c1-400 || true
+    grep -l "Traceback" runs/ip/*.log | while read -r f; do echo "== $f"; tail -5 "$f"; done || true
+    ;;
+  collect)
+    for t in u t; do
+      files=$(ls runs/ip/${t}_*.json 2>/dev/null || true)
+      [ -n "$files" ] && python3 benchmarks/interval_ptq.py --merge $files --out "runs/ip/merged_$t.json" || true
+    done
+    tar czf "$OUT/interval_results.tgz" --ignore-failed-read runs/ip/*.json runs/ip/*.log 2>/dev/null || true
+    ls -la "$OUT"
+    ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
