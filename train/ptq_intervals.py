@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from pqcad_deploy.denoiser import TorchDenoiser, UNetWrapper
 from pqcad_deploy.quant import QuantConfig, calibrate, quantize_model
+from pqcad_deploy.quant.calibrate import weight_quantizers
 from pqcad_deploy.quant.intervals import IntervalError, IntervalSchedule, add_intervals, store_interval
 from pqcad_deploy.sampling import make_scheduler, sample
 from pqcad_deploy.zoo import ModelSpec
@@ -113,15 +114,18 @@ def interval_ptq(
     guidance_scale: float = 1.0,
     starts: tuple[int, ...] | None = None,
     relax: tuple[float, str] | None = None,
+    student: nn.Module | None = None,
     progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """PTQ with ``k`` activation-range sets over the ``steps``-step DDIM sampler (equal numbers of steps per interval
     unless ``starts`` are given); ``k == 1`` is single-set PTQ on the same rollouts (the fair baseline). ``relax``
-    (fraction of steps, "x0" or "xT") adds a relaxed interval with float activations. Returns (student in eval mode
-    on ``device``, history entry)."""
+    (fraction of steps, "x0" or "xT") adds a relaxed interval with float activations. With ``student`` (a trained
+    single-set student of ``fp_model``, e.g. PQCAD's) its weights and weight scales are kept and only the activation
+    ranges are calibrated. Returns (student in eval mode on ``device``, history entry)."""
     t0 = time.perf_counter()
     fp = fp_model.to(device).eval()
-    model = quantize_model(copy.deepcopy(fp), qcfg)
+    model = quantize_model(copy.deepcopy(fp), qcfg) if student is None else copy.deepcopy(student).to(device)
+    keep = {id(q): q.amax.detach().clone() for q, _ in weight_quantizers(model)} if student is not None else {}
     sched = make_scheduler("ddim", **spec.scheduler)
     sched.set_timesteps(steps)
     timesteps = [int(t) for t in sched.timesteps]
@@ -139,6 +143,8 @@ def interval_ptq(
         pts = rollout_points(fp, quant, spec, schedule, j, steps, n_trajectories, seed, device, batch_size,
                              cond_fn, uncond, guidance_scale)  # fmt: skip
         calibrate(model, _forward_loop(pts, device), method=qcfg.calib_method, percentile=qcfg.percentile)
+        for q, _ in weight_quantizers(model) if keep else ():
+            q.set_amax(keep[id(q)])  # the student's trained weight scales, not re-estimated ones
         if schedule is not None:
             store_interval(model, j)
         points_per_set.append(sum(len(p[0]) for p in pts))
@@ -151,6 +157,7 @@ def interval_ptq(
         "bits": f"w{qcfg.weight_bits}a{qcfg.act_bits}",
         "target": qcfg.target,
         "progressive": bool(progressive and schedule is not None),
+        "student_weights": student is not None,
         "intervals": schedule.to_dict() if schedule is not None else None,
         "relax": {"fraction": relax[0], "end": relax[1]} if relax else None,
         "sampler_steps": steps,

@@ -113,3 +113,20 @@ def test_ptq_cli_relaxing(tmp_path):
     assert main(argv) == 0
     _, _, _, meta = load_student(out)
     assert meta["intervals"]["relaxed"] == [2] and meta["history"][0]["relax"]["end"] == "x0"
+
+
+def test_interval_ranges_on_a_trained_student_keep_its_weights_and_weight_scales(teacher):
+    from pqcad_deploy.quant.calibrate import weight_quantizers
+
+    fp, spec = teacher
+    qcfg = QuantConfig(weight_bits=8, act_bits=8, calib_method="maxabs")
+    student, _ = interval_ptq(fp, spec, qcfg, 1, **KW)
+    with torch.no_grad():  # stand-in for training: other weights and learned weight scales
+        for q, w in weight_quantizers(student):
+            w.mul_(1.1)
+            q.amax.mul_(0.9)
+    k2, entry = interval_ptq(fp, spec, qcfg, 2, progressive=True, student=student, **KW)
+    assert entry["student_weights"] and get_intervals(k2).k == 2
+    for (qa, wa), (qb, wb) in zip(weight_quantizers(student), weight_quantizers(k2), strict=True):
+        assert torch.equal(wa, wb) and torch.equal(qa.amax, qb.amax)
+    assert get_intervals(student) is None  # the given student is not modified
