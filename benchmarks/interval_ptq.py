@@ -54,22 +54,36 @@ METRICS = ("fd_to_fp", "psnr_to_fp", "rel_l2", "fd_fmnist", "class_accuracy", "c
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", default=str(TEACHER_PATH), help="FP model (file or zoo name)")
-    p.add_argument("--student", default=None, help="trained single-set student: rows recalibrate its activations")
-    p.add_argument("--embeddings", type=Path, default=Path("runs/t2i_embeddings.safetensors"), help="text-to-image")
-    p.add_argument("--bits", nargs="+", default=["w8a8", "w4a8"], help="ignored with --student (its own bits)")
+    p.add_argument(
+        "--student", default=None, help="trained single-set student: rows recalibrate its activations"
+    )
+    p.add_argument(
+        "--embeddings", type=Path, default=Path("runs/t2i_embeddings.safetensors"), help="text-to-image"
+    )
+    p.add_argument(
+        "--bits", nargs="+", default=["w8a8", "w4a8"], help="ignored with --student (its own bits)"
+    )
     p.add_argument("--rows", nargs="+", default=["k1", "k4", "k4p"], help="k<K>[p][+r<tau>], student, fp")
     p.add_argument("--relax-end", choices=["x0", "xT"], default="x0")
     p.add_argument("--method", choices=CALIB_METHODS, default="mse")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps of the sampler (calibration and scoring)")
+    p.add_argument(
+        "--steps", type=int, default=50, help="DDIM steps of the sampler (calibration and scoring)"
+    )
     p.add_argument("--trajectories", type=int, default=32, help="calibration rollouts")
     p.add_argument("--n", type=int, default=32, help="images per noise seed (seen prompts)")
-    p.add_argument("--held-out", type=int, default=0, help="text-to-image: images per seed on held-out templates")
+    p.add_argument(
+        "--held-out", type=int, default=0, help="text-to-image: images per seed on held-out templates"
+    )
     p.add_argument("--noise-seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--batch-size", type=int, default=256, help="images sampled at once")
-    p.add_argument("--guidance-scale", type=float, default=None, help="text-to-image (default: the testbed's)")
+    p.add_argument(
+        "--guidance-scale", type=float, default=None, help="text-to-image (default: the testbed's)"
+    )
     p.add_argument("--fp-cache", type=Path, default=None, help="FP images, shared by processes")
     p.add_argument("--device", default=None)
-    p.add_argument("--merge", type=Path, nargs="+", default=None, help="print one table from these JSON files")
+    p.add_argument(
+        "--merge", type=Path, nargs="+", default=None, help="print one table from these JSON files"
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--quick", action="store_true", help="tiny random model, a few steps (CPU smoke)")
     a = p.parse_args(argv)
@@ -131,10 +145,14 @@ class Bench:
         if c is not None and c.exists():
             tensors, meta = load_safetensors(c, "FP image cache")
             if meta.get("key") != self.cache_key():
-                raise UsageError(f"{c} holds FP images of other settings; remove it or give another --fp-cache.")
+                raise UsageError(
+                    f"{c} holds FP images of other settings; remove it or give another --fp-cache."
+                )
             self.ref = {(k.split("/")[0], int(k.split("/")[1])): v for k, v in tensors.items()}
             return
-        self.ref = {(s, seed): self.images(self.fp, s, seed) for s in self.sets for seed in self.a.noise_seeds}
+        self.ref = {
+            (s, seed): self.images(self.fp, s, seed) for s in self.sets for seed in self.a.noise_seeds
+        }
         if c is not None:
             tensors = {f"{s}/{seed}": v.contiguous() for (s, seed), v in self.ref.items()}
             atomic_write(c, lambda tmp: save_file(tensors, tmp, metadata={"key": self.cache_key()}))
@@ -201,7 +219,9 @@ class Bench:
                     continue
                 prefix = "PQCAD " if student else ""
                 if name == "student":
-                    self.evaluate(student.model.eval().to(self.dev), {"bits": bits, "label": "PQCAD as trained"})
+                    self.evaluate(
+                        student.model.eval().to(self.dev), {"bits": bits, "label": "PQCAD as trained"}
+                    )
                     continue
                 t0 = time.perf_counter()
                 model, entry = self.calibrate(name, qcfg, student.model if student else None)
@@ -239,7 +259,9 @@ def spread(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def print_rows(rows: list[dict[str, Any]], title: str) -> None:
     print("\n" + title)
-    head = f"{'bits':<6}{'row':<24}{'set':<20}{'FD to FP':>14}{'PSNR to FP':>14}{'FD-fmnist':>14}{'class %':>12}"
+    head = (
+        f"{'bits':<6}{'row':<24}{'set':<20}{'FD to FP':>14}{'PSNR to FP':>14}{'FD-fmnist':>14}{'class %':>12}"
+    )
     print(head + "\n" + "-" * len(head))
     for r in rows:
         for s, m in r["sets"].items():

@@ -79,9 +79,25 @@ def export_intervals(bundle: ModelBundle, onnx_path: str | Path, opts: ExportOpt
     return {"manifest": str(manifest_path(onnx_path)), **manifest, "reports": reports}
 
 
+def write_engine_manifest(
+    onnx_manifest: dict[str, Any], engines: list[Path], backend: str, path: Path
+) -> dict[str, Any]:
+    """The manifest of the engines ``pqcad-build`` made from an ONNX manifest's files (same intervals, precision
+    per interval; ``engine`` instead of ``onnx`` and the backend that reads them); written last, atomically."""
+    entries = [
+        {**{k: v for k, v in e.items() if k not in ("onnx", "sha256")}, "engine": f.name, "sha256": sha256(f),
+         "onnx": e["onnx"]}
+        for e, f in zip(onnx_manifest["entries"], engines, strict=True)
+    ]  # fmt: skip
+    doc = {**onnx_manifest, "backend": backend, "entries": entries}
+    atomic_json_save(doc, path)
+    return doc
+
+
 def read_manifest(path: str | Path) -> tuple[IntervalSchedule, list[Path], dict[str, Any]]:
-    """(schedule, the ONNX file of every interval in order, the manifest); refuses a manifest whose files are
-    missing or were replaced since it was written (SHA-256), or whose entries do not cover its intervals."""
+    """(schedule, the file of every interval in order, the manifest); refuses a manifest whose files are missing
+    or were replaced since it was written (SHA-256), or whose entries do not cover its intervals. The files are
+    ONNX models (``pqcad-export``) or, in a manifest with a ``backend``, engines (``pqcad-build``)."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -105,16 +121,23 @@ def read_manifest(path: str | Path) -> tuple[IntervalSchedule, list[Path], dict[
             f"{path}: 'entries' must list intervals 0..{schedule.k - 1} in order, one file each; re-export."
         )
     files = []
+    key = "engine" if "backend" in doc else "onnx"
     for e in entries:
-        f = path.parent / str(e.get("onnx", ""))
+        f = path.parent / str(e.get(key, ""))
         if not f.is_file():
             raise CheckpointError(
-                f"{path}: interval {e['interval']}'s file {f} is missing; re-export the student."
+                f"{path}: interval {e['interval']}'s file {f} is missing; "
+                + (
+                    "rebuild the engines (pqcad-build --onnx ONNX_MANIFEST)."
+                    if key == "engine"
+                    else "re-export the student."
+                )
             )
         if sha256(f) != e.get("sha256"):
             raise CheckpointError(
-                f"{path}: {f} is not the file this manifest was written with (SHA-256 differs); re-export the "
-                "student so that files and manifest match."
+                f"{path}: {f} is not the file this manifest was written with (SHA-256 differs); "
+                + ("rebuild the engines" if key == "engine" else "re-export the student")
+                + " so that files and manifest match."
             )
         files.append(f)
     return schedule, files, doc

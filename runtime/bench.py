@@ -114,6 +114,10 @@ def make_runner(spec: EngineSpec, model: torch.nn.Module | None, device: str, th
         return OrtRunner(spec.target, providers=providers, intra_op_threads=threads, name=spec.label)
     from .backends.trt_backend import TrtRunner
 
+    if spec.target.endswith(".manifest.json"):  # pqcad-build's TensorRT engines of a timestep-aware student
+        from .backends.interval_backend import IntervalRunner
+
+        return IntervalRunner.from_manifest(spec.target, name=spec.label)
     return TrtRunner(spec.target, cuda_graph=spec.cuda_graph, name=spec.label)
 
 
@@ -223,7 +227,18 @@ def check_engines(engines: list[EngineSpec], spec: ModelSpec, baselines: list[st
         if path.name.endswith(".manifest.json"):
             from pqcad_deploy.export.intervals import read_manifest
 
-            path = read_manifest(path)[1][0]  # files present and unchanged; interval 0's inputs stand for all
+            _, files, doc = read_manifest(
+                path
+            )  # files present and unchanged; interval 0's inputs stand for all
+            path = files[0]
+            if doc.get("backend") == "tensorrt":
+                raise RunnerError(
+                    f"--engine {e.label}: {e.target} holds TensorRT engines; use trt:{e.target}."
+                )
+            if doc.get("backend") == "onnxruntime":
+                from .backends.ort_backend import read_engine_json
+
+                path = path.parent / read_engine_json(path)["model"]
         elif path.suffix == ".json":
             from .backends.ort_backend import read_engine_json
 

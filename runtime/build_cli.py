@@ -30,7 +30,6 @@ from pqcad_deploy.cli.common import (
     threads_int,
 )
 from pqcad_deploy.denoiser import sampler_feed
-from pqcad_deploy.errors import UsageError
 from pqcad_deploy.timing import summarize, time_calls
 
 from .audit import LayerAuditReport, format_onnx_audit
@@ -48,8 +47,13 @@ from .build_config import (
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__.split("\n\n")
     p = make_parser("pqcad-build", doc[0].strip("`"), "\n\n".join(doc[1:]))
-    p.add_argument("--onnx", required=True, help="input ONNX model")
-    p.add_argument("--saveEngine", required=True, help="engine to write (.plan; ORT: the engine .json)")
+    p.add_argument(
+        "--onnx", required=True, help="input ONNX model, or the interval manifest of a timestep-aware student"
+    )
+    p.add_argument(
+        "--saveEngine", required=True, help="engine to write (.plan; ORT: the engine .json; for a manifest: "
+        "NAME.manifest.json, with one engine per interval beside it)",
+    )  # fmt: skip
     p.add_argument("--backend", default="tensorrt", choices=["tensorrt", "onnxruntime"])
     p.add_argument(
         "--stronglyTyped", action="store_true", help="strongly typed network (default unless --fp16/--int8)"
@@ -132,11 +136,7 @@ def build(plan: BuildPlan, verbose: bool = False) -> tuple[dict[str, Any], Runne
 
 def run(args: argparse.Namespace) -> int:
     if str(args.onnx).endswith(".manifest.json"):
-        raise UsageError(
-            f"--onnx {args.onnx} is an interval manifest (a timestep-aware student); pqcad-build builds one file. "
-            "ONNX Runtime opens the manifest directly (pqcad-bench --engine ort:MANIFEST); for TensorRT, build "
-            "each interval file (unet.i<k>.onnx) on its own: manifest engines are not built yet."
-        )
+        return run_manifest(args)
     plan = plan_from_args(args)
     check_output_path(plan.save_engine, inputs=[plan.onnx], what="--saveEngine")
     check_profile(plan)
@@ -166,6 +166,23 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.verbose:
         print(json.dumps(plan.to_dict(), indent=1))
+    return 0
+
+
+def run_manifest(args: argparse.Namespace) -> int:
+    """A timestep-aware student's interval manifest: one engine per interval and the engine manifest."""
+    from .build_intervals import build_manifest
+
+    out = build_manifest(args)
+    for k, (engine, rep) in enumerate(zip(out["engines"], out["reports"], strict=True)):
+        entry = out["manifest"]["entries"][k]
+        timing = rep.get("inference_ms")
+        timed = f", median {timing['median']:.3f} ms per call" if timing else ""
+        print(
+            f"interval {k}: {entry['onnx']} -> {Path(engine).name} ({entry['precision']}, {rep['build_s']} s{timed})"
+        )
+    print(f"wrote {args.saveEngine} ({len(out['engines'])} {args.backend} engines; pqcad-bench --engine "
+          f"{'ort' if args.backend == 'onnxruntime' else 'trt'}:{args.saveEngine} switches them by timestep)")  # fmt: skip
     return 0
 
 

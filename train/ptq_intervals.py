@@ -125,7 +125,9 @@ def interval_ptq(
     t0 = time.perf_counter()
     fp = fp_model.to(device).eval()
     model = quantize_model(copy.deepcopy(fp), qcfg) if student is None else copy.deepcopy(student).to(device)
-    keep = {id(q): q.amax.detach().clone() for q, _ in weight_quantizers(model)} if student is not None else {}
+    keep = (
+        {id(q): q.amax.detach().clone() for q, _ in weight_quantizers(model)} if student is not None else {}
+    )
     sched = make_scheduler("ddim", **spec.scheduler)
     sched.set_timesteps(steps)
     timesteps = [int(t) for t in sched.timesteps]

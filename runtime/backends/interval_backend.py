@@ -45,12 +45,21 @@ class IntervalRunner(Runner):
         name: str | None = None,
         **ort_kwargs: Any,
     ) -> IntervalRunner:
-        """ONNX Runtime sessions for every file of an interval manifest (checked: files present and unchanged)."""
+        """A runner per file of an interval manifest (checked: files present and unchanged): ONNX Runtime sessions
+        for an exported manifest's ONNX files, or the engines of a ``pqcad-build`` manifest (ORT or TensorRT)."""
         from pqcad_deploy.export.intervals import read_manifest
 
         from .ort_backend import OrtRunner
 
-        schedule, files, _ = read_manifest(path)
+        schedule, files, doc = read_manifest(path)
+        name = name or f"{'trt' if doc.get('backend') == 'tensorrt' else 'ort'}:{Path(path).name}"
+        if doc.get("backend") == "tensorrt":
+            from .trt_backend import TrtRunner
+
+            return cls(schedule, [TrtRunner(f, name=f"trt:{f.name}") for f in files], name=name)
+        if doc.get("backend") == "onnxruntime":
+            runners = [OrtRunner.from_engine(f, name=f"ort:{f.name}") for f in files]
+            return cls(schedule, runners, name=name)
         shared = shared_initializers(files) if share_weights else {}
         runners = [
             OrtRunner(
@@ -58,7 +67,7 @@ class IntervalRunner(Runner):
             )
             for f in files
         ]
-        runner = cls(schedule, runners, name=name or f"ort:{Path(path).name}")
+        runner = cls(schedule, runners, name=name)
         runner.shared = shared
         return runner
 

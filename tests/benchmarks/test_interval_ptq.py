@@ -44,6 +44,11 @@ def test_text_to_image_rows_share_an_fp_cache_and_merge(ip, tmp_path, tiny_t2i_c
     with pytest.raises(Exception, match="other settings"):
         ip.main([*common[:-2], "--fp-cache", str(tmp_path / "fp.safetensors"), "--n", "5", "--rows", "k1"])
     capsys.readouterr()
-    assert ip.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "m.json")]) == 0
+    assert (
+        ip.main(
+            ["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "m.json")]
+        )
+        == 0
+    )
     assert "k2p+r0.34" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "m.json").read_text())["rows"]) == 3

@@ -121,8 +121,8 @@ def test_single_set_tools_refuse_a_k_set_student_or_manifest(exported, tmp_path,
     d, _, _ = exported
     argv = ["--onnx", str(d / "unet.manifest.json"), "--saveEngine", str(tmp_path / "e.ort.json"),
             "--backend", "onnxruntime"]  # fmt: skip
-    assert build_main(argv) == 2
-    assert "is an interval manifest" in capsys.readouterr().err and not (tmp_path / "e.ort.json").exists()
+    assert build_main(argv) == 2  # a manifest builds K engines and an engine manifest, not one engine
+    assert "must name the engine manifest" in capsys.readouterr().err and not list(tmp_path.iterdir())
     out = tmp_path / "s.pt"
     argv = ["pqcad", "--teacher", "tiny-unet", "--init-student", str(d / "k3.safetensors"), "--bits", "w8a8",
             "--schedule", "fixed", "--steps", "1", "--calib-trajectories", "2", "--calib-steps", "4", "--out", str(out)]  # fmt: skip
@@ -153,3 +153,41 @@ def test_a_relaxed_interval_exports_as_a_weight_only_file(tmp_path, capsys):
         "QuantizeLinear"
     )
     assert json.loads((tmp_path / "unet.i1.report.json").read_text())["parity"]["passed"]
+
+
+def test_build_makes_one_ort_engine_per_interval_and_bench_runs_the_engine_manifest(
+    exported, tmp_path, capsys
+):
+    from pqcad_deploy.runtime.build_cli import main as build_main
+
+    d, _, spec = exported
+    out = tmp_path / "engines" / "unet.manifest.json"
+    argv = ["--onnx", str(d / "unet.manifest.json"), "--saveEngine", str(out), "--backend", "onnxruntime",
+            "--ortThreads", "1", "--optShapes", "sample:2x1x16x16,timestep:2", "--iterations", "2"]  # fmt: skip
+    assert build_main(argv) == 0
+    assert "interval 2: unet.i2.onnx -> unet.i2.ort.json" in capsys.readouterr().out
+    schedule, files, doc = read_manifest(out)
+    assert doc["backend"] == "onnxruntime" and [f.name for f in files] == [
+        f"unet.i{k}.ort.json" for k in range(3)
+    ]
+    assert [e["onnx"] for e in doc["entries"]] == [f"unet.i{k}.onnx" for k in range(3)]
+    x = torch.randn(2, *spec.sample_shape, generator=torch.Generator().manual_seed(5))
+    feed = {SAMPLE: x, TIMESTEP: torch.tensor([500, 500])}
+    with (
+        IntervalRunner.from_manifest(out) as built,
+        IntervalRunner.from_manifest(d / "unet.manifest.json") as raw,
+    ):
+        torch.testing.assert_close(built.infer(feed), raw.infer(feed), rtol=1e-4, atol=1e-4)
+        assert built.calls == [0, 1, 0]
+    argv = ["--checkpoint", str(d / "k3.safetensors"), "--engine", "kset=ort:" + str(out), "--steps", "6",
+            "--batch-size", "2", "--repeats", "1", "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "b.json")]  # fmt: skip
+    assert bench_main(argv) == 0
+    row = json.loads((tmp_path / "b.json").read_text())["rows"][0]
+    assert row["error"] is None and row["describe"]["calls_per_interval"] == [4, 4, 4]
+    # an engine manifest is not an ONNX manifest; a replaced engine is refused by its hash
+    assert build_main(["--onnx", str(out), "--saveEngine", str(tmp_path / "again.manifest.json"),
+                       "--backend", "onnxruntime"]) == 2  # fmt: skip
+    assert "already an engine manifest" in capsys.readouterr().err
+    shutil.copy(files[0], files[1])
+    with pytest.raises(CheckpointError, match="rebuild the engines"):
+        read_manifest(out)
