@@ -1,12 +1,14 @@
-"""What per-interval engines cost on the CPU: one ONNX Runtime session vs K sessions switched by timestep.
+"""What per-interval engines cost on the CPU: one ONNX Runtime session vs K sessions switched by timestep, with
+and without activation relaxing (a relaxed interval is a weight-only engine with float activations).
 
-Rows: the single-set engine (``--single``), the K interval files of a manifest with their identical initializers
-shared (``IntervalRunner``'s default), and the same without sharing. Memory: resident set size of a fresh process
-after opening the sessions and running one UNet call in each (so prepacked kernels exist), minus the same process
-before opening them. Latency: the sampler end to end (``--steps`` DDIM steps at ``--batch-size``), rounds
-alternating between the rows, median over ``--repeats``.
+Rows: the single-set engine (``--single``); for every ``--manifest LABEL=PATH`` the K sessions as ``IntervalRunner``
+opens them (one shared CPU arena) and, for the first manifest, with one arena per session (``own arenas``).
+Memory: resident set size of a fresh process after opening the sessions and running one UNet call in each interval
+(so arenas and pre-packed kernels exist), minus the same process before. Latency: the sampler end to end
+(``--steps`` DDIM steps at ``--batch-size``), rounds alternating between the rows, median over ``--repeats``.
 
-    python benchmarks/interval_engines.py --single runs/speed/int8_ort.onnx --manifest runs/speed/k4/unet.manifest.json
+    python benchmarks/interval_engines.py --single runs/speed/k1/unet.onnx \
+        --manifest k4=runs/speed/k4/unet.manifest.json k4+r0.1=runs/speed/k4r/unet.manifest.json
 Writes benchmarks/results/interval_engines_<UTC date>.json.
 """
 
@@ -31,28 +33,39 @@ from pqcad_deploy.sampling import make_scheduler, sample
 from pqcad_deploy.timing import environment_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ROWS = ("single", "intervals-shared", "intervals-unshared")
+OWN = " own arenas"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--single", type=Path, required=True, help="the single-set student's ONNX")
-    p.add_argument("--manifest", type=Path, required=True, help="interval manifest of the K-set student")
+    p.add_argument(
+        "--manifest",
+        nargs="+",
+        required=True,
+        metavar="LABEL=PATH",
+        help="interval manifests of K-set students",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sample-shape", type=int, nargs=3, default=[1, 32, 32], help="C H W of the UNet input")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--memory-of", choices=ROWS, default=None, help=argparse.SUPPRESS)  # child process mode
-    return p.parse_args(argv)
+    p.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # child process mode
+    a = p.parse_args(argv)
+    a.manifests = dict(m.split("=", 1) for m in a.manifest)
+    first = next(iter(a.manifests))
+    a.rows = ["single", *a.manifests, first + OWN]
+    return a
 
 
 def open_row(a: argparse.Namespace, row: str):
     if row == "single":
         return OrtRunner(a.single, intra_op_threads=a.threads)
+    label = row.removesuffix(OWN)
     return IntervalRunner.from_manifest(
-        a.manifest, threads=a.threads, share_weights=row == "intervals-shared"
+        a.manifests[label], threads=a.threads, shared_arena=not row.endswith(OWN)
     )
 
 
@@ -68,15 +81,17 @@ def memory_child(a: argparse.Namespace) -> None:
     runner = open_row(a, a.memory_of)
     with runner:
         x = torch.randn(a.batch_size, *a.sample_shape)
-        for t in (900, 600, 300, 10):  # one call per interval (the single engine just runs four times)
-            runner.infer({SAMPLE: x, TIMESTEP: torch.full((a.batch_size,), t)})
+        sched = make_scheduler("ddim")
+        sched.set_timesteps(a.steps)
+        for t in sched.timesteps.tolist():  # every step once: each interval's engine runs (and allocates)
+            runner.infer({SAMPLE: x, TIMESTEP: torch.full((a.batch_size,), int(t))})
         print(json.dumps({"rss_delta_mb": rss_mb() - before}))
 
 
 def memory(a: argparse.Namespace, row: str) -> float:
-    cmd = [sys.executable, __file__, "--single", str(a.single), "--manifest", str(a.manifest), "--batch-size",
-           str(a.batch_size), "--threads", str(a.threads), "--memory-of", row, "--sample-shape",
-           *map(str, a.sample_shape)]  # fmt: skip
+    cmd = [sys.executable, __file__, "--single", str(a.single), "--manifest", *a.manifest, "--batch-size",
+           str(a.batch_size), "--steps", str(a.steps), "--threads", str(a.threads), "--memory-of", row,
+           "--sample-shape", *map(str, a.sample_shape)]  # fmt: skip
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return float(json.loads(out)["rss_delta_mb"])
 
@@ -86,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.memory_of:
         memory_child(a)
         return 0
-    mem = {row: memory(a, row) for row in ROWS}
-    runners = {row: open_row(a, row) for row in ROWS}
-    times: dict[str, list[float]] = {row: [] for row in ROWS}
+    mem = {row: memory(a, row) for row in a.rows}
+    runners = {row: open_row(a, row) for row in a.rows}
+    times: dict[str, list[float]] = {row: [] for row in a.rows}
     for r in runners.values():
         r.__enter__()
     shape = (a.batch_size, *a.sample_shape)
@@ -101,18 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     described = {row: r.describe() for row, r in runners.items()}
     rows = []
     base_ms, base_mb = float(np.median(times["single"])), mem["single"]
-    for row in ROWS:
+    for row in a.rows:
         ms = float(np.median(times[row]))
+        d = described[row]
         rows.append({"row": row, "e2e_ms_median": ms, "e2e_ms": times[row], "latency_vs_single": ms / base_ms,
                      "rss_delta_mb": mem[row], "memory_vs_single": mem[row] / base_mb,
-                     "shared_initializers": described[row].get("shared_initializers")})  # fmt: skip
+                     "shared_arena": d.get("shared_arena"), "intervals": d.get("intervals"),
+                     "calls_per_interval": d.get("calls_per_interval")})  # fmt: skip
     print(
         f"\nper-interval ORT engines, batch {a.batch_size}, DDIM {a.steps}, {a.threads} threads, {a.repeats} rounds"
     )
-    print(f"{'row':<22}{'e2e ms':>10}{'x single':>10}{'RSS MB':>10}{'x single':>10}{'shared inits':>14}")
+    print(f"{'row':<24}{'e2e ms':>10}{'x single':>10}{'RSS MB':>10}{'x single':>10}{'relaxed':>10}")
     for r in rows:
-        print(f"{r['row']:<22}{r['e2e_ms_median']:>10.1f}{r['latency_vs_single']:>10.3f}{r['rss_delta_mb']:>10.1f}"
-              f"{r['memory_vs_single']:>10.2f}{str(r['shared_initializers'] or '-'):>14}")  # fmt: skip
+        relaxed = (r["intervals"] or {}).get("relaxed", "-")
+        print(f"{r['row']:<24}{r['e2e_ms_median']:>10.1f}{r['latency_vs_single']:>10.3f}{r['rss_delta_mb']:>10.1f}"
+              f"{r['memory_vs_single']:>10.2f}{str(relaxed):>10}")  # fmt: skip
     out = a.out or RESULTS / f"interval_engines_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}.json"
     args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
     atomic_json_save(

@@ -225,7 +225,7 @@ def check_engines(engines: list[EngineSpec], spec: ModelSpec, baselines: list[st
         if not path.is_file():
             raise RunnerError(f"--engine {e.label}: {what} {path} does not exist.")
         if path.name.endswith(".manifest.json"):
-            from pqcad_deploy.export.intervals import read_manifest
+            from pqcad_deploy.interval_manifest import read_manifest
 
             _, files, doc = read_manifest(
                 path

@@ -32,7 +32,7 @@ def engine_paths(save_manifest: Path, k: int, backend: str) -> list[Path]:
 
 def build_manifest(args: argparse.Namespace) -> dict[str, Any]:
     """Build every interval engine of the ONNX manifest ``args.onnx``; returns the engine manifest."""
-    from pqcad_deploy.export.intervals import read_manifest, write_engine_manifest
+    from pqcad_deploy.interval_manifest import read_manifest, write_engine_manifest
 
     from .build_cli import build, check_profile, time_runner
     from .build_config import plan_from_args
@@ -52,6 +52,7 @@ def build_manifest(args: argparse.Namespace) -> dict[str, Any]:
     reports = []
     for k, (onnx_file, engine) in enumerate(zip(files, engines, strict=True)):
         ns = argparse.Namespace(**{**vars(args), "onnx": str(onnx_file), "saveEngine": str(engine)})
+        ns.ortFoldWeightDq = doc["entries"][k].get("activations") == "float"  # relaxed: weight-only graph
         if args.exportLayerInfo:
             info = Path(args.exportLayerInfo)
             ns.exportLayerInfo = str(info.with_name(f"{info.stem}.i{k}{info.suffix or '.json'}"))

@@ -65,6 +65,7 @@ def build_ort_engine(plan: BuildPlan) -> dict[str, Any]:
         optimized_model_filepath=tmp,
         session_config_entries=entries,
         log_severity=3,  # the NCHWc "hardware specific" warning is expected; it is in the notes
+        fold_weight_dq=plan.ort_fold_weight_dq,  # the saved model then holds float weights
     )
     try:
         t0 = time.perf_counter()

@@ -1,10 +1,10 @@
 """One runner over K per-interval engines: each UNet call goes to the engine of its timestep's interval.
 
-Opened from an interval manifest (``pqcad-export`` of a timestep-aware student). For ONNX Runtime,
-``share_weights=True`` hands the K sessions one copy of every initializer whose bytes are identical in all K files
-(the INT8 weights; only activation scales differ) through ``SessionOptions.add_initializer``. Measured on the CPU it
-saves nothing (RESULTS, "Timestep-aware PTQ"): ORT's INT8 kernels pre-pack their weights per session, so it is off by
-default.
+Opened from an interval manifest (``pqcad-export`` of a timestep-aware student, or ``pqcad-build``'s engine
+manifest). The K ONNX Runtime sessions draw their activation memory from one shared CPU arena (``shared_arena``):
+they run one after the other, so one arena's peak serves them all. Measured on the CPU (RESULTS, "Timestep-aware
+PTQ"), per-session arenas are what made K sessions cost K times the memory; handing the sessions one copy of the
+identical weight initializers (``SessionOptions.add_initializer``) saved nothing and was removed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from pqcad_deploy.denoiser import TIMESTEP
 from pqcad_deploy.quant.intervals import IntervalSchedule
 
-from .base import Runner, RunnerError, require
+from .base import Runner, RunnerError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ class IntervalRunner(Runner):
         if len(runners) != schedule.k:
             raise RunnerError(f"{schedule.k} intervals need {schedule.k} engines, got {len(runners)}.")
         self.schedule, self.runners, self.name = schedule, list(runners), name
-        self.shared: dict[str, Any] = {}  # OrtValues shared by the sessions (kept alive here)
         self.calls = [0] * schedule.k
 
     @classmethod
@@ -41,13 +40,13 @@ class IntervalRunner(Runner):
         cls,
         path: str | os.PathLike,
         threads: int | None = None,
-        share_weights: bool = False,
+        shared_arena: bool = True,
         name: str | None = None,
         **ort_kwargs: Any,
     ) -> IntervalRunner:
         """A runner per file of an interval manifest (checked: files present and unchanged): ONNX Runtime sessions
         for an exported manifest's ONNX files, or the engines of a ``pqcad-build`` manifest (ORT or TensorRT)."""
-        from pqcad_deploy.export.intervals import read_manifest
+        from pqcad_deploy.interval_manifest import read_manifest
 
         from .ort_backend import OrtRunner
 
@@ -58,18 +57,16 @@ class IntervalRunner(Runner):
 
             return cls(schedule, [TrtRunner(f, name=f"trt:{f.name}") for f in files], name=name)
         if doc.get("backend") == "onnxruntime":
-            runners = [OrtRunner.from_engine(f, name=f"ort:{f.name}") for f in files]
+            runners = [
+                OrtRunner.from_engine(f, name=f"ort:{f.name}", shared_arena=shared_arena) for f in files
+            ]
             return cls(schedule, runners, name=name)
-        shared = shared_initializers(files) if share_weights else {}
         runners = [
-            OrtRunner(
-                f, intra_op_threads=threads, shared_initializers=shared, name=f"ort:{f.name}", **ort_kwargs
-            )
-            for f in files
-        ]
-        runner = cls(schedule, runners, name=name)
-        runner.shared = shared
-        return runner
+            OrtRunner(f, intra_op_threads=threads, shared_arena=shared_arena, name=f"ort:{f.name}",
+                      fold_weight_dq=e.get("activations") == "float", **ort_kwargs)
+            for f, e in zip(files, doc["entries"], strict=True)
+        ]  # fmt: skip
+        return cls(schedule, runners, name=name)
 
     def activate(self) -> None:
         for r in self.runners:
@@ -107,31 +104,7 @@ class IntervalRunner(Runner):
             "name": self.name,
             "device": str(self.device),
             "intervals": self.schedule.to_dict(),
-            "shared_initializers": len(self.shared),
+            "shared_arena": all(getattr(r, "shared_arena", False) for r in self.runners),
             "calls_per_interval": list(self.calls),
             "engines": [r.describe() for r in self.runners],
         }
-
-
-def shared_initializers(files: Sequence[Path]) -> dict[str, Any]:
-    """OrtValues of the initializers that are byte-identical (same name, dtype, shape, data) in every file."""
-    onnx = require("onnx")
-    ort = require("onnxruntime")
-    from onnx import numpy_helper
-
-    first, same = None, None
-    for f in files:
-        inits = {i.name: i for i in onnx.load(str(f)).graph.initializer}
-        if first is None:
-            first, same = inits, set(inits)
-            continue
-        same = {
-            n for n in same if n in inits and inits[n].SerializeToString() == first[n].SerializeToString()
-        }
-    # scalars are not worth sharing (and ORT folds many of them into fused kernels)
-    arrays = {n: numpy_helper.to_array(first[n]) for n in sorted(same or ())}
-    shared = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items() if a.size > 1}
-    log.info(
-        "%d of %d initializers shared by %d interval sessions", len(shared), len(first or {}), len(files)
-    )
-    return shared

@@ -147,11 +147,16 @@ class OrtRunner(Runner):
         log_severity: int | None = None,
         name: str | None = None,
         profile_prefix: str | os.PathLike | None = None,
-        shared_initializers: dict[str, Any] | None = None,
+        shared_arena: bool = False,
+        fold_weight_dq: bool = False,
     ):
         """``profile_prefix``: turn on ORT's profiler (per-node timings); :meth:`end_profiling` writes the JSON.
-        ``shared_initializers``: name -> ``OrtValue`` used in place of the file's initializer of that name (the
-        caller keeps them alive): sessions of per-interval files share their identical weights this way."""
+        ``shared_arena``: on the CPU, allocate activations from one process-wide arena (ORT's environment
+        allocator) instead of a per-session one, so sessions that run one after the other (the per-interval
+        engines of a timestep-aware student) do not each keep their own peak of activation memory.
+        ``fold_weight_dq``: for weight-only graphs (a relaxed interval: INT8 weights, float activations): ORT's QDQ
+        handling is turned off, so its constant folding turns every weight DequantizeLinear into a float weight
+        once instead of dequantizing on every call (there are no activation Q/DQ pairs to fuse)."""
         super().__init__()
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
@@ -164,7 +169,8 @@ class OrtRunner(Runner):
         self.log_severity = log_severity
         self.name = name or f"ort:{self.model_path.name}"
         self.profile_prefix = profile_prefix
-        self.shared_initializers = shared_initializers or {}
+        self.shared_arena = shared_arena
+        self.fold_weight_dq = fold_weight_dq
         self.session = None
         self._inputs: dict[str, Any] = {}
 
@@ -201,14 +207,17 @@ class OrtRunner(Runner):
             so.optimized_model_filepath = str(self.optimized_model_filepath)
         for key, value in self.session_config_entries.items():
             so.add_session_config_entry(key, value)
+        if self.fold_weight_dq:
+            so.add_session_config_entry("session.disable_quant_qdq", "1")
         if self.log_severity is not None:
             so.log_severity_level = self.log_severity
-        for init_name, value in self.shared_initializers.items():
-            so.add_initializer(init_name, value)
         if self.profile_prefix is not None:
             so.enable_profiling = True
             so.profile_file_prefix = str(self.profile_prefix)
         providers = resolve_providers(s["providers"], ort.get_available_providers())
+        if self.shared_arena and providers[0] == "CPUExecutionProvider":
+            register_shared_cpu_arena(ort)
+            so.add_session_config_entry("session.use_env_allocators", "1")
         opts = [self.provider_options.get(p, {}) for p in providers]
         try:
             self.session = ort.InferenceSession(
@@ -288,3 +297,16 @@ class OrtRunner(Runner):
         if self.session is not None:
             d["providers_active"] = self.session.get_providers()
         return d
+
+
+_SHARED_ARENA: list[bool] = []  # registered in this process (ORT's environment is process-wide)
+
+
+def register_shared_cpu_arena(ort: Any) -> None:
+    """Register one CPU arena allocator with ORT's environment, once per process; sessions opt in with the session
+    config entry ``session.use_env_allocators``."""
+    if _SHARED_ARENA:
+        return
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+    _SHARED_ARENA.append(True)

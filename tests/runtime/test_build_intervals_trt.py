@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from pqcad_deploy.export.intervals import MANIFEST_FORMAT, MANIFEST_VERSION, read_manifest, sha256
+from pqcad_deploy.interval_manifest import MANIFEST_FORMAT, MANIFEST_VERSION, read_manifest, sha256
 from pqcad_deploy.runtime.backends.interval_backend import IntervalRunner
 from pqcad_deploy.runtime.backends.trt_backend import TrtRunner
 from pqcad_deploy.runtime.build_cli import main as build_main

@@ -12,7 +12,7 @@ import torch
 
 from pqcad_deploy.denoiser import SAMPLE, TIMESTEP
 from pqcad_deploy.export.cli import main as export_main
-from pqcad_deploy.export.intervals import read_manifest
+from pqcad_deploy.interval_manifest import read_manifest
 from pqcad_deploy.io import CheckpointError
 from pqcad_deploy.quant import QuantConfig
 from pqcad_deploy.runtime.backends.interval_backend import IntervalRunner
@@ -56,15 +56,18 @@ def test_runner_picks_the_engine_of_each_timestep_and_splits_mixed_feeds(exporte
     x = torch.randn(2, *spec.sample_shape, generator=torch.Generator().manual_seed(3))
     t_of = {0: 900, 1: 500, 2: 20}
     assert [int(schedule.index_of(torch.tensor(t))) for t in t_of.values()] == [0, 1, 2]
-    with IntervalRunner.from_manifest(d / "unet.manifest.json", threads=1, share_weights=True) as runner:
-        assert len(runner.shared) > 0  # the INT8 weights are handed to the three sessions once
+    with IntervalRunner.from_manifest(d / "unet.manifest.json", threads=1) as runner:
+        # the three sessions draw activations from ORT's one environment arena (not one arena each)
+        opts = [r.session.get_session_options() for r in runner.runners]
+        assert all(o.get_session_config_entry("session.use_env_allocators") == "1" for o in opts)
+        assert runner.describe()["shared_arena"]
         outs = {}
         for k, t in t_of.items():
             feed = {SAMPLE: x, TIMESTEP: torch.tensor([t, t])}
             with OrtRunner(files[k], intra_op_threads=1) as alone:
                 expect = next(iter(alone.infer(feed).values()))
             outs[k] = next(iter(runner.infer(feed).values()))
-            assert torch.equal(outs[k], expect)  # the interval's own engine, shared weights or not
+            assert torch.equal(outs[k], expect)  # the interval's own engine, shared arena or not
         mixed = next(iter(runner.infer({SAMPLE: x, TIMESTEP: torch.tensor([900, 20])}).values()))
         with OrtRunner(files[2], intra_op_threads=1) as last:
             row1 = next(
@@ -153,6 +156,26 @@ def test_a_relaxed_interval_exports_as_a_weight_only_file(tmp_path, capsys):
         "QuantizeLinear"
     )
     assert json.loads((tmp_path / "unet.i1.report.json").read_text())["parity"]["passed"]
+    # run: ORT folds the relaxed file's weight DQ into float weights once (not on every call), same numbers
+    x = torch.randn(2, *spec.sample_shape, generator=torch.Generator().manual_seed(1))
+    feed = {SAMPLE: x, TIMESTEP: torch.tensor([10, 10])}  # the last steps: the relaxed interval
+    with IntervalRunner.from_manifest(tmp_path / "unet.manifest.json", threads=1) as runner:
+        assert [r.fold_weight_dq for r in runner.runners] == [False, True]
+        got = next(iter(runner.infer(feed).values()))
+    with OrtRunner(files[1], intra_op_threads=1, optimization="disable") as plain:
+        ref = next(iter(plain.infer(feed).values()))
+    assert float((got - ref).norm() / ref.norm()) < 1e-5
+    # build: the relaxed engine's optimized model holds float weights (no DequantizeLinear left)
+    from pqcad_deploy.runtime.build_cli import main as build_main
+
+    out = tmp_path / "eng" / "unet.manifest.json"
+    argv = ["--onnx", str(tmp_path / "unet.manifest.json"), "--saveEngine", str(out), "--backend", "onnxruntime",
+            "--ortThreads", "1", "--skipInference"]  # fmt: skip
+    assert build_main(argv) == 0
+    _, engines, _ = read_manifest(out)
+    opt = [out.parent / json.loads(e.read_text())["model"] for e in engines]
+    opt_ops = [[n.op_type for n in onnx.load(str(f)).graph.node] for f in opt]
+    assert "DequantizeLinear" not in opt_ops[1] and "QLinearConv" not in opt_ops[1]
 
 
 def test_build_makes_one_ort_engine_per_interval_and_bench_runs_the_engine_manifest(
