@@ -6,6 +6,10 @@ Copy this one file, and the engines built on the device (``pqcad-build`` or ``tr
     python3 jetson_demo.py --engine unet.plan --steps 50 --batch 4 --out grid.png [--spec fmnist-ddpm.json]
     python3 jetson_demo.py --engine unet_t2i.plan --text-engine text.plan --tokenizer minilm/ \
         --prompt "a red shirt" --prompt "a blue dress" --guidance-scale 3 --steps 25
+    python3 jetson_demo.py --engine unet.manifest.json --steps 50   # a timestep-aware student: K engines
+
+A timestep-aware student's engines come with the manifest ``pqcad-build --onnx unet.manifest.json --saveEngine
+unet.manifest.json`` writes (copy it with the plans): each step runs the engine of its timestep's interval.
 
 Buffers: pinned host memory (``cuda.pagelocked_empty``) and device memory from pycuda in the *primary*
 context (``pycuda.autoprimaryctx``, so it also coexists with other CUDA users in the process). The DDIM math
@@ -21,6 +25,7 @@ rows, so the UNet engine runs once per step on twice the batch: eps = eps_u + S 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -200,10 +205,54 @@ class PycudaEngine:
         return {n: self.buf[n][0].copy() for n in self.outputs}
 
 
-def unet_denoiser(unet: PycudaEngine, cond: np.ndarray | None) -> Denoise:
-    """``(x, t) -> eps`` on the UNet engine; ``cond`` (fixed for the whole loop) feeds its encoder states."""
+def read_engine_manifest(path: Path) -> tuple[list[Path], list[int]]:
+    """(the TensorRT plan of every interval, the interval starts) of a ``pqcad-build`` engine manifest; refuses one
+    for another backend, or whose plans are missing or were replaced since it was written (SHA-256)."""
+    try:
+        doc = json.loads(path.read_text())
+        starts = [int(v) for v in doc["intervals"]["starts"]]
+        entries = doc["entries"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DemoError(f"{path} is not a readable interval manifest ({e}).") from e
+    if doc.get("backend") != "tensorrt":
+        raise DemoError(
+            f"{path} is not a TensorRT engine manifest (backend {doc.get('backend')!r}); build the plans on this "
+            "device: pqcad-build --onnx unet.manifest.json --saveEngine unet_trt.manifest.json."
+        )
+    if len(entries) != len(starts) + 1:
+        raise DemoError(
+            f"{path}: {len(entries)} engines for {len(starts) + 1} intervals; rebuild the engines."
+        )
+    plans = [path.parent / str(e.get("engine", "")) for e in entries]
+    for e, plan in zip(entries, plans, strict=True):
+        if not plan.is_file():
+            raise DemoError(
+                f"{path}: interval {e.get('interval')}'s engine {plan} is missing; copy it with the manifest."
+            )
+        if hashlib.sha256(plan.read_bytes()).hexdigest() != e.get("sha256"):
+            raise DemoError(
+                f"{path}: {plan} is not the engine this manifest was written with (SHA-256 differs)."
+            )
+    return plans, starts
+
+
+def open_unets(
+    engine: str | Path, batch: int, shapes: dict[str, tuple[int, ...]] | None = None
+) -> tuple[list[PycudaEngine], list[int]]:
+    """The UNet engine (one, no interval starts) or, for an interval manifest, one engine per interval."""
+    path = Path(engine)
+    if path.name.endswith(".manifest.json"):
+        plans, starts = read_engine_manifest(path)
+        return [PycudaEngine(p, batch, shapes) for p in plans], starts
+    return [PycudaEngine(path, batch, shapes)], []
+
+
+def unet_denoiser(unets: list[PycudaEngine], starts: list[int], cond: np.ndarray | None) -> Denoise:
+    """``(x, t) -> eps`` on the UNet engine of ``t``'s interval (interval j holds the timesteps t with exactly j
+    starts >= t); ``cond`` (fixed for the whole loop) feeds its encoder states."""
 
     def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        unet = unets[sum(int(t[0]) <= s for s in starts)]  # the sampler's batches share one timestep
         feed = {SAMPLE: x, TIMESTEP: t} | ({COND: cond} if COND in unet.inputs else {})
         return unet.run(feed)[unet.outputs[0]].astype(np.float32)
 
@@ -277,7 +326,10 @@ def _percentile(a: list[float], q: float) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Torch-free DDIM sampling on TensorRT engines (Jetson demo).")
-    p.add_argument("--engine", required=True, help="UNet TensorRT plan built on this device")
+    p.add_argument(
+        "--engine", required=True, help="UNet TensorRT plan built on this device, or the engine manifest of a "
+        "timestep-aware student (NAME.manifest.json from pqcad-build)",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch", type=int, help="images per run (default: the number of --prompt, else 4)")
     p.add_argument("--seed", type=int, default=0)
@@ -346,13 +398,14 @@ def run(args: argparse.Namespace, rows: list[str]) -> int:
     cfg = args.guidance_scale is not None
     cond, text_ms = encode_prompts(args, rows, cfg) if rows else (None, None)
     unet_batch = 2 * args.batch if cfg else args.batch
-    eng = PycudaEngine(args.engine, unet_batch, {COND: cond.shape} if cond is not None else None)
+    unets, starts = open_unets(args.engine, unet_batch, {COND: cond.shape} if cond is not None else None)
+    eng = unets[0]
     if cond is None and COND in eng.inputs:
         print(f"note: {args.engine} takes {COND} but no --prompt was given: feeding zeros")
         cond = np.zeros(eng.input_shapes[COND], dtype=np.float32)
     if rows and COND not in eng.inputs:
         raise DemoError(f"{args.engine} has no {COND} input (an unconditional UNet); drop --prompt.")
-    denoise = unet_denoiser(eng, cond)
+    denoise = unet_denoiser(unets, starts, cond)
     if cfg:
         denoise = guided(denoise, args.guidance_scale)
     shape = (args.batch, *eng.input_shapes[SAMPLE][1:])
@@ -376,7 +429,10 @@ def run(args: argparse.Namespace, rows: list[str]) -> int:
             f"{text_ms['encoder_ms']:.2f} ms (tokenizer {text_ms['tokenize_ms']:.2f} ms), once per run"
         )
     rows_note = f" (x2 rows for guidance scale {args.guidance_scale:g})" if cfg else ""
-    print(f"engine {args.engine}: batch {args.batch}{rows_note}, {args.steps} DDIM steps, sample {shape}")
+    intervals = f", {len(unets)} interval engines" if starts else ""
+    print(
+        f"engine {args.engine}{intervals}: batch {args.batch}{rows_note}, {args.steps} DDIM steps, sample {shape}"
+    )
     print(
         f"sampler per step (UNet + copies): median {np.median(step_ms):.2f} ms, "
         f"p90 {_percentile(step_ms, 90):.2f} ms"

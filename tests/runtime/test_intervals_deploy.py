@@ -214,3 +214,18 @@ def test_build_makes_one_ort_engine_per_interval_and_bench_runs_the_engine_manif
     shutil.copy(files[0], files[1])
     with pytest.raises(CheckpointError, match="rebuild the engines"):
         read_manifest(out)
+
+
+def test_engine_cost_benchmark_runs_every_row(exported, tmp_path, capsys):
+    from tests._utils import load_benchmark
+
+    d, _, _ = exported
+    out = tmp_path / "ie.json"
+    argv = ["--single", str(d / "unet.i0.onnx"), "--manifest", f"k3={d / 'unet.manifest.json'}", "--batch-size", "2",
+            "--steps", "6", "--repeats", "1", "--threads", "1", "--sample-shape", "1", "16", "16", "--out", str(out)]  # fmt: skip
+    assert load_benchmark("interval_engines").main(argv) == 0
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["single", "k3", "k3 own arenas"]
+    assert rows["k3"]["shared_arena"] and not rows["k3 own arenas"]["shared_arena"]
+    assert rows["k3"]["calls_per_interval"] == [4, 4, 4]  # a warm-up and one timed run, 2 steps per interval
+    assert all(r["rss_delta_mb"] > 0 and r["e2e_ms_median"] > 0 for r in rows.values())

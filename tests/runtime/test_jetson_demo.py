@@ -300,3 +300,42 @@ def test_demo_reports_a_length_the_unet_was_not_built_for(board, tmp_path, token
     assert jd.main([*argv, "--prompt", "a red shirt", "--max-length", "8", "--batch", "2"]) == 2
     err = capsys.readouterr().err
     assert "input encoder_hidden_states shape (2, 8, 5) is outside the engine's profile" in err
+
+
+def _engine_manifest(tmp_path, plans, starts, backend="tensorrt"):
+    import hashlib
+    import json
+
+    entries = [{"interval": k, "engine": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+               for k, p in enumerate(plans)]  # fmt: skip
+    doc = {"format": "pqcad-interval-manifest", "format_version": 1, "backend": backend,
+           "intervals": {"k": len(plans), "starts": starts, "num_train_timesteps": 1000}, "entries": entries}  # fmt: skip
+    path = tmp_path / "unet.manifest.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_demo_runs_a_manifest_switching_engine_by_timestep(board, tmp_path, capsys):
+    device, trt = board
+    plans = [write_unet(tmp_path / f"unet.i{k}.plan", conditional=False) for k in range(2)]
+    manifest = _engine_manifest(tmp_path, plans, [500])
+    argv = ["--steps", "10", "--batch", "2", "--warmup", "0"]
+    assert jd.main(["--engine", str(manifest), *argv, "--out", str(tmp_path / "k.png")]) == 0
+    assert "2 interval engines" in capsys.readouterr().out
+    ts = jd.ddim_timesteps(10)
+    runs = [sum(1 for c in ctx.calls if c[0] == "execute_async_v3") for ctx in trt.contexts]
+    assert runs == [int((ts > 500).sum()), int((ts <= 500).sum())]  # each step on its interval's engine
+    # the same kernels in one plan give the same images: switching changes the engine, not the sampler
+    assert jd.main(["--engine", str(plans[0]), *argv, "--out", str(tmp_path / "one.png")]) == 0
+    assert (tmp_path / "k.png").read_bytes() == (tmp_path / "one.png").read_bytes()
+
+
+def test_demo_refuses_a_bad_manifest(board, tmp_path, capsys):
+    plans = [write_unet(tmp_path / f"unet.i{k}.plan", conditional=False) for k in range(2)]
+    manifest = _engine_manifest(tmp_path, plans, [500], backend="onnxruntime")
+    assert jd.main(["--engine", str(manifest), "--warmup", "0"]) == 2
+    assert "not a TensorRT engine manifest" in capsys.readouterr().err
+    manifest = _engine_manifest(tmp_path, plans, [500])
+    plans[1].write_bytes(plans[1].read_bytes() + b" ")
+    assert jd.main(["--engine", str(manifest), "--warmup", "0"]) == 2
+    assert "SHA-256 differs" in capsys.readouterr().err
