@@ -8,8 +8,9 @@ Rows are named ``k<K>[p][+r<tau>]``: ``k1`` single set, ``k4`` four sets, ``k4p`
 of the steps relaxed at ``--relax-end``; ``student`` is the given ``--student`` as trained. Scored against the FP
 teacher's images from the same noise (and prompts): FD to FP and PSNR / rel-L2 to FP, FD-fmnist against the test
 set, and for a text-to-image teacher class / colour accuracy on seen and held-out-template prompts; every number
-over ``--noise-seeds`` (mean and half-range). The FP row's "FD to FP" is FD between the FP images of two noise
-seeds: the floor no quantized row can go below.
+over ``--noise-seeds`` (mean and half-range). The FP row's "FD to FP" is the FD between the FP images of two
+noise seeds: the size of FD's sampling noise at this ``--n`` (a quantized row's images share the FP images' noise,
+so its FD to FP can go below it).
 
     python benchmarks/interval_ptq.py --bits w8a8 w4a8 --rows k1 k4 k4p --n 32 --trajectories 32   # CPU, ~20 min
     python benchmarks/interval_ptq.py --n 10000 --batch-size 1000 --rows k1 k2 k4 k8 k4p k4p+r0.1  # GPU

@@ -7,7 +7,7 @@ Every interval file is built with the same flags through the one build path (``b
 one refittable engine whose Q/DQ scales are swapped between intervals: whether the scales of a QDQ network are
 refittable at all is not documented for TensorRT 10, ``REFIT_IDENTICAL`` (the only refit mode documented to keep the
 non-refittable engine's kernels) forbids changing any weight, and a refit would sit inside every sampling loop
-(K - 1 refits per image). The cost is K copies of the INT8 weights in device memory (docs/deployment.md).
+(K - 1 refits per image). The cost is K copies of the INT8 weights in device memory (docs/timestep-aware.md).
 """
 
 from __future__ import annotations
