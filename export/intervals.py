@@ -56,8 +56,20 @@ def export_intervals(bundle: ModelBundle, onnx_path: str | Path, opts: ExportOpt
         "source": bundle.source,
         "target": reports[0]["target"],
         "intervals": schedule.to_dict(),
-        "sampler_steps": (bundle.meta.get("sampling") or {}).get("steps"),
+        "sampler_steps": calibrated_steps(bundle.meta),
         "entries": entries,
     }
     atomic_json_save(manifest, manifest_path(onnx_path))
     return {"manifest": str(manifest_path(onnx_path)), **manifest, "reports": reports}
+
+
+def calibrated_steps(meta: dict[str, Any]) -> int | None:
+    """The sampler step count the intervals were calibrated for: the checkpoint's sampling record, else its last
+    interval-PTQ history entry."""
+    steps = (meta.get("sampling") or {}).get("steps")
+    if steps is None:
+        ptq = [
+            h for h in meta.get("history") or [] if isinstance(h, dict) and h.get("event") == "interval_ptq"
+        ]
+        steps = ptq[-1].get("sampler_steps") if ptq else None
+    return int(steps) if steps is not None else None

@@ -293,6 +293,11 @@ def run_bench(
         log.info("benchmarking %s", e.label)
         try:
             runner = make_runner(e, model, device, threads)
+            if hasattr(runner, "sampler_warnings"):  # a timestep-aware student's engines
+                sched = make_scheduler(cfg.scheduler, **spec.scheduler)
+                sched.set_timesteps(e.steps or cfg.steps)
+                for w in runner.sampler_warnings(sched.timesteps.tolist()):
+                    log.warning("%s", w)
             with runner:
                 r = bench_engine(runner, spec, cfg, cond, e.steps, uncond)
                 fd = None

@@ -28,8 +28,17 @@ log = logging.getLogger(__name__)
 class IntervalRunner(Runner):
     """``runners[k]`` serves interval k of ``schedule``; a feed whose samples span several intervals is split."""
 
-    def __init__(self, schedule: IntervalSchedule, runners: Sequence[Runner], name: str = "intervals"):
+    def __init__(
+        self,
+        schedule: IntervalSchedule,
+        runners: Sequence[Runner],
+        name: str = "intervals",
+        sampler_steps: int | None = None,
+    ):
         super().__init__()
+        self.sampler_steps = (
+            sampler_steps  # the sampler the intervals were calibrated for (None: not recorded)
+        )
         if len(runners) != schedule.k:
             raise RunnerError(f"{schedule.k} intervals need {schedule.k} engines, got {len(runners)}.")
         self.schedule, self.runners, self.name = schedule, list(runners), name
@@ -51,22 +60,25 @@ class IntervalRunner(Runner):
         from .ort_backend import OrtRunner
 
         schedule, files, doc = read_manifest(path)
+        steps = doc.get("sampler_steps")
         name = name or f"{'trt' if doc.get('backend') == 'tensorrt' else 'ort'}:{Path(path).name}"
         if doc.get("backend") == "tensorrt":
             from .trt_backend import TrtRunner
 
-            return cls(schedule, [TrtRunner(f, name=f"trt:{f.name}") for f in files], name=name)
+            return cls(
+                schedule, [TrtRunner(f, name=f"trt:{f.name}") for f in files], name=name, sampler_steps=steps
+            )
         if doc.get("backend") == "onnxruntime":
             runners = [
                 OrtRunner.from_engine(f, name=f"ort:{f.name}", shared_arena=shared_arena) for f in files
             ]
-            return cls(schedule, runners, name=name)
+            return cls(schedule, runners, name=name, sampler_steps=steps)
         runners = [
             OrtRunner(f, intra_op_threads=threads, shared_arena=shared_arena, name=f"ort:{f.name}",
                       fold_weight_dq=e.get("activations") == "float", **ort_kwargs)
             for f, e in zip(files, doc["entries"], strict=True)
         ]  # fmt: skip
-        return cls(schedule, runners, name=name)
+        return cls(schedule, runners, name=name, sampler_steps=steps)
 
     def activate(self) -> None:
         for r in self.runners:
@@ -97,6 +109,23 @@ class IntervalRunner(Runner):
                 if n not in out:
                     out[n] = torch.empty((len(idx), *v.shape[1:]), dtype=v.dtype, device=v.device)
                 out[n][rows.to(v.device)] = v
+        return out
+
+    def sampler_warnings(self, timesteps: Sequence[int]) -> list[str]:
+        """What is off when this student runs the sampler with ``timesteps``: another step count than it was
+        calibrated for, or intervals that none of the steps fall into (their engines never run)."""
+        out = []
+        if self.sampler_steps and len(timesteps) != self.sampler_steps:
+            out.append(
+                f"{self.name} was calibrated for a {self.sampler_steps}-step sampler and runs {len(timesteps)} "
+                "steps: its interval ranges were calibrated on other timesteps."
+            )
+        idx = self.schedule.index_of(torch.tensor([int(t) for t in timesteps]))
+        unused = sorted(set(range(self.schedule.k)) - set(idx.tolist()))
+        if unused:
+            out.append(
+                f"{self.name}: none of the {len(timesteps)} steps falls in interval(s) {unused}; their engines never run."
+            )
         return out
 
     def describe(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pqcad_deploy.quant import QuantConfig
 from pqcad_deploy.runtime.backends.interval_backend import IntervalRunner
 from pqcad_deploy.runtime.backends.ort_backend import OrtRunner
 from pqcad_deploy.runtime.bench_cli import main as bench_main
+from pqcad_deploy.sampling import make_scheduler
 from pqcad_deploy.student import save_student
 from pqcad_deploy.train.ptq_intervals import interval_ptq
 from pqcad_deploy.zoo import build_model, get_spec
@@ -229,3 +230,17 @@ def test_engine_cost_benchmark_runs_every_row(exported, tmp_path, capsys):
     assert rows["k3"]["shared_arena"] and not rows["k3 own arenas"]["shared_arena"]
     assert rows["k3"]["calls_per_interval"] == [4, 4, 4]  # a warm-up and one timed run, 2 steps per interval
     assert all(r["rss_delta_mb"] > 0 and r["e2e_ms_median"] > 0 for r in rows.values())
+
+
+def test_a_sampler_unlike_the_calibrated_one_is_warned(exported, tmp_path, capsys):
+    d, _, _ = exported
+    runner = IntervalRunner.from_manifest(d / "unet.manifest.json", threads=1)
+    sched = make_scheduler("ddim")
+    sched.set_timesteps(6)
+    assert runner.sampler_steps == 6 and runner.sampler_warnings(sched.timesteps.tolist()) == []
+    warned = runner.sampler_warnings([999])  # one step: two of the three intervals never run
+    assert "calibrated for a 6-step sampler and runs 1" in warned[0] and "interval(s) [1, 2]" in warned[1]
+    argv = ["--checkpoint", str(d / "k3.safetensors"), "--engine", "ort:" + str(d / "unet.manifest.json") + "@1",
+            "--batch-size", "2", "--repeats", "1", "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "b.json")]  # fmt: skip
+    assert bench_main(argv) == 0
+    assert "never run" in capsys.readouterr().err
