@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Timestep-aware PTQ tables on one GPU (RESULTS.md "Timestep-aware PTQ"), benchmarks/interval_ptq.py in background
-# processes that share one FP image cache per teacher. Stages:
+# processes that share one FP image cache per teacher. Each process writes its JSON after every row; a quantized row
+# took 6-17 min with six processes on one H100 (2026-12-06), so each process lists its goal rows first. Stages:
 #   uncond [ARGS...]  the unconditional teacher, 10k images x noise seeds 0/1: FP images first, then W8A8 rows
 #                     (K = 1/2/4/8, progressive, relaxing tau 0.05/0.1/0.2), W4A8 rows and rows on the shipped PQCAD
 #                     student, in four processes (needs the uncond weights in the tree)
@@ -33,14 +34,14 @@ fp() {  # TEACHER ARGS...: the FP row (fills the cache) in the background; the o
 case "$stage" in
   uncond)
     fp u "${U[@]}" "$@"
-    launch u_w8a "${U[@]}" --bits w8a8 --rows k1 k2 k4 k8 "$@"
-    launch u_w8b "${U[@]}" --bits w8a8 --rows k4p k4p+r0.05 k4p+r0.1 k4p+r0.2 "$@"
-    launch u_w4 "${U[@]}" --bits w4a8 --rows k1 k4 k4p k4p+r0.1 "$@"
-    launch u_pq "${U[@]}" --student pqcad_deploy/assets/fmnist_pqcad_w8a8.safetensors --rows student k1 k4p k4p+r0.1 "$@"
+    launch u_w8a "${U[@]}" --bits w8a8 --rows k1 k4p+r0.1 k2 k8 "$@"
+    launch u_w8b "${U[@]}" --bits w8a8 --rows k4p k4p+r0.05 k4p+r0.2 k4 "$@"
+    launch u_w4 "${U[@]}" --bits w4a8 --rows k1 k4p k4p+r0.1 k4 "$@"
+    launch u_pq "${U[@]}" --student pqcad_deploy/assets/fmnist_pqcad_w8a8.safetensors --rows student k4p+r0.1 k4p k1 "$@"
     ;;
   t2i)
     fp t "${T[@]}" "$@"
-    launch t_w8 "${T[@]}" --bits w8a8 --rows k1 k4 k4p k4p+r0.1 "$@"
+    launch t_w8 "${T[@]}" --bits w8a8 --rows k1 k4p+r0.1 k4p k4 "$@"
     launch t_w4 "${T[@]}" --bits w4a8 --rows k1 k4p k4p+r0.1 "$@"
     ;;
   wait)
