@@ -36,9 +36,8 @@ class IntervalRunner(Runner):
         sampler_steps: int | None = None,
     ):
         super().__init__()
-        self.sampler_steps = (
-            sampler_steps  # the sampler the intervals were calibrated for (None: not recorded)
-        )
+        # the step count of the sampler the intervals were calibrated for (None: not recorded)
+        self.sampler_steps = sampler_steps
         if len(runners) != schedule.k:
             raise RunnerError(f"{schedule.k} intervals need {schedule.k} engines, got {len(runners)}.")
         self.schedule, self.runners, self.name = schedule, list(runners), name
