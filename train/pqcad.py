@@ -116,6 +116,7 @@ def train_pqcad(
         "final_bits": f"w{final_bits[0]}a{final_bits[1]}",
         "loss_summary": trainer.summary(),
         "loss_curve": trainer.curve,
+        "probe_curve": trainer.probe_curve,
         "train_time_s": round(trainer.elapsed, 2),
         "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
         "world_size": ctx.world_size,
@@ -124,6 +125,8 @@ def train_pqcad(
     }
     if ctx.is_main:
         save_student(out, trainer.student, spec, meta=meta)
+        if trainer.curve:
+            curve_png(trainer, out.with_name(out.stem + "_curve.png"))
         log.info(
             "saved student %s (%s, sampler steps %d, train time %.1fs)",
             out,
@@ -135,6 +138,25 @@ def train_pqcad(
         on_done(trainer)
     distributed.teardown(ctx)
     return out
+
+
+def curve_png(trainer: Any, path: Path) -> Path:
+    """The training loss (window means) and, with ``switch_signal="probe"``, the probe's eps-error, with the switch
+    marked: ``<student stem>_curve.png`` beside the student."""
+    from pqcad_deploy.plots import save_curves
+
+    switch = next((h for h in trainer.history if h.get("event") == "switch"), None)
+    marks = []
+    if switch is not None:
+        marks.append((trainer.stage_start, f"switch ({switch['reason']}) {switch['from']} -> {switch['to']}"))
+    panels = {
+        "training loss (mean of each check window)": [(x, v) for x, _, v in trainer.curve],
+        "probe eps-error to FP (held-out points; the switch signal)": trainer.probe_curve,
+    }
+    title = f"PQCAD {':'.join(trainer.cfg.bits)}, switch signal '{trainer.cfg.switch_signal}'"
+    written = save_curves(path, panels, marks, title)
+    log.info("wrote %s", written)
+    return written
 
 
 def config_from_args(args: argparse.Namespace) -> PQCADConfig:
@@ -273,6 +295,17 @@ def register(sub: Any) -> None:
     )
     g.add_argument(
         "--smoothing", type=float_range(0.0, 1.0), default=d.smoothing, help="EMA of the per-step loss"
+    )
+    g.add_argument(
+        "--switch-signal", choices=["train", "probe"], default=d.switch_signal, help="what the rule watches: the "
+        "smoothed training loss, or the eps-error on --switch-probe calibration points held out of training "
+        "(evaluated at every check; low variance)",
+    )  # fmt: skip
+    g.add_argument(
+        "--switch-probe",
+        type=count_int,
+        default=d.switch_probe,
+        help="held-out points of --switch-signal probe",
     )
     g.add_argument(
         "--stage2-reinit",

@@ -68,6 +68,10 @@ class PQCADConfig:
     patience: int = 5  # ... for this many consecutive checks
     check_every: int = 20  # steps between checks of the transition rule
     smoothing: float = 0.95  # EMA of the per-step loss fed to the rule (batch losses vary a lot with t)
+    # what the rule watches: "train" (the smoothed per-step training loss) or "probe" (the eps-error against the FP
+    # teacher on switch_probe fixed calibration points held out of training, evaluated at every check)
+    switch_signal: str = "train"
+    switch_probe: int = 256
     stage2_reinit: str = "auto"  # low-bit weight step sizes: "mse", "rescale", or "auto" (lower probe loss)
     lambda_d: float = 1.0  # CAD: weight of ||student - teacher||^2
     lambda_c: float = 1.0  # CAD: weight of ||student - FP target||^2
@@ -100,6 +104,12 @@ class PQCADConfig:
                 f"progressive schedule {self.bits} changes activation bits; only weight bits can change "
                 "between stages (set_weight_bits). Use e.g. w8a8:w4a8.",
                 ("bits",),
+            )
+        if self.switch_signal not in ("train", "probe") or self.switch_probe < 1:
+            raise PQCADConfigError(
+                f"switch_signal must be 'train' or 'probe' and switch_probe >= 1, got {self.switch_signal!r} / "
+                f"{self.switch_probe}.",
+                ("switch_signal", "switch_probe"),
             )
         if self.stage2_reinit not in ("mse", "rescale", "auto"):
             raise PQCADConfigError(

@@ -5,6 +5,8 @@ Pure Python (no torch) so it can be unit-tested and stored in checkpoints as pla
 ``m_k = beta * m_{k-1} + (1 - beta) * (L_{k-1} - L_k)``; switch when ``|m_k| < eps * L_0`` for
 ``patience`` consecutive checks, or when the step cap is reached. ``m_k`` is bias-corrected (divided by
 ``1 - beta**k``) so the zero start of the average does not look like a plateau at the first checks.
+:meth:`update` takes every training loss (smoothed here); :meth:`observe` takes a low-variance signal evaluated at
+each check (PQCAD's ``switch_signal="probe"``: the eps-error on fixed held-out calibration points).
 """
 
 from __future__ import annotations
@@ -68,6 +70,19 @@ class MomentumSwitch:
         self.smoothed = loss if self.smoothed is None else s * self.smoothed + (1 - s) * loss
         if step % self.every == 0:
             self._check(step)
+        if self.decided is None and step >= self.cap:
+            self._decide(step, "cap")
+        return SwitchDecision(**self.decided) if self.decided is not None else None
+
+    def observe(self, step: int, value: float) -> SwitchDecision | None:
+        """A low-variance signal evaluated at a check (e.g. the eps-error on fixed held-out points): it is the
+        smoothed loss of that check as it is (no EMA). ``step`` counts finished optimizer steps of this stage."""
+        if self.decided is not None:
+            return None
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite signal {value} given to the transition rule at step {step}.")
+        self.smoothed = float(value)
+        self._check(step)
         if self.decided is None and step >= self.cap:
             self._decide(step, "cap")
         return SwitchDecision(**self.decided) if self.decided is not None else None

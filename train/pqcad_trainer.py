@@ -78,9 +78,19 @@ class CalibTensors:
         )
         self.meta = meta
 
+        self.pool: torch.Tensor | None = None  # training points when some are held out
+
+    def hold_out(self, idx: torch.Tensor) -> None:
+        """Keep the points ``idx`` out of every training batch (the switch probe evaluates on them)."""
+        keep = torch.ones(self.n, dtype=torch.bool)
+        keep[idx.cpu()] = False
+        self.pool = keep.nonzero().reshape(-1).to(self.x_t.device)
+
     def batch(self, step: int, seed: int, rank: int, size: int) -> torch.Tensor:
         g = distributed.step_generator(seed, step, rank, self.x_t.device)
-        return torch.randint(0, self.n, (size,), device=self.x_t.device, generator=g)
+        n = self.n if self.pool is None else len(self.pool)
+        idx = torch.randint(0, n, (size,), device=self.x_t.device, generator=g)
+        return idx if self.pool is None else self.pool[idx]
 
 
 class PQCADTrainer:
@@ -113,6 +123,16 @@ class PQCADTrainer:
         self.switch = self._new_switch()
         self.history: list[dict[str, Any]] = []
         self.curve: list[list[float]] = []  # [global step, stage, mean loss of the window]
+        self.probe_curve: list[
+            list[float]
+        ] = []  # [global step, eps-error on the held-out probe] (probe signal)
+        if self._watches_probe():
+            if cfg.switch_probe >= self.data.n:
+                raise UsageError(
+                    f"--switch-probe {cfg.switch_probe} holds out every one of the calibration set's {self.data.n} "
+                    "points; give fewer probe points or a larger set."
+                )
+            self.data.hold_out(self._probe_points(cfg.switch_probe))
         self.elapsed = 0.0
         self._pending: list[torch.Tensor] = []
 
@@ -175,6 +195,7 @@ class PQCADTrainer:
             "switch": self.switch.state_dict(),
             "history": self.history,
             "curve": self.curve,
+            "probe_curve": self.probe_curve,
             "elapsed_s": self.elapsed,
             "rng_cpu": torch.get_rng_state(),
         }
@@ -235,6 +256,9 @@ class PQCADTrainer:
         )
         self.history = list(ck["history"])
         self.curve = restore("loss curve", path, lambda: [[float(v) for v in x] for x in ck["curve"]])
+        self.probe_curve = restore(
+            "probe curve", path, lambda: [[float(v) for v in x] for x in ck.get("probe_curve") or []]
+        )
         self.elapsed = float(ck["elapsed_s"])
         restore("random number generator state", path, lambda: torch.set_rng_state(ck["rng_cpu"]))
         self._make_optimizer()
@@ -268,11 +292,22 @@ class PQCADTrainer:
         set_weight_bits(model, bits[0], reinit=best)
         return {"reinit": best, "reinit_probe_mse": scores}
 
-    def _probe_error(self, model: nn.Module, n: int = 512) -> float:
-        d = self.data
+    def _probe_points(self, n: int) -> torch.Tensor:
+        """A fixed set of calibration points (the same first points for every n)."""
         g = torch.Generator().manual_seed(4321)
-        idx = torch.randperm(d.n, generator=g)[:n].to(d.x_t.device)
-        return eps_mse(model, d, idx, d.x_t.device, chunk=n)
+        return torch.randperm(self.data.n, generator=g)[:n].to(self.data.x_t.device)
+
+    def _probe_error(self, model: nn.Module, n: int = 512) -> float:
+        return eps_mse(model, self.data, self._probe_points(n), self.data.x_t.device, chunk=n)
+
+    def _watches_probe(self) -> bool:
+        return self.cfg.switch_signal == "probe" and len(self.cfg.stage_bits) > 1
+
+    def _observe_probe(self, stage_step: int) -> None:
+        """The probe signal: the eps-error on the held-out points, fed to the transition rule at a check."""
+        value = self._probe_error(self.student, n=self.cfg.switch_probe)
+        self.probe_curve.append([self.step, value])
+        self.switch.observe(stage_step, value)
 
     def _transition(self) -> None:
         """Apply a decided switch: freeze the stage-1 teacher, re-initialise step sizes at the low bits."""
@@ -353,7 +388,7 @@ class PQCADTrainer:
                     f"{self._divergence_cause()}; {kept(self.ckpt_path, last_good)}."
                 )
         self.curve.append([self.step, self.stage + 1, sum(losses) / len(losses)])
-        if self.stage == 0 and len(self.cfg.stage_bits) > 1:
+        if self.stage == 0 and len(self.cfg.stage_bits) > 1 and self.cfg.switch_signal == "train":
             for i, lv in enumerate(losses):
                 self.switch.update(first + i - self.stage_start, lv)
 
@@ -410,6 +445,8 @@ class PQCADTrainer:
             at_save = self.step % cfg.save_every == 0 or self.step >= cfg.steps
             if at_check or at_save:
                 self._flush(last_good)
+                if at_check and self.stage == 0 and self._watches_probe():
+                    self._observe_probe(stage_step)
                 bar.set_postfix(loss=f"{self.curve[-1][2]:.4g}", stage=self.stage + 1)
                 bar.update(self.step - bar.n)
             if at_save:

@@ -24,6 +24,8 @@ def test_round_trip_and_stage_bits():
         ({"lambda_d": 0.0, "lambda_c": 0.0}, "not both 0"),
         ({"teacher_kind": "ema"}, "teacher_kind"),
         ({"schedule": "cosine"}, "schedule"),
+        ({"switch_signal": "val"}, "switch_signal"),
+        ({"switch_probe": 0}, "switch_probe"),
     ],
 )
 def test_rejects_bad_values(kw, match):

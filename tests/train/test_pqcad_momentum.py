@@ -76,3 +76,17 @@ def test_rejects_bad_knobs_and_nonfinite():
         MomentumSwitch(beta=1.0)
     with pytest.raises(ValueError, match="non-finite"):
         MomentumSwitch().update(1, float("nan"))
+
+
+def test_observe_takes_a_low_variance_signal_as_it_is():
+    """``observe`` (the probe signal, one value per check): no EMA, the plateau rule and the cap as for ``update``."""
+    rule = MomentumSwitch(beta=0.5, eps=1e-3, patience=3, cap=10_000, every=20)
+    values = [math.exp(-k / 4) for k in range(10)] + [math.exp(-9 / 4)] * 10
+    decision = next(d for k, v in enumerate(values, start=1) if (d := rule.observe(20 * k, v)) is not None)
+    assert decision.reason == "plateau" and 200 < decision.step <= 400
+    assert rule.trace[0][1] == values[1]  # the value itself is the smoothed loss of its check
+    capped = MomentumSwitch(beta=0.5, eps=1e-9, patience=3, cap=60, every=20)
+    assert [capped.observe(s, 1.0 / s) for s in (20, 40)] == [None, None]
+    assert capped.observe(60, 1.0 / 60).reason == "cap" and capped.observe(80, 0.1) is None
+    with pytest.raises(ValueError, match="non-finite signal"):
+        MomentumSwitch().observe(20, float("inf"))

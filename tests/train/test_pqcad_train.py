@@ -215,3 +215,26 @@ def test_progressive_ort_run_becomes_weight_only_at_4_bits_and_reloads(tiny, tmp
     assert set(switch["reinit_probe_mse"]) == {"mse", "rescale"}
     lins = [m for m in model.modules() if isinstance(m, QuantLinear)]
     assert lins and all(m.input_quantizer is None and m.output_quantizer is None for m in lins)
+
+
+def test_probe_signal_holds_its_points_out_records_its_curve_and_plots_it(tiny, tmp_path):
+    from pqcad_deploy.train.pqcad_trainer import CalibTensors
+
+    _, spec, cs = tiny
+    data = CalibTensors(cs, spec, torch.device("cpu"))
+    held = torch.tensor([0, 3, 7])
+    data.hold_out(held)
+    drawn = torch.cat([data.batch(step, 0, 0, 16) for step in range(50)])
+    assert not set(drawn.tolist()) & set(held.tolist()) and len(set(drawn.tolist())) == data.n - 3
+    # a loose threshold: the second check (the first with a momentum) is already a plateau
+    out = run(tiny, tmp_path / "p.pt", config=cfg(switch_signal="probe", switch_probe=6, patience=1, eps=1.0))
+    _, _, _, meta = student_mod.load_student(out)
+    switch = [h for h in meta["history"] if h["event"] == "switch"]
+    assert switch[0]["reason"] == "plateau" and switch[0]["step"] == 10
+    assert [p[0] for p in meta["probe_curve"]] == [5, 10] and all(p[1] > 0 for p in meta["probe_curve"])
+    from PIL import Image
+
+    png = Image.open(tmp_path / "p_curve.png")
+    assert png.size[0] == 720 and png.size[1] > 400  # two panels: training loss and the probe
+    with pytest.raises(Exception, match="holds out every one"):
+        run(tiny, tmp_path / "q.pt", config=cfg(switch_signal="probe", switch_probe=10_000))
