@@ -123,9 +123,8 @@ class PQCADTrainer:
         self.switch = self._new_switch()
         self.history: list[dict[str, Any]] = []
         self.curve: list[list[float]] = []  # [global step, stage, mean loss of the window]
-        self.probe_curve: list[
-            list[float]
-        ] = []  # [global step, eps-error on the held-out probe] (probe signal)
+        # [global step, eps-error on the held-out probe points] (switch_signal "probe")
+        self.probe_curve: list[list[float]] = []
         if self._watches_probe():
             if cfg.switch_probe >= self.data.n:
                 raise UsageError(
