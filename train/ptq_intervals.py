@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pqcad_deploy.denoiser import TorchDenoiser, UNetWrapper
 from pqcad_deploy.quant import QuantConfig, calibrate, quantize_model
-from pqcad_deploy.quant.calibrate import weight_quantizers
+from pqcad_deploy.quant.calibrate import calibrate_weights
 from pqcad_deploy.quant.intervals import IntervalError, IntervalSchedule, add_intervals, store_interval
 from pqcad_deploy.sampling import make_scheduler, sample
 from pqcad_deploy.zoo import ModelSpec
@@ -125,9 +125,6 @@ def interval_ptq(
     t0 = time.perf_counter()
     fp = fp_model.to(device).eval()
     model = quantize_model(copy.deepcopy(fp), qcfg) if student is None else copy.deepcopy(student).to(device)
-    keep = (
-        {id(q): q.amax.detach().clone() for q, _ in weight_quantizers(model)} if student is not None else {}
-    )
     sched = make_scheduler("ddim", **spec.scheduler)
     sched.set_timesteps(steps)
     timesteps = [int(t) for t in sched.timesteps]
@@ -136,6 +133,8 @@ def interval_ptq(
     if schedule is not None:
         add_intervals(model, schedule)
     n_sets = schedule.k if schedule is not None else 1
+    if student is None:  # weight ranges are shared by every interval; a trained student keeps its own
+        calibrate_weights(model, qcfg.calib_method)  # before any rollout runs the quantized model
     points_per_set = []
     for j in tqdm(range(n_sets), desc="interval calibration", disable=not progress or n_sets == 1):
         if schedule is not None and schedule.is_relaxed(j):
@@ -144,9 +143,8 @@ def interval_ptq(
         quant = model if (progressive and j > 0) else None
         pts = rollout_points(fp, quant, spec, schedule, j, steps, n_trajectories, seed, device, batch_size,
                              cond_fn, uncond, guidance_scale)  # fmt: skip
-        calibrate(model, _forward_loop(pts, device), method=qcfg.calib_method, percentile=qcfg.percentile)
-        for q, _ in weight_quantizers(model) if keep else ():
-            q.set_amax(keep[id(q)])  # the student's trained weight scales, not re-estimated ones
+        loop = _forward_loop(pts, device)
+        calibrate(model, loop, qcfg.calib_method, qcfg.percentile, weights=False)
         if schedule is not None:
             store_interval(model, j)
         points_per_set.append(sum(len(p[0]) for p in pts))

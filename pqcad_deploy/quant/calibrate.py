@@ -106,17 +106,26 @@ def weight_quantizers(model: nn.Module) -> list[tuple[TensorQuantizer, torch.Ten
 
 
 @torch.no_grad()
+def calibrate_weights(model: nn.Module, method: str = "maxabs") -> None:
+    """Every weight quantizer's amax from its weight (the activation-independent half of :func:`calibrate`)."""
+    for q, w in weight_quantizers(model):
+        calibrate_weight(q, w, method="mse" if method == "mse" else "maxabs")
+
+
+@torch.no_grad()
 def calibrate(
     model: nn.Module,
     forward_loop: Callable[[nn.Module], None] | None,
     method: str = "maxabs",
     percentile: float = 99.99,
     seed: int = 0,
+    weights: bool = True,
 ) -> nn.Module:
     """Set every quantizer's amax: weights from weights, activations from ``forward_loop(model)``.
 
     ``forward_loop`` may be None only for weight-only recalibration of a model whose activation quantizers
-    are already calibrated.
+    are already calibrated. ``weights=False`` leaves the weight ranges as they are (activations only: a trained
+    student's weight scales, or weights already calibrated by an earlier call).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not a calibration method; choose one of {list(METHODS)}.")
@@ -125,8 +134,8 @@ def calibrate(
         raise ValueError("Model has no quantizers; call quantize_model(model, cfg) first.")
     wq = weight_quantizers(model)
     w_ids = {id(q) for q, _ in wq}
-    for q, w in wq:
-        calibrate_weight(q, w, method="mse" if method == "mse" else "maxabs")
+    if weights:
+        calibrate_weights(model, method)
     acts = [(n, q) for n, q in quantizers if id(q) not in w_ids]
     if forward_loop is None:
         missing = [n for n, q in acts if not q.is_calibrated]

@@ -130,3 +130,25 @@ def test_interval_ranges_on_a_trained_student_keep_its_weights_and_weight_scales
     for (qa, wa), (qb, wb) in zip(weight_quantizers(student), weight_quantizers(k2), strict=True):
         assert torch.equal(wa, wb) and torch.equal(qa.amax, qb.amax)
     assert get_intervals(student) is None  # the given student is not modified
+
+
+def test_progressive_rollouts_run_calibrated_weights_even_after_a_relaxed_first_interval(
+    teacher, monkeypatch
+):
+    """Regression: with the relaxed interval at xT nothing was calibrated before the first quantized rollout, so
+    it ran weight quantizers at their initial range (amax 1)."""
+    from pqcad_deploy.quant.calibrate import weight_quantizers
+    from pqcad_deploy.train import ptq_intervals
+
+    fp, spec = teacher
+    seen, real = [], ptq_intervals.rollout_points
+
+    def spy(fp_, quant, *args, **kw):
+        if quant is not None:
+            seen.append(all(bool(q.calibrated) for q, _ in weight_quantizers(quant)))
+        return real(fp_, quant, *args, **kw)
+
+    monkeypatch.setattr(ptq_intervals, "rollout_points", spy)
+    qcfg = QuantConfig(weight_bits=8, act_bits=8, calib_method="maxabs")
+    interval_ptq(fp, spec, qcfg, 2, progressive=True, relax=(0.34, "xT"), **KW)
+    assert seen == [True, True]
