@@ -191,8 +191,7 @@ class Bench:
         self.save()
 
     def calibrate(self, row_name: str, qcfg: QuantConfig, student: Any) -> tuple[torch.nn.Module, dict]:
-        m = ROW.match(row_name)
-        k, progressive, tau = int(m[1]), bool(m[2]), float(m[3]) if m[3] else 0.0
+        k, progressive, tau = parse_row(row_name)
         cond = {}
         if self.t2i:
             cond = dict(cond_fn=self.prompts.calibration_cond_fn(1234 + 7), uncond=self.prompts.uncond(),
@@ -228,7 +227,7 @@ class Bench:
                 model, entry = self.calibrate(name, qcfg, student.model if student else None)
                 row = {"bits": bits, "label": prefix + name, "calib_s": round(time.perf_counter() - t0, 1),
                        "intervals": entry["intervals"], "relax": entry["relax"], "progressive": entry["progressive"],
-                       "points": entry["points_per_interval"], "k": int(ROW.match(name)[1])}  # fmt: skip
+                       "points": entry["points_per_interval"], "k": parse_row(name)[0]}  # fmt: skip
                 self.evaluate(model, row)
                 del model
 
@@ -241,6 +240,12 @@ class Bench:
                "notes": "FD is the Frechet distance in the project's Fashion-MNIST classifier feature space (never "
                "Inception FID); 'to FP' compares with the FP teacher's images from the same noise and prompts."}  # fmt: skip
         atomic_json_save(doc, output_path(a))
+
+
+def parse_row(name: str) -> tuple[int, bool, float]:
+    """``k<K>[p][+r<tau>]`` -> (K quantized intervals, progressive, relaxed fraction; 0: none)."""
+    m = ROW.match(name)
+    return int(m[1]), bool(m[2]), float(m[3]) if m[3] else 0.0
 
 
 def output_path(a: argparse.Namespace) -> Path:

@@ -16,11 +16,16 @@ from .quant.intervals import IntervalError, IntervalSchedule
 
 MANIFEST_FORMAT = "pqcad-interval-manifest"
 MANIFEST_VERSION = 1
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+def is_manifest(path: str | Path) -> bool:
+    return str(path).endswith(MANIFEST_SUFFIX)
 
 
 def manifest_path(onnx_path: str | Path) -> Path:
     p = Path(onnx_path)
-    return p.with_name(f"{p.stem}.manifest.json")
+    return p.with_name(f"{p.stem}{MANIFEST_SUFFIX}")
 
 
 def interval_file(onnx_path: str | Path, k: int) -> Path:
@@ -79,22 +84,19 @@ def read_manifest(path: str | Path) -> tuple[IntervalSchedule, list[Path], dict[
         )
     files = []
     key = "engine" if "backend" in doc else "onnx"
+    fix = (
+        "rebuild the engines (pqcad-build --onnx ONNX_MANIFEST)"
+        if key == "engine"
+        else "re-export the student"
+    )
     for e in entries:
         f = path.parent / str(e.get(key, ""))
         if not f.is_file():
-            raise CheckpointError(
-                f"{path}: interval {e['interval']}'s file {f} is missing; "
-                + (
-                    "rebuild the engines (pqcad-build --onnx ONNX_MANIFEST)."
-                    if key == "engine"
-                    else "re-export the student."
-                )
-            )
+            raise CheckpointError(f"{path}: interval {e['interval']}'s file {f} is missing; {fix}.")
         if sha256(f) != e.get("sha256"):
             raise CheckpointError(
-                f"{path}: {f} is not the file this manifest was written with (SHA-256 differs); "
-                + ("rebuild the engines" if key == "engine" else "re-export the student")
-                + " so that files and manifest match."
+                f"{path}: {f} is not the file this manifest was written with (SHA-256 differs); {fix} so that "
+                "files and manifest match."
             )
         files.append(f)
     return schedule, files, doc

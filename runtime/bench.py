@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from pqcad_deploy.errors import UsageError
+from pqcad_deploy.interval_manifest import is_manifest, read_manifest
 from pqcad_deploy.sampling import make_scheduler, sample, sample_many
 from pqcad_deploy.timing import environment_info, environment_line, summarize
 from pqcad_deploy.zoo import ModelSpec
@@ -99,25 +100,21 @@ def make_runner(spec: EngineSpec, model: torch.nn.Module | None, device: str, th
         from .backends.torch_backend import TorchRunner
 
         return TorchRunner(model, spec.target, device=device, cuda_graph=spec.cuda_graph, name=spec.label)
+    providers = "cuda" if device.startswith("cuda") else "cpu"
+    if is_manifest(spec.target):  # a timestep-aware student: one engine per interval (ONNX, ORT or TensorRT)
+        from .backends.interval_backend import IntervalRunner
+
+        return IntervalRunner.from_manifest(
+            spec.target, threads=threads, name=spec.label, providers=providers
+        )
     if spec.kind == "ort":
         from .backends.ort_backend import OrtRunner
 
-        providers = "cuda" if device.startswith("cuda") else "cpu"
-        if spec.target.endswith(".manifest.json"):  # per-interval engines of a timestep-aware student
-            from .backends.interval_backend import IntervalRunner
-
-            return IntervalRunner.from_manifest(
-                spec.target, threads=threads, name=spec.label, providers=providers
-            )
         if spec.target.endswith(".json"):
             return OrtRunner.from_engine(spec.target, name=spec.label)
         return OrtRunner(spec.target, providers=providers, intra_op_threads=threads, name=spec.label)
     from .backends.trt_backend import TrtRunner
 
-    if spec.target.endswith(".manifest.json"):  # pqcad-build's TensorRT engines of a timestep-aware student
-        from .backends.interval_backend import IntervalRunner
-
-        return IntervalRunner.from_manifest(spec.target, name=spec.label)
     return TrtRunner(spec.target, cuda_graph=spec.cuda_graph, name=spec.label)
 
 
@@ -224,22 +221,14 @@ def check_engines(engines: list[EngineSpec], spec: ModelSpec, baselines: list[st
             raise RunnerError(f"--engine {e.label}: {what} {path} is a directory, not a file.")
         if not path.is_file():
             raise RunnerError(f"--engine {e.label}: {what} {path} does not exist.")
-        if path.name.endswith(".manifest.json"):
-            from pqcad_deploy.interval_manifest import read_manifest
-
-            _, files, doc = read_manifest(
-                path
-            )  # files present and unchanged; interval 0's inputs stand for all
-            path = files[0]
+        if is_manifest(path):
+            _, files, doc = read_manifest(path)  # present and unchanged; interval 0's inputs stand for all
             if doc.get("backend") == "tensorrt":
                 raise RunnerError(
                     f"--engine {e.label}: {e.target} holds TensorRT engines; use trt:{e.target}."
                 )
-            if doc.get("backend") == "onnxruntime":
-                from .backends.ort_backend import read_engine_json
-
-                path = path.parent / read_engine_json(path)["model"]
-        elif path.suffix == ".json":
+            path = files[0]
+        if path.suffix == ".json":  # an ORT engine: its optimized model
             from .backends.ort_backend import read_engine_json
 
             path = path.parent / read_engine_json(path)["model"]

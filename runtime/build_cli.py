@@ -30,6 +30,7 @@ from pqcad_deploy.cli.common import (
     threads_int,
 )
 from pqcad_deploy.denoiser import sampler_feed
+from pqcad_deploy.interval_manifest import is_manifest
 from pqcad_deploy.timing import summarize, time_calls
 
 from .audit import LayerAuditReport, format_onnx_audit
@@ -135,7 +136,7 @@ def build(plan: BuildPlan, verbose: bool = False) -> tuple[dict[str, Any], Runne
 
 
 def run(args: argparse.Namespace) -> int:
-    if str(args.onnx).endswith(".manifest.json"):
+    if is_manifest(args.onnx):
         return run_manifest(args)
     plan = plan_from_args(args)
     check_output_path(plan.save_engine, inputs=[plan.onnx], what="--saveEngine")

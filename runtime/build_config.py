@@ -144,9 +144,8 @@ class BuildPlan:
     ort_threads: int | None = None
     ort_optimization: str = "all"
     ort_providers: tuple[str, ...] = ("cpu",)
-    ort_fold_weight_dq: bool = (
-        False  # a relaxed interval's weight-only graph: fold weight DQ into float weights
-    )
+    # a relaxed interval's weight-only graph: fold weight DQ into float weights (pqcad-build of a manifest)
+    ort_fold_weight_dq: bool = False
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -232,7 +231,6 @@ def plan_from_args(args: Any) -> BuildPlan:
         ort_threads=int(threads) if threads else None,
         ort_optimization=get("ortOptimization") or "all",
         ort_providers=providers,
-        ort_fold_weight_dq=bool(get("ortFoldWeightDq", False)),
         notes=(),
     )
     if backend == "onnxruntime":

@@ -13,15 +13,16 @@ non-refittable engine's kernels) forbids changing any weight, and a refit would 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 from pqcad_deploy.cli.common import check_output_path
 from pqcad_deploy.errors import UsageError
+from pqcad_deploy.interval_manifest import MANIFEST_SUFFIX, read_manifest, write_engine_manifest
 
 log = logging.getLogger(__name__)
-MANIFEST_SUFFIX = ".manifest.json"
 
 
 def engine_paths(save_manifest: Path, k: int, backend: str) -> list[Path]:
@@ -32,8 +33,6 @@ def engine_paths(save_manifest: Path, k: int, backend: str) -> list[Path]:
 
 def build_manifest(args: argparse.Namespace) -> dict[str, Any]:
     """Build every interval engine of the ONNX manifest ``args.onnx``; returns the engine manifest."""
-    from pqcad_deploy.interval_manifest import read_manifest, write_engine_manifest
-
     from .build_cli import build, check_profile, time_runner
     from .build_config import plan_from_args
 
@@ -52,11 +51,12 @@ def build_manifest(args: argparse.Namespace) -> dict[str, Any]:
     reports = []
     for k, (onnx_file, engine) in enumerate(zip(files, engines, strict=True)):
         ns = argparse.Namespace(**{**vars(args), "onnx": str(onnx_file), "saveEngine": str(engine)})
-        ns.ortFoldWeightDq = doc["entries"][k].get("activations") == "float"  # relaxed: weight-only graph
         if args.exportLayerInfo:
             info = Path(args.exportLayerInfo)
             ns.exportLayerInfo = str(info.with_name(f"{info.stem}.i{k}{info.suffix or '.json'}"))
-        plan = plan_from_args(ns)
+        # a relaxed interval's weight-only graph: ORT folds its weight DQ into float weights
+        relaxed = doc["entries"][k].get("activations") == "float"
+        plan = dataclasses.replace(plan_from_args(ns), ort_fold_weight_dq=relaxed)
         check_profile(plan)
         report, runner, shapes = build(plan, verbose=args.verbose)
         if not plan.skip_inference and shapes is not None:

@@ -207,7 +207,8 @@ class PycudaEngine:
 
 def read_engine_manifest(path: Path) -> tuple[list[Path], list[int]]:
     """(the TensorRT plan of every interval, the interval starts) of a ``pqcad-build`` engine manifest; refuses one
-    for another backend, or whose plans are missing or were replaced since it was written (SHA-256)."""
+    for another backend, or whose plans are missing or were replaced since it was written (SHA-256). The
+    package's reader (``pqcad_deploy.interval_manifest``) imports torch, which this file runs without."""
     try:
         doc = json.loads(path.read_text())
         starts = [int(v) for v in doc["intervals"]["starts"]]

@@ -170,12 +170,13 @@ class TensorQuantizer(nn.Module):
                     "lead every quantized tensor."
                 )
             index = index.repeat_interleave(n // index.numel())
-        amax = self.interval_amax.to(x.device)[index.to(x.device)]
+        index = index.to(x.device)
+        amax = self.interval_amax.to(x.device)[index]
         scale = amax.float().clamp_min(AMAX_EPS) / qmax
         zp = torch.zeros(n, dtype=torch.int32, device=x.device)
         y = torch.fake_quantize_per_channel_affine(x, scale, zp, 0, qmin, qmax)
         if self.intervals.schedule.relaxed:  # relaxed intervals: activations stay float
-            keep = self.intervals.relaxed_mask.to(x.device)[index.to(x.device)]
+            keep = self.intervals.relaxed_mask[index]  # on the model's device (the timestep hook moved it)
             y = torch.where(keep.reshape(n, *([1] * (x.dim() - 1))), x, y)
         return y
 

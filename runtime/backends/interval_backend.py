@@ -59,25 +59,24 @@ class IntervalRunner(Runner):
         from .ort_backend import OrtRunner
 
         schedule, files, doc = read_manifest(path)
-        steps = doc.get("sampler_steps")
-        name = name or f"{'trt' if doc.get('backend') == 'tensorrt' else 'ort'}:{Path(path).name}"
-        if doc.get("backend") == "tensorrt":
+        backend = doc.get("backend")  # None: the exported ONNX files
+        runners: list[Runner]
+        if backend == "tensorrt":
             from .trt_backend import TrtRunner
 
-            return cls(
-                schedule, [TrtRunner(f, name=f"trt:{f.name}") for f in files], name=name, sampler_steps=steps
-            )
-        if doc.get("backend") == "onnxruntime":
+            runners = [TrtRunner(f, name=f"trt:{f.name}") for f in files]
+        elif backend == "onnxruntime":
             runners = [
                 OrtRunner.from_engine(f, name=f"ort:{f.name}", shared_arena=shared_arena) for f in files
             ]
-            return cls(schedule, runners, name=name, sampler_steps=steps)
-        runners = [
-            OrtRunner(f, intra_op_threads=threads, shared_arena=shared_arena, name=f"ort:{f.name}",
-                      fold_weight_dq=e.get("activations") == "float", **ort_kwargs)
-            for f, e in zip(files, doc["entries"], strict=True)
-        ]  # fmt: skip
-        return cls(schedule, runners, name=name, sampler_steps=steps)
+        else:
+            runners = [
+                OrtRunner(f, intra_op_threads=threads, shared_arena=shared_arena, name=f"ort:{f.name}",
+                          fold_weight_dq=e.get("activations") == "float", **ort_kwargs)
+                for f, e in zip(files, doc["entries"], strict=True)
+            ]  # fmt: skip
+        name = name or f"{'trt' if backend == 'tensorrt' else 'ort'}:{Path(path).name}"
+        return cls(schedule, runners, name=name, sampler_steps=doc.get("sampler_steps"))
 
     def activate(self) -> None:
         for r in self.runners:

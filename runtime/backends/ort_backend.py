@@ -7,6 +7,7 @@ the session settings it was built with; :meth:`OrtRunner.from_engine` reopens it
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -299,14 +300,9 @@ class OrtRunner(Runner):
         return d
 
 
-_SHARED_ARENA: list[bool] = []  # registered in this process (ORT's environment is process-wide)
-
-
+@functools.cache
 def register_shared_cpu_arena(ort: Any) -> None:
-    """Register one CPU arena allocator with ORT's environment, once per process; sessions opt in with the session
-    config entry ``session.use_env_allocators``."""
-    if _SHARED_ARENA:
-        return
+    """Register one CPU arena allocator with ORT's environment, once per process (the environment is
+    process-wide); sessions opt in with the session config entry ``session.use_env_allocators``."""
     info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
-    _SHARED_ARENA.append(True)
