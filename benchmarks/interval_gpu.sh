@@ -4,7 +4,11 @@
 # took 6-17 min with six processes on one H100 (2026-12-06), so each process lists its goal rows first. Stages:
 #   uncond [ARGS...]  the unconditional teacher, 10k images x noise seeds 0/1: FP images first, then W8A8 rows
 #                     (K = 1/2/4/8, progressive, relaxing tau 0.05/0.1/0.2), W4A8 rows and rows on the shipped PQCAD
-#                     student, in four processes (needs the uncond weights in the tree)
+#                     student, in four processes (needs the uncond weights in the tree; they are copied to
+#                     /tmp/assets first, so a later call with another tree cannot remove them under the processes)
+#   uncond-rest / t2i-rest [ARGS...]
+#                     the same tables' rows that the first run (2026-12-06) left unmeasured, goal rows first, in
+#                     fewer processes (three and two: six processes did not finish more rows per minute)
 #   t2i [ARGS...]     the text-to-image teacher, 2k seen + 1k held-out-template prompts x seeds 0/1, W8A8 and W4A8
 #                     (needs the caption embeddings: benchmarks/t2i_gpu.sh setup unpacks them); ARGS go to every
 #                     process (a smoke run: --n 8 --trajectories 2 --steps 4 --batch-size 8 --method maxabs)
@@ -15,7 +19,8 @@ cd "$(dirname "$0")/.."
 stage="${1:?stage: uncond|t2i|wait|collect}"; shift || true
 export PQCAD_FMNIST_DIR=/tmp/fmnist PYTHONUNBUFFERED=1
 mkdir -p runs/ip
-U=(--n 10000 --batch-size 1000 --trajectories 64 --noise-seeds 0 1 --fp-cache runs/ip/fp_uncond.safetensors)
+A=/tmp/assets
+U=(--teacher $A/fmnist_ddpm.safetensors --n 10000 --batch-size 1000 --trajectories 64 --noise-seeds 0 1 --fp-cache runs/ip/fp_uncond.safetensors)
 T=(--teacher fmnist-t2i --embeddings runs/t2i_embeddings.safetensors --n 2000 --held-out 1000 --batch-size 1000
    --trajectories 64 --noise-seeds 0 1 --fp-cache runs/ip/fp_t2i.safetensors)
 launch() {  # NAME ARGS...: one benchmark process in the background, after the FP cache of its teacher exists
@@ -31,13 +36,27 @@ fp() {  # TEACHER ARGS...: the FP row (fills the cache) in the background; the o
     "$t" "$@" > "runs/ip/${t}_fp.log" 2>&1 < /dev/null &
   echo $! > "runs/ip/${t}_fp.pid"
 }
+assets() { mkdir -p $A; cp pqcad_deploy/assets/fmnist_{ddpm,pqcad_w8a8}.{safetensors,json} $A/; }
 case "$stage" in
   uncond)
+    assets
     fp u "${U[@]}" "$@"
     launch u_w8a "${U[@]}" --bits w8a8 --rows k1 k4p+r0.1 k2 k8 "$@"
     launch u_w8b "${U[@]}" --bits w8a8 --rows k4p k4p+r0.05 k4p+r0.2 k4 "$@"
     launch u_w4 "${U[@]}" --bits w4a8 --rows k1 k4p k4p+r0.1 k4 "$@"
-    launch u_pq "${U[@]}" --student pqcad_deploy/assets/fmnist_pqcad_w8a8.safetensors --rows student k4p+r0.1 k4p k1 "$@"
+    launch u_pq "${U[@]}" --student $A/fmnist_pqcad_w8a8.safetensors --rows student k4p+r0.1 k4p k1 "$@"
+    ;;
+  uncond-rest)
+    assets
+    fp u "${U[@]}" "$@"
+    launch u_w8 "${U[@]}" --bits w8a8 --rows k4p+r0.1 k4 k2 k8 k4p+r0.05 k4p+r0.2 "$@"
+    launch u_w4r "${U[@]}" --bits w4a8 --rows k4p+r0.1 k4p k4 "$@"
+    launch u_pqr "${U[@]}" --student $A/fmnist_pqcad_w8a8.safetensors --rows k4p+r0.1 k4p "$@"
+    ;;
+  t2i-rest)
+    fp t "${T[@]}" "$@"
+    launch t_w8r "${T[@]}" --bits w8a8 --rows k4p+r0.1 k4p k4 "$@"
+    launch t_w4r "${T[@]}" --bits w4a8 --rows k4p+r0.1 k4 "$@"
     ;;
   t2i)
     fp t "${T[@]}" "$@"
