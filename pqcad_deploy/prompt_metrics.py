@@ -145,3 +145,15 @@ def _mean_equal(pred: torch.Tensor, labels: torch.Tensor) -> float:
     if pred.shape != labels.shape:
         raise ValueError(f"{pred.shape[0]} images but {labels.shape[0]} labels")
     return float((pred == labels.cpu()).double().mean())
+
+
+def subject_fidelity(
+    images: torch.Tensor, references: torch.Tensor, device: str | torch.device = "cpu"
+) -> float:
+    """Mean cosine similarity between generated images and a subject's reference images in the shipped classifier's
+    feature space (untinted): the testbed's stand-in for DINO / CLIP-I subject fidelity, over all pairs."""
+    a, _ = classifier_outputs(untint(images), device)
+    b, _ = classifier_outputs(untint(references), device)
+    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
+    return float((a @ b.T).mean())

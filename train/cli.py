@@ -6,15 +6,16 @@ import sys
 
 from pqcad_deploy.cli.common import add_verbose, make_parser, run_cli, setup_logging
 
-from . import calib, classifier, pqcad, ptq, teacher
+from . import calib, classifier, personalize, pqcad, ptq, teacher
 
-STAGES = (teacher, classifier, calib, ptq, pqcad)
+STAGES = (teacher, classifier, calib, ptq, pqcad, personalize)
 
 
 def build_parser():
     p = make_parser(
         "pqcad-train",
-        "Train the FP teacher, the feature classifier, calibration sets, PTQ baselines and PQCAD students.",
+        "Train the FP teacher, the feature classifier, calibration sets, PTQ baselines, PQCAD students and "
+        "personalization patches.",
     )
     add_verbose(p)
     sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")

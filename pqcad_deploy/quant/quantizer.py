@@ -133,6 +133,15 @@ class TensorQuantizer(nn.Module):
 
     def _fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         qmin, qmax = qrange(self._bits)
+        codes = self._buffers.get("codes")
+        if (
+            codes is not None
+        ):  # scale-only fine-tuning (quant.scale_tuning): x is ignored, the codes are frozen
+            if self._export_scale is not None:
+                raise QuantizerStateError(
+                    "a weight quantizer still holds frozen codes; call quant.scale_tuning.materialize() first."
+                )
+            return codes * self.scale().reshape((-1,) + (1,) * (codes.dim() - 1) if self.axis == 0 else ())
         if self._export_scale is not None:
             return self._export_forward(x, self._export_scale.to(x.device), qmin, qmax)
         learn = self.training and self.amax.requires_grad and torch.is_grad_enabled()

@@ -1,0 +1,101 @@
+"""Apply a personalization patch to an exported QDQ graph: only the weight dequantization scales change.
+
+Every patched layer's integer codes are found by name (``<weight>_quantized``, as the exporter folds them), checked
+against the patch's layout fingerprint (a patch for another model or another quantization is refused before
+anything is written), and the scale initializer of the DequantizeLinear that reads them is replaced (in the
+graph's scale type; a scale shared with another node gets its own copy). The codes are compared byte for byte
+with the input graph after the rewrite; the output is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from pqcad_deploy.io import atomic_write
+from pqcad_deploy.patch import PatchError, ScalePatch, layout_fingerprint
+
+from .onnx_export import add_initializer, initializer_bytes
+
+log = logging.getLogger(__name__)
+TWO_GB = 2**31 - 1
+CODES_SUFFIX = "_quantized"
+
+
+def _codes_value(graph: ir.Graph, layer: str) -> ir.Value:
+    """The codes initializer of a layer: ``<weight>_quantized``, under the export wrapper's prefix (``unet.``)."""
+    want = f"{layer}{CODES_SUFFIX}"
+    hits = [v for name, v in graph.initializers.items() if name == want or name.endswith(f".{want}")]
+    if len(hits) != 1 or hits[0].const_value is None:
+        raise PatchError(
+            f"the graph has {'no' if not hits else len(hits)} integer code initializers for {layer} (*{want}): it is "
+            "not a QDQ export of the student this patch was trained from. Export the base student with pqcad-export."
+        )
+    return hits[0]
+
+
+def _as_int8(v: ir.Value, shape: list[int]) -> np.ndarray:
+    a = v.const_value.numpy().astype(np.int8)
+    if list(a.shape) != shape and a.ndim == 2 and list(a.T.shape) == shape:
+        a = a.T  # a 4-bit MatMul weight stored [in, out]
+    return a
+
+
+def _dequantize_node(codes: ir.Value, layer: str) -> ir.Node:
+    users = [n for n, _ in codes.uses() if n.op_type == "DequantizeLinear"]
+    if len(users) != 1:
+        raise PatchError(f"{layer}: expected one DequantizeLinear reading its codes, found {len(users)}.")
+    return users[0]
+
+
+def apply_patch(src: str | Path, patch: ScalePatch, out: str | Path) -> dict[str, Any]:
+    """Write ``out``: ``src`` with the patch's scales. Returns what changed and how long it took."""
+    t0 = time.perf_counter()
+    src, out = Path(src), Path(out)
+    if src.resolve() == out.resolve():
+        raise PatchError(f"--out {out} is the input graph; write the personalized graph to another file.")
+    model = ir.external_data.load_to_model(ir.load(src))
+    if initializer_bytes(model) >= TWO_GB:
+        raise PatchError(
+            f"{src} holds more than 2 GB of weights; patching graphs with external data is not supported."
+        )
+    graph = model.graph
+    shapes = patch.meta.get("code_shapes") or {}
+    codes = {name: _codes_value(graph, name) for name in patch.scales}
+    before = {name: v.const_value.tobytes() for name, v in codes.items()}
+    found = layout_fingerprint({n: _as_int8(v, shapes.get(n, list(v.shape))) for n, v in codes.items()})
+    if found != patch.fingerprint:
+        raise PatchError(
+            f"the patch does not fit {src}: its layout fingerprint {patch.fingerprint[:12]} differs from the graph's "
+            f"{found[:12]} (another model, another quantization, or another student's export)."
+        )
+    copied = 0
+    for name, value in codes.items():
+        dq = _dequantize_node(value, name)
+        scale = dq.inputs[1]
+        if scale is None or scale.const_value is None:
+            raise PatchError(f"{name}: its DequantizeLinear scale is not a constant initializer.")
+        new = (
+            patch.scales[name]
+            .numpy()
+            .astype(scale.const_value.numpy().dtype)
+            .reshape(scale.const_value.numpy().shape)
+        )
+        if len(scale.uses()) > 1:  # shared: give this DQ its own scale
+            dq.replace_input_with(1, add_initializer(graph, f"{name}_patched_scale", new))
+            copied += 1
+        else:
+            scale.const_value = ir.Tensor(new, name=scale.name)
+    changed = [n for n, v in codes.items() if v.const_value.tobytes() != before[n]]
+    if changed:  # cannot happen through the code above; guards later edits of it
+        raise PatchError(f"internal error: the integer codes of {changed[:3]} changed; nothing was written.")
+    atomic_write(out, lambda tmp: ir.save(model, tmp))
+    info = {"layers": len(codes), "scale_copies": copied, "scale_values": patch.num_parameters,
+            "seconds": round(time.perf_counter() - t0, 3), "out": str(out)}  # fmt: skip
+    log.info("patched %d scale initializers of %s -> %s in %.2f s", len(codes), src, out, info["seconds"])
+    return info

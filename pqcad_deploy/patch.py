@@ -1,0 +1,134 @@
+"""Personalization patches: the weight scales of a scale-only fine-tuned student, and the layout they belong to.
+
+A patch is a small safetensors file (per quantized layer, keyed by its weight's name: ``<weight>.scale``, the
+dequantization scale an exported graph holds, and ``<weight>.amax``, the student's step size) with a JSON sidecar
+(format, method, prompt, training record, and a fingerprint of the layout: every layer's name, code shape and
+integer codes). ``pqcad-patch`` rewrites only the scale initializers of an exported QDQ graph from it; the fingerprint
+refuses a patch for another model or another quantization of it before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .io import CheckpointError, check_pair, load_safetensors, read_json_sidecar, save_safetensors_pair
+
+PATCH_FORMAT = "pqcad-scale-patch"
+PATCH_VERSION = 1
+SCALE, AMAX = ".scale", ".amax"
+
+
+class PatchError(CheckpointError):
+    """A patch that does not fit the model or graph it is applied to, or a damaged patch file."""
+
+
+def layout_fingerprint(codes: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every layer's name, shape and integer codes (as int8), in name order."""
+    h = hashlib.sha256()
+    for name in sorted(codes):
+        c = np.ascontiguousarray(np.asarray(codes[name]).astype(np.int8))
+        h.update(f"{name}:{list(c.shape)};".encode())
+        h.update(c.tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class ScalePatch:
+    scales: dict[str, torch.Tensor]  # weight name -> float32 dequantization scale, one per output channel
+    amax: dict[str, torch.Tensor]  # weight name -> the student's step size (amax) it came from
+    fingerprint: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(int(v.numel()) for v in self.scales.values())
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise PatchError(f"{path}: a patch is written as .safetensors (with a .json sidecar).")
+        tensors = {f"{k}{SCALE}": v.detach().float().cpu().contiguous() for k, v in self.scales.items()}
+        tensors.update({f"{k}{AMAX}": v.detach().float().cpu().contiguous() for k, v in self.amax.items()})
+        side = {**self.meta, "format": PATCH_FORMAT, "format_version": PATCH_VERSION,
+                "fingerprint": self.fingerprint, "layers": sorted(self.scales)}  # fmt: skip
+        return save_safetensors_pair(path, tensors, side, {"format": PATCH_FORMAT})
+
+
+def load_patch(path: str | Path) -> ScalePatch:
+    """Read and check a patch: format, version, pair, every layer's scale and amax present, finite and positive."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise PatchError(
+            f"{path}: not a patch (expected the .safetensors file written by pqcad-train personalize)."
+        )
+    tensors, header = load_safetensors(path, "patch")
+    side_path = path.with_suffix(".json")
+    meta = read_json_sidecar(side_path, str(path), holds="the patch's layout fingerprint")
+    if header.get("format") != PATCH_FORMAT or meta.get("format") != PATCH_FORMAT:
+        raise PatchError(f"{path} is not a {PATCH_FORMAT} file (format {meta.get('format')!r}).")
+    if meta.get("format_version") != PATCH_VERSION:
+        raise PatchError(
+            f"{path} has patch format version {meta.get('format_version')!r}; this version reads {PATCH_VERSION}. "
+            "Write the patch again with this version of pqcad-train personalize."
+        )
+    check_pair(path, header, side_path, meta)
+    layers = meta.get("layers")
+    if not isinstance(layers, list) or not layers or not isinstance(meta.get("fingerprint"), str):
+        raise PatchError(f"{side_path} lists no layers or no fingerprint; the sidecar is damaged.")
+    scales, amax = {}, {}
+    for name in layers:
+        s, a = tensors.get(f"{name}{SCALE}"), tensors.get(f"{name}{AMAX}")
+        if s is None or a is None or s.shape != a.shape:
+            raise PatchError(
+                f"{path}: layer {name} has no scale/amax pair of one shape; the patch is damaged."
+            )
+        if not (torch.isfinite(s).all() and (s > 0).all()):
+            raise PatchError(f"{path}: layer {name} holds non-finite or non-positive scales.")
+        scales[name], amax[name] = s, a
+    extra = set(tensors) - {f"{n}{x}" for n in layers for x in (SCALE, AMAX)}
+    if extra:
+        raise PatchError(f"{path} holds tensors its sidecar does not list ({sorted(extra)[:3]}...).")
+    info = {k: v for k, v in meta.items() if k not in ("format", "format_version", "fingerprint", "layers")}
+    return ScalePatch(scales, amax, meta["fingerprint"], info)
+
+
+def student_patch(model: torch.nn.Module, meta: dict[str, Any] | None = None) -> ScalePatch:
+    """The patch of a (scale-tuned) student: every quantized layer's scale and amax, and its codes' fingerprint."""
+    from .quant.scale_tuning import weight_codes, weight_layers
+
+    scales, amax, codes = {}, {}, {}
+    for name, layer in weight_layers(model).items():
+        key, q = f"{name}.weight", layer.weight_quantizer
+        scales[key] = q.scale().detach().reshape(q.amax.shape).cpu()
+        amax[key] = q.amax.detach().cpu()
+        codes[key] = weight_codes(layer).cpu().numpy()
+    shapes = {k: list(v.shape) for k, v in codes.items()}
+    return ScalePatch(scales, amax, layout_fingerprint(codes), {**(meta or {}), "code_shapes": shapes})
+
+
+@torch.no_grad()
+def apply_to_student(model: torch.nn.Module, patch: ScalePatch, source: str = "patch") -> None:
+    """Turn the base student a patch was trained from into the personalized one (fingerprint checked first)."""
+    from .quant.scale_tuning import weight_codes, weight_layers
+
+    layers = {f"{n}.weight": m for n, m in weight_layers(model).items()}
+    if sorted(layers) != sorted(patch.scales):
+        raise PatchError(
+            f"{source} holds other layers than this student ({len(patch.scales)} vs {len(layers)})."
+        )
+    found = layout_fingerprint({k: weight_codes(m).cpu().numpy() for k, m in layers.items()})
+    if found != patch.fingerprint:
+        raise PatchError(
+            f"{source} was trained on another student: the integer codes differ (fingerprint {patch.fingerprint[:12]} "
+            f"vs this student's {found[:12]}). Apply it to the student it was trained from."
+        )
+    for k, m in layers.items():  # the personalized weight is codes x new scale (the codes stay the base's)
+        q, codes = m.weight_quantizer, weight_codes(m)
+        q.amax.copy_(patch.amax[k].to(q.amax))
+        m.weight.copy_((codes * q.scale().reshape((-1,) + (1,) * (codes.dim() - 1))).to(m.weight.dtype))

@@ -1,0 +1,285 @@
+"""``pqcad-train personalize``: DreamBooth-style personalization of a text-to-image model from a folder of images.
+
+Methods (the quantized-personalization paper, arXiv 2401.04339, and its baseline):
+- ``peqa``: a quantized student keeps its integer weight codes and trains only the per-output-channel weight scales
+  (PEQA); the result is a patch of scales (``--out X.safetensors`` + ``.json``) that ``pqcad-patch`` applies to the
+  student's exported graph, codes byte-identical;
+- ``s1``: the same, trained only on the timesteps in ``--timesteps LO:HI`` (the paper's S1);
+- ``fp``: full fine-tuning of the FP teacher (the FP DreamBooth baseline); ``--out`` is a model file.
+The subject is bound to the instance prompt (default "a photo of a sks <class>"); with ``--prior-weight`` > 0 the
+model first generates ``--prior-images`` images of the class prompt and keeps fitting them (prior preservation).
+Prompts are encoded by the live text encoder the model was trained on. A sample grid of the instance prompt and
+coloured variants is written beside ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from pqcad_deploy.captions import PALETTE
+from pqcad_deploy.cli.common import (
+    add_device,
+    add_subcommand,
+    add_text_args,
+    batch_int,
+    check_output_path,
+    float_range,
+    int_range,
+    positive_float,
+    resolve_device,
+    seed_int,
+)
+from pqcad_deploy.conditioning import PromptEncoder, generate_for_prompts
+from pqcad_deploy.denoiser import TorchDenoiser
+from pqcad_deploy.errors import UsageError
+from pqcad_deploy.images import save_grid
+from pqcad_deploy.loading import open_model
+from pqcad_deploy.patch import student_patch
+from pqcad_deploy.quant.scale_tuning import freeze_codes, materialize
+from pqcad_deploy.sampling import make_scheduler
+from pqcad_deploy.student import save_student
+from pqcad_deploy.zoo import ModelSpec, save_weights
+
+from .checkpointing import TrainingDiverged
+from .personalize_data import augment, load_subject
+
+log = logging.getLogger(__name__)
+
+METHODS = ("peqa", "s1", "fp")
+DEFAULT_LR = {"peqa": 1e-3, "s1": 1e-3, "fp": 1e-5}
+SAMPLE_STEPS = 50
+
+
+@dataclass
+class PersonalizeConfig:
+    method: str = "peqa"
+    token: str = "sks"
+    class_word: str = "bag"
+    instance_prompt: str | None = None  # default: "a photo of a {token} {class_word}"
+    class_prompt: str | None = None  # default: "a photo of a {class_word}"
+    steps: int = 400
+    lr: float | None = None  # default: DEFAULT_LR[method]
+    batch_size: int = 4
+    prior_weight: float = 1.0
+    prior_images: int = 16
+    timesteps: tuple[int, int] | None = (
+        None  # [lo, hi) drawn in training; default the whole range (s1: needed)
+    )
+    guidance_scale: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
+        if self.method == "s1" and self.timesteps is None:
+            raise UsageError("s1 trains on selected timesteps only: give --timesteps LO:HI (e.g. 0:500).")
+        self.instance_prompt = self.instance_prompt or f"a photo of a {self.token} {self.class_word}"
+        self.class_prompt = self.class_prompt or f"a photo of a {self.class_word}"
+        if self.token not in self.instance_prompt.split():
+            raise UsageError(
+                f"the instance prompt {self.instance_prompt!r} does not contain the token {self.token!r}."
+            )
+        self.lr = self.lr or DEFAULT_LR[self.method]
+
+    def showcase_prompts(self) -> list[str]:
+        """The instance prompt and the subject in three colours: what the sample grid shows."""
+        colours = [c.name for c in PALETTE[:3]]
+        return [self.instance_prompt] + [f"a photo of a {c} {self.token} {self.class_word}" for c in colours]
+
+
+def warn_split_token(prompts: PromptEncoder, token: str) -> None:
+    """The token should be one rare piece; a word the tokenizer splits into many pieces binds weakly."""
+    enc = prompts.encoder
+    if enc is None:
+        return
+    pieces = enc.tokenizer.tokenize(token)
+    if len(pieces) > 1:
+        log.warning("the tokenizer splits %r into %d pieces (%s); a rarer single-piece token binds better",
+                    token, len(pieces), " ".join(pieces))  # fmt: skip
+
+
+def personalize(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    subject: torch.Tensor,
+    prompts: PromptEncoder,
+    cfg: PersonalizeConfig,
+    device: torch.device,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` in place on ``subject`` (scale-only for peqa/s1, materialized at the end); returns the
+    training record (loss curve, trainable parameters, time, peak memory)."""
+    model = model.to(device)
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    sched = make_scheduler("ddpm", **spec.scheduler)
+    n_t = sched.config.num_train_timesteps
+    lo, hi = cfg.timesteps or (0, n_t)
+    if not 0 <= lo < hi <= n_t:
+        raise UsageError(f"--timesteps {lo}:{hi} must satisfy 0 <= LO < HI <= {n_t}.")
+    subject = subject.to(device)
+    inst = prompts.states([cfg.instance_prompt]).to(device)
+    prior = None
+    if (
+        cfg.prior_weight > 0 and cfg.prior_images > 0
+    ):  # the model's own images of the class (prior preservation)
+        model.eval()
+        with torch.no_grad():
+            imgs = generate_for_prompts(TorchDenoiser(model), spec, [cfg.class_prompt] * cfg.prior_images, prompts,
+                                        SAMPLE_STEPS, cfg.guidance_scale, seed=cfg.seed + 1, device=device,
+                                        progress=False)  # fmt: skip
+        prior = (imgs.to(device), prompts.states([cfg.class_prompt]).to(device))
+    params = freeze_codes(model) if cfg.method in ("peqa", "s1") else [p for p in model.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+
+    def loss_on(x0: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        t = torch.randint(lo, hi, (x0.shape[0],), device=device, generator=g)
+        noise = torch.randn(x0.shape, device=device, generator=g)
+        cond = states.expand(x0.shape[0], *states.shape[1:])
+        pred = model(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond, return_dict=False)[0]
+        return F.mse_loss(pred.float(), noise)
+
+    curve, t0 = [], time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=f"personalize ({cfg.method})", unit="step", disable=not progress)
+    for step in bar:
+        idx = torch.randint(0, len(subject), (cfg.batch_size,), device=device, generator=g)
+        loss = loss_on(augment(subject[idx], g), inst)
+        if prior is not None:
+            pidx = torch.randint(0, len(prior[0]), (cfg.batch_size,), device=device, generator=g)
+            loss = loss + cfg.prior_weight * loss_on(prior[0][pidx], prior[1])
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"non-finite loss at step {step}; nothing was written. Lower --lr.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 10 == 0 or step == cfg.steps - 1:
+            curve.append([step, round(loss.item(), 6)])
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    model.eval()
+    if cfg.method in ("peqa", "s1"):
+        materialize(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return {
+        "config": asdict(cfg),
+        "trainable_parameters": sum(p.numel() for p in params),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "loss_curve": curve,
+        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }  # fmt: skip
+
+
+def showcase(model: torch.nn.Module, spec: ModelSpec, prompts: PromptEncoder, cfg: PersonalizeConfig, device,
+             path: Path, per_prompt: int = 4) -> Path:  # fmt: skip
+    """A grid: one row per showcase prompt, ``per_prompt`` noise seeds each (the same noise for every model)."""
+    texts = [p for p in cfg.showcase_prompts() for _ in range(per_prompt)]
+    imgs = generate_for_prompts(TorchDenoiser(model.eval()), spec, texts, prompts, SAMPLE_STEPS, cfg.guidance_scale,
+                                seed=1000, device=device, progress=False)  # fmt: skip
+    return Path(save_grid(imgs, path, nrow=per_prompt))
+
+
+def run(args: argparse.Namespace) -> None:
+    bundle = open_model(args.model)
+    spec = bundle.spec
+    if not spec.text_conditioned:
+        raise UsageError(
+            f"{args.model} is not text-conditioned; personalization binds a prompt token to a subject."
+        )
+    scale_only = args.method in ("peqa", "s1")
+    if scale_only and not bundle.quantized:
+        raise UsageError(f"--method {args.method} tunes the scales of a quantized student; {args.model} is FP. "
+                         "Quantize it first (pqcad-train ptq), or use --method fp for the FP baseline.")  # fmt: skip
+    if args.method == "fp" and bundle.quantized:
+        raise UsageError(
+            "--method fp fine-tunes an FP model; give the FP teacher, or --method peqa for a student."
+        )
+    if scale_only and args.out.suffix != ".safetensors":
+        raise UsageError(
+            f"--out {args.out}: a scale patch is written as .safetensors (with a .json sidecar)."
+        )
+    out = check_output_path(args.out, [args.model])
+    device = resolve_device(args.device)
+    ts = None
+    if args.timesteps:
+        try:
+            ts = tuple(int(v) for v in args.timesteps.split(":"))
+            assert len(ts) == 2
+        except (ValueError, AssertionError):
+            raise UsageError(f"--timesteps {args.timesteps!r}: write LO:HI, e.g. 0:500.") from None
+    cfg = PersonalizeConfig(args.method, args.token, args.class_word, args.instance_prompt, args.class_prompt,
+                            args.steps, args.lr, args.batch_size, args.prior_weight, args.prior_images, ts,
+                            args.guidance_scale, args.seed)  # fmt: skip
+    if args.embeddings is not None:
+        raise UsageError("--embeddings holds the caption table only; the personalization prompts are new (they "
+                         "contain the token): drop --embeddings, the text encoder (--text-encoder) encodes them.")  # fmt: skip
+    prompts = PromptEncoder.open(spec, embeddings=None, text_encoder=args.text_encoder, device=device)
+    warn_split_token(prompts, cfg.token)
+    subject = load_subject(args.images, spec)
+    record = personalize(bundle.model, spec, subject, prompts, cfg, device)
+    record.update(subject=str(args.images), subject_images=len(subject), base=str(bundle.source))
+    if scale_only:
+        patch = student_patch(bundle.model, {"method": cfg.method, "training": record})
+        patch.save(out)
+        log.info("wrote patch %s: %d scale values (%d layers)", out, patch.num_parameters, len(patch.scales))
+        if args.save_student:
+            meta = {**bundle.meta, "history": [*bundle.meta.get("history", []), {"personalize": record}]}
+            save_student(args.save_student, bundle.model, spec, meta=meta)
+    else:
+        save_weights(bundle.model, spec, out, extra={"personalize": record})
+    grid = showcase(bundle.model, spec, prompts, cfg, device, out.with_name(out.stem + "_grid.png"))
+    print(f"wrote {out} ({cfg.method}, {record['trainable_parameters']} trainable parameters, "
+          f"{record['seconds']} s); samples: {grid}")  # fmt: skip
+
+
+def register(sub: Any) -> None:
+    p = add_subcommand(
+        sub, "personalize", "DreamBooth-style personalization: scale patch (peqa/s1) or FP model", __doc__
+    )
+    p.add_argument(
+        "--model", required=True, help="quantized student (peqa, s1) or FP teacher (fp): file or zoo name"
+    )
+    p.add_argument("--images", type=Path, required=True, help="folder of 3-5 images of the subject")
+    p.add_argument("--out", type=Path, required=True, help="patch .safetensors (peqa, s1) or model file (fp)")
+    p.add_argument("--method", choices=METHODS, default="peqa")
+    p.add_argument("--token", default="sks", help="rare token the subject is bound to")
+    p.add_argument("--class-word", default="bag", help="the subject's class, as prompts name it")
+    p.add_argument("--instance-prompt", default=None, help='default: "a photo of a TOKEN CLASS"')
+    p.add_argument(
+        "--class-prompt", default=None, help='prior-preservation prompt; default: "a photo of a CLASS"'
+    )
+    p.add_argument("--steps", type=int_range(1), default=400)
+    p.add_argument("--lr", type=positive_float, default=None, help="default: 1e-3 for scales, 1e-5 for fp")
+    p.add_argument(
+        "--batch-size", type=batch_int, default=4, help="subject images per step (and prior images)"
+    )
+    p.add_argument(
+        "--prior-weight", type=float_range(0.0, 100.0), default=1.0, help="0: no prior preservation"
+    )
+    p.add_argument(
+        "--prior-images", type=int_range(0), default=16, help="class images the model generates first"
+    )
+    p.add_argument(
+        "--timesteps", default=None, metavar="LO:HI", help="train on timesteps in [LO, HI) (s1: required)"
+    )
+    p.add_argument(
+        "--save-student", type=Path, default=None, help="also write the personalized student (peqa, s1)"
+    )
+    p.add_argument("--seed", type=seed_int, default=0)
+    add_text_args(p)
+    add_device(p)
+    p.set_defaults(func=run)
