@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from pqcad_deploy.io import atomic_write
-from pqcad_deploy.patch import PatchError, ScalePatch, layout_fingerprint
+from pqcad_deploy.patch import PatchError, ScalePatch, codes_digest, layout_fingerprint
 
 from .onnx_export import add_initializer, initializer_bytes
 
@@ -27,23 +27,33 @@ TWO_GB = 2**31 - 1
 CODES_SUFFIX = "_quantized"
 
 
-def _codes_value(graph: ir.Graph, layer: str) -> ir.Value:
-    """The codes initializer of a layer: ``<weight>_quantized``, under the export wrapper's prefix (``unet.``)."""
-    want = f"{layer}{CODES_SUFFIX}"
-    hits = [v for name, v in graph.initializers.items() if name == want or name.endswith(f".{want}")]
-    if len(hits) != 1 or hits[0].const_value is None:
+def _weight_codes(graph: ir.Graph) -> dict[str, list[tuple[ir.Value, np.ndarray]]]:
+    """Every integer initializer a DequantizeLinear reads as its input, by codes digest (2-D ones also transposed:
+    a 4-bit MatMul weight is stored [in, out]); the arrays in the torch layout the digest was taken of."""
+    index: dict[str, list[tuple[ir.Value, np.ndarray]]] = {}
+    for v in graph.initializers.values():
+        if v.const_value is None or not any(n.op_type == "DequantizeLinear" and i == 0 for n, i in v.uses()):
+            continue
+        a = v.const_value.numpy()
+        if not np.issubdtype(np.dtype(a.dtype), np.integer) and "int4" not in str(a.dtype):
+            continue
+        a = a.astype(np.int8)
+        for arr in (a, a.T) if a.ndim == 2 else (a,):
+            index.setdefault(codes_digest(arr), []).append((v, arr))
+    return index
+
+
+def _find_codes(index: dict, layer: str, digest: str | None) -> tuple[ir.Value, np.ndarray]:
+    hits = index.get(digest or "", [])
+    if len(hits) > 1:  # identical codes in several layers: the layer's own name decides
+        hits = [h for h in hits if h[0].name.endswith(f"{layer}{CODES_SUFFIX}")]
+    if len(hits) != 1:
         raise PatchError(
-            f"the graph has {'no' if not hits else len(hits)} integer code initializers for {layer} (*{want}): it is "
-            "not a QDQ export of the student this patch was trained from. Export the base student with pqcad-export."
+            f"the graph holds no integer weight codes matching {layer} (found {len(hits)}): it is not a QDQ export of "
+            "the student this patch was trained from (another model or another quantization). Export the base "
+            "student with pqcad-export and apply the patch to that file."
         )
     return hits[0]
-
-
-def _as_int8(v: ir.Value, shape: list[int]) -> np.ndarray:
-    a = v.const_value.numpy().astype(np.int8)
-    if list(a.shape) != shape and a.ndim == 2 and list(a.T.shape) == shape:
-        a = a.T  # a 4-bit MatMul weight stored [in, out]
-    return a
 
 
 def _dequantize_node(codes: ir.Value, layer: str) -> ir.Node:
@@ -65,14 +75,16 @@ def apply_patch(src: str | Path, patch: ScalePatch, out: str | Path) -> dict[str
             f"{src} holds more than 2 GB of weights; patching graphs with external data is not supported."
         )
     graph = model.graph
-    shapes = patch.meta.get("code_shapes") or {}
-    codes = {name: _codes_value(graph, name) for name in patch.scales}
+    digests = patch.meta.get("code_digests") or {}
+    index = _weight_codes(graph)
+    scales = patch.scales
+    found = {name: _find_codes(index, name, digests.get(name)) for name in scales}
+    codes = {name: v for name, (v, _) in found.items()}
     before = {name: v.const_value.tobytes() for name, v in codes.items()}
-    found = layout_fingerprint({n: _as_int8(v, shapes.get(n, list(v.shape))) for n, v in codes.items()})
-    if found != patch.fingerprint:
+    if layout_fingerprint({n: arr for n, (_, arr) in found.items()}) != patch.fingerprint:
         raise PatchError(
-            f"the patch does not fit {src}: its layout fingerprint {patch.fingerprint[:12]} differs from the graph's "
-            f"{found[:12]} (another model, another quantization, or another student's export)."
+            f"the patch does not fit {src}: the graph's codes differ from the layout it was trained on (another model, "
+            "another quantization, or another student's export)."
         )
     copied = 0
     for name, value in codes.items():
@@ -81,7 +93,7 @@ def apply_patch(src: str | Path, patch: ScalePatch, out: str | Path) -> dict[str
         if scale is None or scale.const_value is None:
             raise PatchError(f"{name}: its DequantizeLinear scale is not a constant initializer.")
         new = (
-            patch.scales[name]
+            scales[name]
             .numpy()
             .astype(scale.const_value.numpy().dtype)
             .reshape(scale.const_value.numpy().shape)

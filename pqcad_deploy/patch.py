@@ -1,9 +1,9 @@
 """Personalization patches: the weight scales of a scale-only fine-tuned student, and the layout they belong to.
 
-A patch is a small safetensors file (per quantized layer, keyed by its weight's name: ``<weight>.scale``, the
-dequantization scale an exported graph holds, and ``<weight>.amax``, the student's step size) with a JSON sidecar
-(format, method, prompt, training record, and a fingerprint of the layout: every layer's name, code shape and
-integer codes). ``pqcad-patch`` rewrites only the scale initializers of an exported QDQ graph from it; the fingerprint
+A patch is a small safetensors file (per quantized layer, keyed by its weight's name: ``<weight>.amax``, the
+student's trained range) with a JSON sidecar (format, method, training record, each layer's integer grid ``qmax``,
+each layer's codes digest and a fingerprint of the layout: every layer's name, code shape and integer codes). The
+dequantization scale a graph holds is ``amax / qmax`` in float32, computed exactly as the fake-quant forward does. ``pqcad-patch`` rewrites only the scale initializers of an exported QDQ graph from it; the fingerprint
 refuses a patch for another model or another quantization of it before anything is written.
 """
 
@@ -21,11 +21,19 @@ from .io import CheckpointError, check_pair, load_safetensors, read_json_sidecar
 
 PATCH_FORMAT = "pqcad-scale-patch"
 PATCH_VERSION = 1
-SCALE, AMAX = ".scale", ".amax"
+AMAX = ".amax"
+AMAX_EPS = 1e-8  # as quant.quantizer
 
 
 class PatchError(CheckpointError):
     """A patch that does not fit the model or graph it is applied to, or a damaged patch file."""
+
+
+def codes_digest(codes: np.ndarray) -> str:
+    """Short SHA-256 of one layer's codes (as int8) and shape: how a graph's code initializer is matched to a layer,
+    whatever name the exporter gave it."""
+    c = np.ascontiguousarray(np.asarray(codes).astype(np.int8))
+    return hashlib.sha256(f"{list(c.shape)};".encode() + c.tobytes()).hexdigest()[:16]
 
 
 def layout_fingerprint(codes: dict[str, np.ndarray]) -> str:
@@ -40,23 +48,29 @@ def layout_fingerprint(codes: dict[str, np.ndarray]) -> str:
 
 @dataclass
 class ScalePatch:
-    scales: dict[str, torch.Tensor]  # weight name -> float32 dequantization scale, one per output channel
-    amax: dict[str, torch.Tensor]  # weight name -> the student's step size (amax) it came from
+    amax: dict[str, torch.Tensor]  # weight name -> the student's trained range, one per output channel
+    qmax: dict[
+        str, int
+    ]  # weight name -> top of its integer grid (127, 63 for 7-bit ORT weights, 7 for 4-bit)
     fingerprint: str
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def scales(self) -> dict[str, torch.Tensor]:
+        """float32 dequantization scales, ``amax / qmax`` as ``TensorQuantizer.scale`` computes them."""
+        return {k: v.float().clamp_min(AMAX_EPS) / self.qmax[k] for k, v in self.amax.items()}
+
+    @property
     def num_parameters(self) -> int:
-        return sum(int(v.numel()) for v in self.scales.values())
+        return sum(int(v.numel()) for v in self.amax.values())
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         if path.suffix != ".safetensors":
             raise PatchError(f"{path}: a patch is written as .safetensors (with a .json sidecar).")
-        tensors = {f"{k}{SCALE}": v.detach().float().cpu().contiguous() for k, v in self.scales.items()}
-        tensors.update({f"{k}{AMAX}": v.detach().float().cpu().contiguous() for k, v in self.amax.items()})
+        tensors = {f"{k}{AMAX}": v.detach().float().cpu().contiguous() for k, v in self.amax.items()}
         side = {**self.meta, "format": PATCH_FORMAT, "format_version": PATCH_VERSION,
-                "fingerprint": self.fingerprint, "layers": sorted(self.scales)}  # fmt: skip
+                "fingerprint": self.fingerprint, "layers": sorted(self.amax), "qmax": self.qmax}  # fmt: skip
         return save_safetensors_pair(path, tensors, side, {"format": PATCH_FORMAT})
 
 
@@ -78,38 +92,47 @@ def load_patch(path: str | Path) -> ScalePatch:
             "Write the patch again with this version of pqcad-train personalize."
         )
     check_pair(path, header, side_path, meta)
-    layers = meta.get("layers")
+    layers, qmax = meta.get("layers"), meta.get("qmax")
     if not isinstance(layers, list) or not layers or not isinstance(meta.get("fingerprint"), str):
         raise PatchError(f"{side_path} lists no layers or no fingerprint; the sidecar is damaged.")
-    scales, amax = {}, {}
+    if not isinstance(qmax, dict) or any(not isinstance(qmax.get(n), int) or qmax[n] < 1 for n in layers):
+        raise PatchError(f"{side_path} lacks the integer grid (qmax) of some layers; the sidecar is damaged.")
+    amax = {}
     for name in layers:
-        s, a = tensors.get(f"{name}{SCALE}"), tensors.get(f"{name}{AMAX}")
-        if s is None or a is None or s.shape != a.shape:
-            raise PatchError(
-                f"{path}: layer {name} has no scale/amax pair of one shape; the patch is damaged."
-            )
-        if not (torch.isfinite(s).all() and (s > 0).all()):
-            raise PatchError(f"{path}: layer {name} holds non-finite or non-positive scales.")
-        scales[name], amax[name] = s, a
-    extra = set(tensors) - {f"{n}{x}" for n in layers for x in (SCALE, AMAX)}
+        a = tensors.get(f"{name}{AMAX}")
+        if a is None:
+            raise PatchError(f"{path}: layer {name} has no amax tensor; the patch is damaged.")
+        if not (torch.isfinite(a).all() and (a > 0).all()):
+            raise PatchError(f"{path}: layer {name} holds non-finite or non-positive ranges.")
+        amax[name] = a
+    extra = set(tensors) - {f"{n}{AMAX}" for n in layers}
     if extra:
         raise PatchError(f"{path} holds tensors its sidecar does not list ({sorted(extra)[:3]}...).")
-    info = {k: v for k, v in meta.items() if k not in ("format", "format_version", "fingerprint", "layers")}
-    return ScalePatch(scales, amax, meta["fingerprint"], info)
+    info = {
+        k: v
+        for k, v in meta.items()
+        if k not in ("format", "format_version", "fingerprint", "layers", "qmax")
+    }
+    return ScalePatch(amax, {n: qmax[n] for n in layers}, meta["fingerprint"], info)
 
 
 def student_patch(model: torch.nn.Module, meta: dict[str, Any] | None = None) -> ScalePatch:
     """The patch of a (scale-tuned) student: every quantized layer's scale and amax, and its codes' fingerprint."""
+    from .quant.quantizer import qrange
     from .quant.scale_tuning import weight_codes, weight_layers
 
-    scales, amax, codes = {}, {}, {}
+    amax, qmax, codes = {}, {}, {}
     for name, layer in weight_layers(model).items():
         key, q = f"{name}.weight", layer.weight_quantizer
-        scales[key] = q.scale().detach().reshape(q.amax.shape).cpu()
-        amax[key] = q.amax.detach().cpu()
+        amax[key], qmax[key] = q.amax.detach().cpu(), qrange(q.bits)[1]
         codes[key] = weight_codes(layer).cpu().numpy()
-    shapes = {k: list(v.shape) for k, v in codes.items()}
-    return ScalePatch(scales, amax, layout_fingerprint(codes), {**(meta or {}), "code_shapes": shapes})
+    bad = [k for k, v in amax.items() if not (torch.isfinite(v).all() and (v > 0).all())]
+    if bad:
+        raise PatchError(
+            f"non-finite or non-positive ranges in {bad[:3]}; the training diverged, nothing was written."
+        )
+    digests = {k: codes_digest(v) for k, v in codes.items()}
+    return ScalePatch(amax, qmax, layout_fingerprint(codes), {**(meta or {}), "code_digests": digests})
 
 
 @torch.no_grad()
@@ -118,9 +141,9 @@ def apply_to_student(model: torch.nn.Module, patch: ScalePatch, source: str = "p
     from .quant.scale_tuning import weight_codes, weight_layers
 
     layers = {f"{n}.weight": m for n, m in weight_layers(model).items()}
-    if sorted(layers) != sorted(patch.scales):
+    if sorted(layers) != sorted(patch.amax):
         raise PatchError(
-            f"{source} holds other layers than this student ({len(patch.scales)} vs {len(layers)})."
+            f"{source} holds other layers than this student ({len(patch.amax)} vs {len(layers)})."
         )
     found = layout_fingerprint({k: weight_codes(m).cpu().numpy() for k, m in layers.items()})
     if found != patch.fingerprint:

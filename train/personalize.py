@@ -51,12 +51,12 @@ from pqcad_deploy.student import save_student
 from pqcad_deploy.zoo import ModelSpec, save_weights
 
 from .checkpointing import TrainingDiverged
-from .personalize_data import augment, load_subject
+from .personalize_data import augment, load_subject, write_default_subject
 
 log = logging.getLogger(__name__)
 
 METHODS = ("peqa", "s1", "fp")
-DEFAULT_LR = {"peqa": 1e-3, "s1": 1e-3, "fp": 1e-5}
+DEFAULT_LR = {"peqa": 1e-3, "s1": 1e-3, "fp": 1e-5}  # scales: relative change per step (log space)
 SAMPLE_STEPS = 50
 
 
@@ -138,10 +138,14 @@ def personalize(
                                         SAMPLE_STEPS, cfg.guidance_scale, seed=cfg.seed + 1, device=device,
                                         progress=False)  # fmt: skip
         prior = (imgs.to(device), prompts.states([cfg.class_prompt]).to(device))
-    params = freeze_codes(model) if cfg.method in ("peqa", "s1") else [p for p in model.parameters()]
+    scale_only = cfg.method in ("peqa", "s1")
+    params = freeze_codes(model) if scale_only else [p for p in model.parameters()]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    # Scales train in log space (a step changes a scale by a fraction of itself, whatever its size, and it stays
+    # positive); the fp baseline trains its weights directly.
+    trained = [p.detach().log().clone().requires_grad_(True) for p in params] if scale_only else params
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
@@ -165,7 +169,15 @@ def personalize(
             raise TrainingDiverged(f"non-finite loss at step {step}; nothing was written. Lower --lr.")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if scale_only:
+            with torch.no_grad():
+                for p, log_p in zip(params, trained, strict=True):
+                    log_p.grad, p.grad = p.grad * p, None  # d loss / d log s = d loss / d s * s
         opt.step()
+        if scale_only:
+            with torch.no_grad():
+                for p, log_p in zip(params, trained, strict=True):
+                    p.copy_(log_p.exp())
         if step % 10 == 0 or step == cfg.steps - 1:
             curve.append([step, round(loss.item(), 6)])
             bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -213,6 +225,8 @@ def run(args: argparse.Namespace) -> None:
             f"--out {args.out}: a scale patch is written as .safetensors (with a .json sidecar)."
         )
     out = check_output_path(args.out, [args.model])
+    if args.save_student:
+        check_output_path(args.save_student, [args.model], "--save-student", outputs=[out])
     device = resolve_device(args.device)
     ts = None
     if args.timesteps:
@@ -230,15 +244,15 @@ def run(args: argparse.Namespace) -> None:
     prompts = PromptEncoder.open(spec, embeddings=None, text_encoder=args.text_encoder, device=device)
     warn_split_token(prompts, cfg.token)
     subject = load_subject(args.images, spec)
-    record = personalize(bundle.model, spec, subject, prompts, cfg, device)
+    record = personalize(bundle.model, spec, subject, prompts, cfg, device, progress=not args.no_progress)
     record.update(subject=str(args.images), subject_images=len(subject), base=str(bundle.source))
     if scale_only:
-        patch = student_patch(bundle.model, {"method": cfg.method, "training": record})
-        patch.save(out)
-        log.info("wrote patch %s: %d scale values (%d layers)", out, patch.num_parameters, len(patch.scales))
+        patch = student_patch(bundle.model, {"method": cfg.method, "training": record})  # checks the scales
         if args.save_student:
             meta = {**bundle.meta, "history": [*bundle.meta.get("history", []), {"personalize": record}]}
             save_student(args.save_student, bundle.model, spec, meta=meta)
+        patch.save(out)
+        log.info("wrote patch %s: %d scale values (%d layers)", out, patch.num_parameters, len(patch.scales))
     else:
         save_weights(bundle.model, spec, out, extra={"personalize": record})
     grid = showcase(bundle.model, spec, prompts, cfg, device, out.with_name(out.stem + "_grid.png"))
@@ -246,7 +260,28 @@ def run(args: argparse.Namespace) -> None:
           f"{record['seconds']} s); samples: {grid}")  # fmt: skip
 
 
+def run_subject(args: argparse.Namespace) -> None:
+    files = write_default_subject(
+        args.out, args.class_name, args.colour, args.index, args.copies, args.data_dir
+    )
+    print(f"wrote {len(files)} subject images to {args.out}")
+
+
 def register(sub: Any) -> None:
+    s = add_subcommand(
+        sub, "subject", "write the testbed's default subject: one test-set garment, augmented", None
+    )
+    s.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    s.add_argument("--class-name", default="Bag", help="Fashion-MNIST class name (default: Bag)")
+    s.add_argument("--colour", default="red", help="palette colour of the tint")
+    s.add_argument("--index", type=int_range(0), default=0, help="which test image of the class")
+    s.add_argument(
+        "--copies", type=int_range(1, 64), default=4, help="images written (the first unaugmented)"
+    )
+    s.add_argument(
+        "--data-dir", default=None, help="Fashion-MNIST folder (default: $PQCAD_FMNIST_DIR or the system one)"
+    )
+    s.set_defaults(func=run_subject)
     p = add_subcommand(
         sub, "personalize", "DreamBooth-style personalization: scale patch (peqa/s1) or FP model", __doc__
     )
@@ -263,7 +298,12 @@ def register(sub: Any) -> None:
         "--class-prompt", default=None, help='prior-preservation prompt; default: "a photo of a CLASS"'
     )
     p.add_argument("--steps", type=int_range(1), default=400)
-    p.add_argument("--lr", type=positive_float, default=None, help="default: 1e-3 for scales, 1e-5 for fp")
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="default: 1e-3 for scales (in log space: a relative step), 1e-5 for fp",
+    )
     p.add_argument(
         "--batch-size", type=batch_int, default=4, help="subject images per step (and prior images)"
     )
@@ -280,6 +320,7 @@ def register(sub: Any) -> None:
         "--save-student", type=Path, default=None, help="also write the personalized student (peqa, s1)"
     )
     p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_text_args(p)
     add_device(p)
     p.set_defaults(func=run)

@@ -73,9 +73,17 @@ def test_frozen_codes_reproduce_the_fake_quant_forward_and_export_rounds_back(t2
         assert torch.equal(weight_codes(m), codes[n])  # the new weight rounds back to the frozen codes
 
 
-def test_peqa_patch_applies_to_the_export_with_codes_byte_identical(t2i, tmp_path):
+@pytest.mark.parametrize("target", ["tensorrt", "onnxruntime"])
+def test_peqa_patch_applies_to_the_export_with_codes_byte_identical(t2i, tmp_path, target):
+    """ORT form: 7-bit weights are clamped before their Q, so the exporter names their codes after the graph node,
+    not the weight: the patch finds codes by content."""
+    student = t2i["student"]
+    if target == "onnxruntime":
+        student = tmp_path / "ort.pt"
+        argv = ["ptq", "--teacher", str(t2i["teacher"]), "--out", str(student), *CALIB, "--target", target]
+        assert train_main([*argv, "--text-encoder", str(t2i["bert"]), "--device", "cpu"]) == 0
     patch_path = tmp_path / "sks.safetensors"
-    assert personalize(t2i, patch_path, "--save-student", str(tmp_path / "sks.pt")) == 0
+    assert personalize(t2i, patch_path, "--save-student", str(tmp_path / "sks.pt"), model=student) == 0
     assert (tmp_path / "sks_grid.png").is_file()
     patch = load_patch(patch_path)
     assert (
@@ -87,7 +95,7 @@ def test_peqa_patch_applies_to_the_export_with_codes_byte_identical(t2i, tmp_pat
         tmp_path / "tuned.onnx",
         tmp_path / "patched.onnx",
     )
-    assert export_main(["--checkpoint", str(t2i["student"]), "--onnx", str(base_onnx)]) == 0
+    assert export_main(["--checkpoint", str(student), "--onnx", str(base_onnx)]) == 0
     assert export_main(["--checkpoint", str(tmp_path / "sks.pt"), "--onnx", str(tuned_onnx)]) == 0
     assert (
         patch_main(["--onnx", str(base_onnx), "--patch", str(patch_path), "--out", str(patched), "--verify"])
@@ -121,7 +129,7 @@ def test_patch_refused_on_another_student_and_on_a_damaged_file(t2i, tmp_path, c
     assert export_main(["--checkpoint", str(other), "--onnx", str(other_onnx)]) == 0
     out = tmp_path / "never.onnx"
     assert patch_main(["--onnx", str(other_onnx), "--patch", str(patch_path), "--out", str(out)]) == 2
-    assert "fingerprint" in capsys.readouterr().err and not out.exists()
+    assert "another model or another quantization" in capsys.readouterr().err and not out.exists()
     with pytest.raises(PatchError, match="another student"):
         apply_to_student(open_model(other).model, load_patch(patch_path))
     side = patch_path.with_suffix(".json")
@@ -167,3 +175,13 @@ def test_subject_folder_without_images_is_refused(t2i, tmp_path, capsys):
     assert train_main(argv) == 2
     err = capsys.readouterr().err
     assert "no readable image" in err and not (tmp_path / "p.safetensors").exists()
+
+
+def test_scales_stay_positive_at_a_large_learning_rate(t2i, tmp_path):
+    """Scales train in log space: a step changes a scale by a fraction of itself and can never flip its sign (with
+    plain steps of 0.5 most step sizes of this model would go negative)."""
+    assert personalize(t2i, tmp_path / "p.safetensors", "--lr", "0.5", "--prior-weight", "0") == 0
+    patch = load_patch(tmp_path / "p.safetensors")  # refuses non-positive scales
+    base = student_patch(open_model(t2i["student"]).model)
+    moved = [k for k in patch.scales if not torch.allclose(patch.scales[k], base.scales[k])]
+    assert len(moved) == len(patch.scales)
