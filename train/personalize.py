@@ -72,9 +72,8 @@ class PersonalizeConfig:
     batch_size: int = 4
     prior_weight: float = 1.0
     prior_images: int = 16
-    timesteps: tuple[int, int] | None = (
-        None  # [lo, hi) drawn in training; default the whole range (s1: needed)
-    )
+    # [lo, hi) drawn in training; None: the whole range (s1 needs one)
+    timesteps: tuple[int, int] | None = None
     guidance_scale: float = 3.0
     seed: int = 0
 
@@ -182,7 +181,7 @@ def personalize(
             curve.append([step, round(loss.item(), 6)])
             bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval()
-    if cfg.method in ("peqa", "s1"):
+    if scale_only:
         materialize(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -220,21 +219,19 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(
             "--method fp fine-tunes an FP model; give the FP teacher, or --method peqa for a student."
         )
-    if scale_only and args.out.suffix != ".safetensors":
-        raise UsageError(
-            f"--out {args.out}: a scale patch is written as .safetensors (with a .json sidecar)."
-        )
+    if args.out.suffix != ".safetensors":
+        what = "a scale patch" if scale_only else "the personalized FP model"
+        raise UsageError(f"--out {args.out}: {what} is written as .safetensors (with a .json sidecar).")
     out = check_output_path(args.out, [args.model])
     if args.save_student:
         check_output_path(args.save_student, [args.model], "--save-student", outputs=[out])
     device = resolve_device(args.device)
     ts = None
     if args.timesteps:
-        try:
-            ts = tuple(int(v) for v in args.timesteps.split(":"))
-            assert len(ts) == 2
-        except (ValueError, AssertionError):
-            raise UsageError(f"--timesteps {args.timesteps!r}: write LO:HI, e.g. 0:500.") from None
+        parts = args.timesteps.split(":")
+        if len(parts) != 2 or not all(v.strip().isdigit() for v in parts):
+            raise UsageError(f"--timesteps {args.timesteps!r}: write LO:HI, e.g. 0:500.")
+        ts = (int(parts[0]), int(parts[1]))
     cfg = PersonalizeConfig(args.method, args.token, args.class_word, args.instance_prompt, args.class_prompt,
                             args.steps, args.lr, args.batch_size, args.prior_weight, args.prior_images, ts,
                             args.guidance_scale, args.seed)  # fmt: skip

@@ -134,14 +134,14 @@ class TensorQuantizer(nn.Module):
     def _fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         qmin, qmax = qrange(self._bits)
         codes = self._buffers.get("codes")
-        if (
-            codes is not None
-        ):  # scale-only fine-tuning (quant.scale_tuning): x is ignored, the codes are frozen
+        # scale-only fine-tuning (quant.scale_tuning): the codes are frozen, x is ignored
+        if codes is not None:
             if self._export_scale is not None:
                 raise QuantizerStateError(
                     "a weight quantizer still holds frozen codes; call quant.scale_tuning.materialize() first."
                 )
-            return codes * self.scale().reshape((-1,) + (1,) * (codes.dim() - 1) if self.axis == 0 else ())
+            shape = (-1,) + (1,) * (codes.dim() - 1) if self.axis == 0 else ()
+            return codes * self.scale().reshape(shape)
         if self._export_scale is not None:
             return self._export_forward(x, self._export_scale.to(x.device), qmin, qmax)
         learn = self.training and self.amax.requires_grad and torch.is_grad_enabled()
