@@ -20,10 +20,9 @@ import onnx_ir as ir
 from pqcad_deploy.io import atomic_write
 from pqcad_deploy.patch import PatchError, ScalePatch, codes_digest, layout_fingerprint
 
-from .onnx_export import add_initializer, initializer_bytes
+from .onnx_export import TWO_GB_PROTO, add_initializer, initializer_bytes
 
 log = logging.getLogger(__name__)
-TWO_GB = 2**31 - 1
 CODES_SUFFIX = "_quantized"
 
 
@@ -70,7 +69,7 @@ def apply_patch(src: str | Path, patch: ScalePatch, out: str | Path) -> dict[str
     if src.resolve() == out.resolve():
         raise PatchError(f"--out {out} is the input graph; write the personalized graph to another file.")
     model = ir.external_data.load_to_model(ir.load(src))
-    if initializer_bytes(model) >= TWO_GB:
+    if initializer_bytes(model) >= TWO_GB_PROTO:
         raise PatchError(
             f"{src} holds more than 2 GB of weights; patching graphs with external data is not supported."
         )

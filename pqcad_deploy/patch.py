@@ -55,6 +55,14 @@ class ScalePatch:
     fingerprint: str
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        bad = [k for k, v in self.amax.items() if not (torch.isfinite(v).all() and (v > 0).all())]
+        if bad:
+            raise PatchError(
+                f"non-finite or non-positive ranges in {bad[:3]} (a diverged training run or a damaged patch); "
+                "nothing was written."
+            )
+
     @property
     def scales(self) -> dict[str, torch.Tensor]:
         """float32 dequantization scales, ``amax / qmax`` as ``TensorQuantizer.scale`` computes them."""
@@ -102,8 +110,6 @@ def load_patch(path: str | Path) -> ScalePatch:
         a = tensors.get(f"{name}{AMAX}")
         if a is None:
             raise PatchError(f"{path}: layer {name} has no amax tensor; the patch is damaged.")
-        if not (torch.isfinite(a).all() and (a > 0).all()):
-            raise PatchError(f"{path}: layer {name} holds non-finite or non-positive ranges.")
         amax[name] = a
     extra = set(tensors) - {f"{n}{AMAX}" for n in layers}
     if extra:
@@ -113,11 +119,15 @@ def load_patch(path: str | Path) -> ScalePatch:
         for k, v in meta.items()
         if k not in ("format", "format_version", "fingerprint", "layers", "qmax")
     }
-    return ScalePatch(amax, {n: qmax[n] for n in layers}, meta["fingerprint"], info)
+    try:
+        return ScalePatch(amax, {n: qmax[n] for n in layers}, meta["fingerprint"], info)
+    except PatchError as e:
+        raise PatchError(f"{path}: {e}") from None
 
 
 def student_patch(model: torch.nn.Module, meta: dict[str, Any] | None = None) -> ScalePatch:
-    """The patch of a (scale-tuned) student: every quantized layer's scale and amax, and its codes' fingerprint."""
+    """The patch of a (scale-tuned) student: every quantized layer's range and integer grid, its codes' digests and
+    the layout fingerprint (ranges that are not finite and positive are refused before anything is written)."""
     from .quant.quantizer import qrange
     from .quant.scale_tuning import weight_codes, weight_layers
 
@@ -126,11 +136,6 @@ def student_patch(model: torch.nn.Module, meta: dict[str, Any] | None = None) ->
         key, q = f"{name}.weight", layer.weight_quantizer
         amax[key], qmax[key] = q.amax.detach().cpu(), qrange(q.bits)[1]
         codes[key] = weight_codes(layer).cpu().numpy()
-    bad = [k for k, v in amax.items() if not (torch.isfinite(v).all() and (v > 0).all())]
-    if bad:
-        raise PatchError(
-            f"non-finite or non-positive ranges in {bad[:3]}; the training diverged, nothing was written."
-        )
     digests = {k: codes_digest(v) for k, v in codes.items()}
     return ScalePatch(amax, qmax, layout_fingerprint(codes), {**(meta or {}), "code_digests": digests})
 
@@ -145,13 +150,16 @@ def apply_to_student(model: torch.nn.Module, patch: ScalePatch, source: str = "p
         raise PatchError(
             f"{source} holds other layers than this student ({len(patch.amax)} vs {len(layers)})."
         )
-    found = layout_fingerprint({k: weight_codes(m).cpu().numpy() for k, m in layers.items()})
+    codes = {
+        k: weight_codes(m) for k, m in layers.items()
+    }  # the base's codes: the personalized model keeps them
+    found = layout_fingerprint({k: c.cpu().numpy() for k, c in codes.items()})
     if found != patch.fingerprint:
         raise PatchError(
             f"{source} was trained on another student: the integer codes differ (fingerprint {patch.fingerprint[:12]} "
             f"vs this student's {found[:12]}). Apply it to the student it was trained from."
         )
-    for k, m in layers.items():  # the personalized weight is codes x new scale (the codes stay the base's)
-        q, codes = m.weight_quantizer, weight_codes(m)
+    for k, m in layers.items():  # new ranges; the weight becomes codes x new scale
+        q = m.weight_quantizer
         q.amax.copy_(patch.amax[k].to(q.amax))
-        m.weight.copy_((codes * q.scale().reshape((-1,) + (1,) * (codes.dim() - 1))).to(m.weight.dtype))
+        m.weight.copy_((codes[k] * q.channel_scale(codes[k].dim())).to(m.weight.dtype))

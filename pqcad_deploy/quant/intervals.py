@@ -172,9 +172,8 @@ class _SelectByTimestep:
         t = torch.as_tensor(t, device=sample.device).reshape(-1)
         t = t.expand(sample.shape[0]) if t.numel() == 1 else t
         self.state.index = self.state.schedule.index_of(t)
-        self.state.relaxed_mask = self.state.relaxed_mask.to(
-            sample.device
-        )  # once per call, not per quantizer
+        # moved once per call, not once per quantizer
+        self.state.relaxed_mask = self.state.relaxed_mask.to(sample.device)
 
     def post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         self.state.index = None

@@ -110,6 +110,11 @@ class TensorQuantizer(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.amax.float().clamp_min(AMAX_EPS) / qrange(self._bits)[1]
 
+    def channel_scale(self, ndim: int) -> torch.Tensor:
+        """``scale()`` shaped to broadcast over a tensor of ``ndim`` dims (per-channel scales along dim 0)."""
+        s = self.scale()
+        return s.reshape((-1,) + (1,) * (ndim - 1)) if self.axis == 0 else s
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._bits = int(self.num_bits)
@@ -140,8 +145,7 @@ class TensorQuantizer(nn.Module):
                 raise QuantizerStateError(
                     "a weight quantizer still holds frozen codes; call quant.scale_tuning.materialize() first."
                 )
-            shape = (-1,) + (1,) * (codes.dim() - 1) if self.axis == 0 else ()
-            return codes * self.scale().reshape(shape)
+            return codes * self.channel_scale(codes.dim())
         if self._export_scale is not None:
             return self._export_forward(x, self._export_scale.to(x.device), qmin, qmax)
         learn = self.training and self.amax.requires_grad and torch.is_grad_enabled()

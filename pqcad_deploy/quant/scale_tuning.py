@@ -27,10 +27,6 @@ def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))}
 
 
-def _channel_shape(q: TensorQuantizer, w: torch.Tensor) -> tuple[int, ...]:
-    return (-1,) + (1,) * (w.dim() - 1) if q.axis == 0 else ()
-
-
 @torch.no_grad()
 def weight_codes(layer: nn.Module) -> torch.Tensor:
     """The integer codes (as float) the layer's weight quantizer gives its weight now: what export writes."""
@@ -39,7 +35,7 @@ def weight_codes(layer: nn.Module) -> torch.Tensor:
     if frozen is not None:
         return frozen
     qmin, qmax = qrange(q.bits)
-    inv = 1.0 / q.scale().reshape(_channel_shape(q, layer.weight))
+    inv = 1.0 / q.channel_scale(layer.weight.dim())
     return torch.clamp(torch.round(layer.weight.float() * inv), qmin, qmax)
 
 
@@ -79,7 +75,7 @@ def materialize(model: nn.Module) -> int:
         codes = q._buffers.get("codes")
         if codes is None:
             continue
-        layer.weight.copy_((codes * q.scale().reshape(_channel_shape(q, codes))).to(layer.weight.dtype))
+        layer.weight.copy_((codes * q.channel_scale(codes.dim())).to(layer.weight.dtype))
         del q._buffers["codes"]
         q.amax.requires_grad_(False)
         n += 1
