@@ -9,6 +9,9 @@
 #   uncond-rest / t2i-rest [ARGS...]
 #                     the same tables' rows that the first run (2026-12-06) left unmeasured, goal rows first, in
 #                     fewer processes (three and two: six processes did not finish more rows per minute)
+#   uncond-last [ARGS...]
+#                     the unconditional rows that uncond-rest (second session) left: K = 2 / 8 / 4, tau 0.05 / 0.2,
+#                     W4A8 k4p / k4, PQCAD k4p, in four processes
 #   t2i [ARGS...]     the text-to-image teacher, 2k seen + 1k held-out-template prompts x seeds 0/1, W8A8 and W4A8
 #                     (needs the caption embeddings: benchmarks/t2i_gpu.sh setup unpacks them); ARGS go to every
 #                     process (a smoke run: --n 8 --trajectories 2 --steps 4 --batch-size 8 --method maxabs)
@@ -52,6 +55,14 @@ case "$stage" in
     launch u_w8 "${U[@]}" --bits w8a8 --rows k4p+r0.1 k4 k2 k8 k4p+r0.05 k4p+r0.2 "$@"
     launch u_w4r "${U[@]}" --bits w4a8 --rows k4p+r0.1 k4p k4 "$@"
     launch u_pqr "${U[@]}" --student $A/fmnist_pqcad_w8a8.safetensors --rows k4p+r0.1 k4p "$@"
+    ;;
+  uncond-last)
+    assets
+    fp u "${U[@]}" "$@"
+    launch u_w8k "${U[@]}" --bits w8a8 --rows k2 k8 k4 "$@"
+    launch u_w8t "${U[@]}" --bits w8a8 --rows k4p+r0.05 k4p+r0.2 "$@"
+    launch u_w4l "${U[@]}" --bits w4a8 --rows k4p k4 "$@"
+    launch u_pql "${U[@]}" --student $A/fmnist_pqcad_w8a8.safetensors --rows k4p "$@"
     ;;
   t2i-rest)
     fp t "${T[@]}" "$@"
