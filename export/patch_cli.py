@@ -7,6 +7,10 @@
 The patch's layout fingerprint (layer names, shapes and integer codes) must match the graph's: a patch for another
 model or another quantization is refused before anything is written. The INT8 codes of the output are
 byte-identical to the input's (checked). ``--verify`` opens the result in ONNX Runtime and runs one call.
+
+An S2 patch (``--method s2``: one scale set per timestep interval), or an interval manifest as ``--onnx`` (a
+timestep-aware student's export), gives one graph per interval (``OUT_STEM.i<k>.onnx``) and their interval manifest
+(``OUT_STEM.manifest.json``), which pqcad-build and pqcad-bench take like an exported one.
 """
 
 from __future__ import annotations
@@ -34,9 +38,16 @@ from .patch_apply import apply_patch
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__.split("\n\n")
     p = make_parser("pqcad-patch", doc[0].strip("`"), "\n\n".join(doc[1:]))
-    p.add_argument("--onnx", type=Path, required=True, help="the base student's exported QDQ graph")
+    p.add_argument(
+        "--onnx",
+        type=Path,
+        required=True,
+        help="the base student's exported QDQ graph (or its interval manifest)",
+    )
     p.add_argument("--patch", type=Path, required=True, help="patch .safetensors (pqcad-train personalize)")
-    p.add_argument("--out", type=Path, required=True, help="the personalized graph to write")
+    p.add_argument(
+        "--out", type=Path, required=True, help="the personalized graph to write (a file set: its .onnx stem)"
+    )
     p.add_argument("--verify", action="store_true", help="open the result in ONNX Runtime and run one call")
     add_json(p, "what was patched")
     add_verbose(p)
@@ -68,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         require_file(a.onnx, "ONNX graph")
         out = check_output_path(a.out, [a.onnx, a.patch])
         info = apply_patch(a.onnx, load_patch(a.patch), out)
+        files = [Path(f) for f in info.get("files", [info["out"]])]
         if a.verify:
-            info["verify"] = verify(out)
-        print(
-            f"patched {info['layers']} layers ({info['scale_values']} scale values) in {info['seconds']} s -> {out}"
-        )
+            info["verify"] = [verify(f) for f in files]
+        what = f"{len(files)} interval graphs and their manifest " if "files" in info else ""
+        print(f"patched {info['layers']} layers ({info['scale_values']} scale values) in {info['seconds']} s -> "
+              f"{what}{info['out']}")  # fmt: skip
         if a.json:
             atomic_json_save(info, a.json)
         return 0

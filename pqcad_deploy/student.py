@@ -31,7 +31,14 @@ from .io import (
 )
 from .quant import QuantConfig, QuantConfigError, get_quant_config, iter_quantizers, quantize_model
 from .quant.control import UncalibratedError, check_calibrated
-from .quant.intervals import IntervalError, IntervalSchedule, add_intervals, get_intervals
+from .quant.intervals import (
+    IntervalError,
+    IntervalSchedule,
+    add_intervals,
+    add_weight_sets,
+    get_intervals,
+    has_weight_sets,
+)
 from .zoo import ModelSpec, build_model, check_state_dict, sidecar_path, spec_from_meta
 
 log = logging.getLogger(__name__)
@@ -87,10 +94,12 @@ def save_student(
         "sampling": meta.get("sampling", DEFAULT_SAMPLING),
     }
     schedule = get_intervals(unet)
+    full_meta.pop("intervals", None)
+    full_meta.pop("interval_weights", None)
     if schedule is not None:
         full_meta["intervals"] = schedule.to_dict()
-    else:
-        full_meta.pop("intervals", None)
+        if has_weight_sets(unet):
+            full_meta["interval_weights"] = True
     try:
         meta_json = json.dumps(full_meta, sort_keys=True)
     except (TypeError, ValueError) as e:
@@ -181,8 +190,12 @@ def _read_intervals(meta: dict[str, Any], source: str) -> IntervalSchedule | Non
         raise CheckpointError(f"{source}: {e}") from e
 
 
-def _with_intervals(model: nn.Module, schedule: IntervalSchedule | None) -> nn.Module:
-    return add_intervals(model, schedule) if schedule is not None else model
+def _with_intervals(model: nn.Module, schedule: IntervalSchedule | None, weight_sets: bool) -> nn.Module:
+    if schedule is not None:
+        add_intervals(model, schedule)
+        if weight_sets:
+            add_weight_sets(model)
+    return model
 
 
 def _check_quantizer_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
@@ -223,12 +236,16 @@ def load_student(
     except QuantConfigError as e:
         raise CheckpointError(f"{source}: {e}") from e
     schedule = _read_intervals(meta, source)
-    probe = _with_intervals(quantize_model(probe, qcfg), schedule)
+    weight_sets = meta.get("interval_weights", False)
+    if weight_sets not in (True, False) or (weight_sets and schedule is None):
+        raise CheckpointError(f"{source}: metadata 'interval_weights' must be true or false, and true only with "
+                              "'intervals'.")  # fmt: skip
+    probe = _with_intervals(quantize_model(probe, qcfg), schedule, weight_sets)
     check_state_dict(probe, tensors, source=str(path))
     _check_quantizer_tensors(probe, tensors, str(path))
     if header is not None:
         check_pair(path, header, Path(source), meta)
-    model = _with_intervals(quantize_model(build_model(spec, seed=None), qcfg), schedule)
+    model = _with_intervals(quantize_model(build_model(spec, seed=None), qcfg), schedule, weight_sets)
     model.load_state_dict(tensors, strict=True)
     model.to(device).eval()
     meta.setdefault("history", [])

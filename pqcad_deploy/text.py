@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .captions import caption_index
+from .captions import EMPTY_PROMPT, caption_index
 from .errors import PQCADError, UsageError
 from .io import json_writer, write_together
 
@@ -242,6 +242,9 @@ class EmbeddingCache:
         if not self._row_of:
             self._row_of.update({c: i for i, c in enumerate(self.captions)})
 
+    def __contains__(self, prompt: object) -> bool:
+        return prompt in self._row_of
+
     def __len__(self) -> int:
         return len(self.captions)
 
@@ -450,14 +453,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-length", type=int_range(1, 512), default=DEFAULT_MAX_LENGTH, help="tokens per prompt"
     )
     p.add_argument("--batch-size", type=batch_int, default=256, help="captions per encoder call")
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help="embed only these prompts (a text file, one per line; the empty prompt is added first): a cache for "
+        "runs on machines without the encoder, e.g. personalization prompts",
+    )
     add_device(p)
     add_verbose(p)
     args = p.parse_args(argv)
     setup_logging(args.verbose)
 
     def run(a: Any) -> None:
+        captions = None
+        if a.prompts is not None:
+            try:
+                lines = a.prompts.read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise UsageError(f"--prompts {a.prompts}: cannot read it ({e}).") from None
+            captions = list(dict.fromkeys([EMPTY_PROMPT, *(ln.strip() for ln in lines if ln.strip())]))
         encoder = load_text_encoder(a.text_encoder, resolve_device(a.device), a.max_length)
-        build_embedding_cache(encoder, a.out, batch_size=a.batch_size)
+        build_embedding_cache(encoder, a.out, captions=captions, batch_size=a.batch_size)
 
     return run_cli(p.prog, run, args)
 

@@ -5,6 +5,10 @@ Methods (the quantized-personalization paper, arXiv 2401.04339, and its baseline
   (PEQA); the result is a patch of scales (``--out X.safetensors`` + ``.json``) that ``pqcad-patch`` applies to the
   student's exported graph, codes byte-identical;
 - ``s1``: the same, trained only on the timesteps in ``--timesteps LO:HI`` (the paper's S1);
+- ``s2``: ``--intervals K`` scale sets over the same codes, one per timestep interval (equal numbers of the
+  sampler's steps, or the student's own intervals), each trained on its interval's timesteps and selected by
+  timestep when sampling (the paper's S2); ``pqcad-patch`` turns the patch into one graph per interval and their
+  interval manifest;
 - ``fp``: full fine-tuning of the FP teacher (the FP DreamBooth baseline); ``--out`` is a model file.
 The subject is bound to the instance prompt (default "a photo of a sks <class>"); with ``--prior-weight`` > 0 the
 model first generates ``--prior-images`` images of the class prompt and keeps fitting them (prior preservation).
@@ -26,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pqcad_deploy.captions import PALETTE
+from pqcad_deploy.captions import EMPTY_PROMPT, PALETTE
 from pqcad_deploy.cli.common import (
     add_device,
     add_subcommand,
@@ -45,6 +49,13 @@ from pqcad_deploy.errors import UsageError
 from pqcad_deploy.images import save_grid
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.patch import student_patch
+from pqcad_deploy.quant.intervals import (
+    IntervalError,
+    IntervalSchedule,
+    add_intervals,
+    add_weight_sets,
+    get_intervals,
+)
 from pqcad_deploy.quant.scale_tuning import freeze_codes, materialize
 from pqcad_deploy.sampling import make_scheduler
 from pqcad_deploy.student import save_student
@@ -55,8 +66,14 @@ from .personalize_data import augment, load_subject, write_default_subject
 
 log = logging.getLogger(__name__)
 
-METHODS = ("peqa", "s1", "fp")
-DEFAULT_LR = {"peqa": 1e-3, "s1": 1e-3, "fp": 1e-5}  # scales: relative change per step (log space)
+METHODS = ("peqa", "s1", "s2", "fp")
+SCALE_METHODS = ("peqa", "s1", "s2")
+DEFAULT_LR = {
+    "peqa": 1e-3,
+    "s1": 1e-3,
+    "s2": 1e-3,
+    "fp": 1e-5,
+}  # scales: relative change per step (log space)
 SAMPLE_STEPS = 50
 
 
@@ -76,10 +93,15 @@ class PersonalizeConfig:
     timesteps: tuple[int, int] | None = None
     guidance_scale: float = 3.0
     seed: int = 0
+    intervals: int | None = None  # s2: scale sets (default 2, or the student's own intervals)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
+        if self.intervals is not None and (self.method != "s2" or self.intervals < 2):
+            raise UsageError(
+                "--intervals K (K >= 2) sets the scale sets of --method s2; the other methods train one."
+            )
         if self.method == "s1" and self.timesteps is None:
             raise UsageError("s1 trains on selected timesteps only: give --timesteps LO:HI (e.g. 0:500).")
         self.instance_prompt = self.instance_prompt or f"a photo of a {self.token} {self.class_word}"
@@ -90,10 +112,18 @@ class PersonalizeConfig:
             )
         self.lr = self.lr or DEFAULT_LR[self.method]
 
+    def coloured_prompts(self, n_colours: int | None = None) -> list[str]:
+        """The subject in the palette's colours (the first ``n_colours``): prompt fidelity's prompts."""
+        return [f"a photo of a {c.name} {self.token} {self.class_word}" for c in PALETTE[:n_colours]]
+
     def showcase_prompts(self) -> list[str]:
         """The instance prompt and the subject in three colours: what the sample grid shows."""
-        colours = [c.name for c in PALETTE[:3]]
-        return [self.instance_prompt] + [f"a photo of a {c} {self.token} {self.class_word}" for c in colours]
+        return [self.instance_prompt, *self.coloured_prompts(3)]
+
+    def prompts(self) -> list[str]:
+        """Every prompt a run encodes: training, prior preservation, the grid and prompt fidelity (with the empty
+        prompt of classifier-free guidance): what an embedding cache for this run must hold."""
+        return [EMPTY_PROMPT, self.instance_prompt, self.class_prompt, *self.coloured_prompts()]
 
 
 def warn_split_token(prompts: PromptEncoder, token: str) -> None:
@@ -107,6 +137,29 @@ def warn_split_token(prompts: PromptEncoder, token: str) -> None:
                     token, len(pieces), " ".join(pieces))  # fmt: skip
 
 
+def install_scale_sets(
+    model: torch.nn.Module, spec: ModelSpec, k: int | None, sampler_steps: int
+) -> IntervalSchedule:
+    """S2: K weight scale sets on ``model``, over the student's own intervals or K equal shares of the sampler's
+    ``sampler_steps`` DDIM steps."""
+    own = get_intervals(model)
+    if own is None:
+        ddim = make_scheduler("ddim", **spec.scheduler)
+        ddim.set_timesteps(sampler_steps)
+        n_train = int(spec.scheduler.get("num_train_timesteps", 1000))
+        try:
+            own = IntervalSchedule.equal_steps([int(t) for t in ddim.timesteps], k or 2, n_train)
+        except IntervalError as e:
+            raise UsageError(f"--intervals {k}: {e}") from None
+        add_intervals(model, own)
+    elif k is not None and k != own.k:
+        raise UsageError(
+            f"the student already holds {own.k} timestep intervals; drop --intervals or give {own.k}."
+        )
+    add_weight_sets(model)
+    return own
+
+
 def personalize(
     model: torch.nn.Module,
     spec: ModelSpec,
@@ -115,9 +168,10 @@ def personalize(
     cfg: PersonalizeConfig,
     device: torch.device,
     progress: bool = True,
+    sampler_steps: int = SAMPLE_STEPS,
 ) -> dict[str, Any]:
-    """Fine-tune ``model`` in place on ``subject`` (scale-only for peqa/s1, materialized at the end); returns the
-    training record (loss curve, trainable parameters, time, peak memory)."""
+    """Fine-tune ``model`` in place on ``subject`` (scale-only for peqa/s1/s2, materialized at the end); returns
+    the training record (loss curve, trainable parameters, time, peak memory)."""
     model = model.to(device)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     sched = make_scheduler("ddpm", **spec.scheduler)
@@ -125,6 +179,14 @@ def personalize(
     lo, hi = cfg.timesteps or (0, n_t)
     if not 0 <= lo < hi <= n_t:
         raise UsageError(f"--timesteps {lo}:{hi} must satisfy 0 <= LO < HI <= {n_t}.")
+    intervals = install_scale_sets(model, spec, cfg.intervals, sampler_steps) if cfg.method == "s2" else None
+    # the timesteps each scale set trains on: its interval's, within [lo, hi)
+    ranges = [(lo, hi)] if intervals is None else [intervals.timestep_range(k) for k in range(intervals.k)]
+    ranges = [(max(a, lo), min(b, hi)) for a, b in ranges]
+    if any(a >= b for a, b in ranges):
+        raise UsageError(
+            f"--timesteps {lo}:{hi} leaves some of the {len(ranges)} intervals without timesteps."
+        )
     subject = subject.to(device)
     inst = prompts.states([cfg.instance_prompt]).to(device)
     prior = None
@@ -137,20 +199,25 @@ def personalize(
                                         SAMPLE_STEPS, cfg.guidance_scale, seed=cfg.seed + 1, device=device,
                                         progress=False)  # fmt: skip
         prior = (imgs.to(device), prompts.states([cfg.class_prompt]).to(device))
-    scale_only = cfg.method in ("peqa", "s1")
+    scale_only = cfg.method in SCALE_METHODS
     params = freeze_codes(model) if scale_only else [p for p in model.parameters()]
     for p in params:
         p.requires_grad_(True)
     # Scales train in log space (a step changes a scale by a fraction of itself, whatever its size, and it stays
-    # positive); the fp baseline trains its weights directly.
-    trained = [p.detach().log().clone().requires_grad_(True) for p in params] if scale_only else params
-    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
+    # positive), one tensor per scale set so that a step updates only the set its interval selected; the fp
+    # baseline trains its weights directly.
+    with torch.no_grad():
+        sets = [list(p.unbind(0)) if intervals is not None else [p] for p in params] if scale_only else []
+    logs = [[r.detach().log().clone().requires_grad_(True) for r in rows] for rows in sets]
+    opt = torch.optim.AdamW(
+        [x for xs in logs for x in xs] if scale_only else params, lr=cfg.lr, weight_decay=0.0
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
 
-    def loss_on(x0: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        t = torch.randint(lo, hi, (x0.shape[0],), device=device, generator=g)
+    def loss_on(x0: torch.Tensor, states: torch.Tensor, k: int) -> torch.Tensor:
+        t = torch.randint(*ranges[k], (x0.shape[0],), device=device, generator=g)
         noise = torch.randn(x0.shape, device=device, generator=g)
         cond = states.expand(x0.shape[0], *states.shape[1:])
         pred = model(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond, return_dict=False)[0]
@@ -159,24 +226,28 @@ def personalize(
     curve, t0 = [], time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=f"personalize ({cfg.method})", unit="step", disable=not progress)
     for step in bar:
+        k = step % len(ranges)  # s2: the intervals in turn, every step one interval (as the sampler calls it)
         idx = torch.randint(0, len(subject), (cfg.batch_size,), device=device, generator=g)
-        loss = loss_on(augment(subject[idx], g), inst)
+        loss = loss_on(augment(subject[idx], g), inst, k)
         if prior is not None:
             pidx = torch.randint(0, len(prior[0]), (cfg.batch_size,), device=device, generator=g)
-            loss = loss + cfg.prior_weight * loss_on(prior[0][pidx], prior[1])
+            loss = loss + cfg.prior_weight * loss_on(prior[0][pidx], prior[1], k)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"non-finite loss at step {step}; nothing was written. Lower --lr.")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if scale_only:
             with torch.no_grad():
-                for p, log_p in zip(params, trained, strict=True):
-                    log_p.grad, p.grad = p.grad * p, None  # d loss / d log s = d loss / d s * s
+                for p, rows, log_rows in zip(params, sets, logs, strict=True):
+                    grads = p.grad.unbind(0) if intervals is not None else [p.grad]
+                    for j, (r, log_r, gr) in enumerate(zip(rows, log_rows, grads, strict=True)):
+                        log_r.grad = gr * r if j == k else None  # d loss / d log s = d loss / d s * s
+                    p.grad = None
         opt.step()
         if scale_only:
             with torch.no_grad():
-                for p, log_p in zip(params, trained, strict=True):
-                    p.copy_(log_p.exp())
+                for rows, log_rows in zip(sets, logs, strict=True):
+                    rows[k].copy_(log_rows[k].exp())
         if step % 10 == 0 or step == cfg.steps - 1:
             curve.append([step, round(loss.item(), 6)])
             bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -187,6 +258,8 @@ def personalize(
         p.requires_grad_(False)
     return {
         "config": asdict(cfg),
+        "intervals": intervals.to_dict() if intervals is not None else None,
+        "sampler_steps": sampler_steps,
         "trainable_parameters": sum(p.numel() for p in params),
         "seconds": round(time.perf_counter() - t0, 1),
         "loss_curve": curve,
@@ -211,7 +284,7 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(
             f"{args.model} is not text-conditioned; personalization binds a prompt token to a subject."
         )
-    scale_only = args.method in ("peqa", "s1")
+    scale_only = args.method in SCALE_METHODS
     if scale_only and not bundle.quantized:
         raise UsageError(f"--method {args.method} tunes the scales of a quantized student; {args.model} is FP. "
                          "Quantize it first (pqcad-train ptq), or use --method fp for the FP baseline.")  # fmt: skip
@@ -234,14 +307,21 @@ def run(args: argparse.Namespace) -> None:
         ts = (int(parts[0]), int(parts[1]))
     cfg = PersonalizeConfig(args.method, args.token, args.class_word, args.instance_prompt, args.class_prompt,
                             args.steps, args.lr, args.batch_size, args.prior_weight, args.prior_images, ts,
-                            args.guidance_scale, args.seed)  # fmt: skip
-    if args.embeddings is not None:
-        raise UsageError("--embeddings holds the caption table only; the personalization prompts are new (they "
-                         "contain the token): drop --embeddings, the text encoder (--text-encoder) encodes them.")  # fmt: skip
-    prompts = PromptEncoder.open(spec, embeddings=None, text_encoder=args.text_encoder, device=device)
+                            args.guidance_scale, args.seed, args.intervals)  # fmt: skip
+    prompts = PromptEncoder.open(
+        spec, embeddings=args.embeddings, text_encoder=args.text_encoder, device=device
+    )
+    if prompts.cache is not None:
+        missing = [t for t in cfg.prompts() if t not in prompts.cache]
+        if missing:
+            raise UsageError(f"--embeddings {args.embeddings} lacks {len(missing)} of this run's prompts (e.g. "
+                             f"{missing[0]!r}); drop --embeddings to encode them with the text encoder, or build a "
+                             "cache of them (python -m pqcad_deploy.text OUT --prompts FILE).")  # fmt: skip
     warn_split_token(prompts, cfg.token)
     subject = load_subject(args.images, spec)
-    record = personalize(bundle.model, spec, subject, prompts, cfg, device, progress=not args.no_progress)
+    steps = (bundle.meta.get("sampling") or {}).get("steps") or SAMPLE_STEPS
+    record = personalize(bundle.model, spec, subject, prompts, cfg, device, progress=not args.no_progress,
+                         sampler_steps=steps)  # fmt: skip
     record.update(subject=str(args.images), subject_images=len(subject), base=str(bundle.source))
     if scale_only:
         patch = student_patch(bundle.model, {"method": cfg.method, "training": record})  # checks the scales
@@ -283,10 +363,12 @@ def register(sub: Any) -> None:
         sub, "personalize", "DreamBooth-style personalization: scale patch (peqa/s1) or FP model", __doc__
     )
     p.add_argument(
-        "--model", required=True, help="quantized student (peqa, s1) or FP teacher (fp): file or zoo name"
+        "--model", required=True, help="quantized student (peqa, s1, s2) or FP teacher (fp): file or zoo name"
     )
     p.add_argument("--images", type=Path, required=True, help="folder of 3-5 images of the subject")
-    p.add_argument("--out", type=Path, required=True, help="patch .safetensors (peqa, s1) or model file (fp)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="patch .safetensors (peqa, s1, s2) or model file (fp)"
+    )
     p.add_argument("--method", choices=METHODS, default="peqa")
     p.add_argument("--token", default="sks", help="rare token the subject is bound to")
     p.add_argument("--class-word", default="bag", help="the subject's class, as prompts name it")
@@ -314,7 +396,14 @@ def register(sub: Any) -> None:
         "--timesteps", default=None, metavar="LO:HI", help="train on timesteps in [LO, HI) (s1: required)"
     )
     p.add_argument(
-        "--save-student", type=Path, default=None, help="also write the personalized student (peqa, s1)"
+        "--intervals",
+        type=int_range(2, 64),
+        default=None,
+        metavar="K",
+        help="s2: scale sets, one per timestep interval (default 2, or the student's own intervals)",
+    )
+    p.add_argument(
+        "--save-student", type=Path, default=None, help="also write the personalized student (peqa, s1, s2)"
     )
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -4,8 +4,10 @@ Diffusion activations change range strongly across the denoising trajectory (PCR
 per engine is a compromise over all of it. ``add_intervals(model, schedule)`` gives every activation quantizer a
 ``interval_amax`` buffer of K ranges; a forward pre-hook on the UNet reads each sample's timestep and the fake-quant
 forward uses that sample's interval's range (per-sample scales, so a batch may mix intervals: calibration and
-scoring batches do, the sampler's never). Weight ranges stay shared. K = 1 is never installed: a model without
-intervals is today's student, bit for bit.
+scoring batches do, the sampler's never). Weight ranges stay shared unless :func:`add_weight_sets` gives every
+weight quantizer K per-output-channel scale sets over the same integer codes (the quantized-personalization
+paper's S2: one scale set per interval; a call then must hold one interval, as the sampler's do). K = 1 is never
+installed: a model without intervals is today's student, bit for bit.
 
 **Activation relaxing** (PCR): intervals listed in ``IntervalSchedule.relaxed`` run with float activations (weights
 stay quantized). PCR relaxes 8 -> 10 bits; engines have no 10-bit activations, so a relaxed interval deploys as a
@@ -74,6 +76,14 @@ class IntervalSchedule:
         """Interval index of every timestep in ``t`` (long tensor of the same shape)."""
         starts = torch.tensor(self.starts, dtype=torch.long, device=t.device)
         return (t.long().reshape(-1, 1) <= starts.reshape(1, -1)).sum(1).reshape(t.shape)
+
+    def timestep_range(self, k: int) -> tuple[int, int]:
+        """The training timesteps ``[lo, hi)`` of interval ``k``."""
+        if not 0 <= k < self.k:
+            raise IntervalError(f"interval {k} does not exist (K = {self.k}).")
+        lo = self.starts[k] + 1 if k < self.k - 1 else 0
+        hi = self.starts[k - 1] + 1 if k > 0 else self.num_train_timesteps
+        return lo, hi
 
     def is_relaxed(self, k: int) -> bool:
         return k in self.relaxed
@@ -155,6 +165,8 @@ class IntervalState:
     def __init__(self, schedule: IntervalSchedule):
         self.schedule = schedule
         self.index: torch.Tensor | None = None
+        self.weight_sets = False  # add_weight_sets(): weight quantizers read the call's one interval
+        self.weight_interval: int | None = None  # that interval; None while a call mixes intervals
         self.relaxed_mask = torch.zeros(schedule.k, dtype=torch.bool)  # per interval: activations stay float
         self.relaxed_mask[list(schedule.relaxed)] = True
 
@@ -172,11 +184,15 @@ class _SelectByTimestep:
         t = torch.as_tensor(t, device=sample.device).reshape(-1)
         t = t.expand(sample.shape[0]) if t.numel() == 1 else t
         self.state.index = self.state.schedule.index_of(t)
+        if self.state.weight_sets:  # one host sync per UNet call, only for students with weight sets
+            ks = self.state.index.unique()
+            self.state.weight_interval = int(ks[0]) if ks.numel() == 1 else None
         # moved once per call, not once per quantizer
         self.state.relaxed_mask = self.state.relaxed_mask.to(sample.device)
 
     def post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         self.state.index = None
+        self.state.weight_interval = None
 
 
 def act_quantizers(model: nn.Module) -> list[TensorQuantizer]:
@@ -212,6 +228,43 @@ def add_intervals(model: nn.Module, schedule: IntervalSchedule) -> nn.Module:
     return model
 
 
+def weight_quantizers(model: nn.Module) -> list[TensorQuantizer]:
+    """Per-output-channel weight quantizers (the ones that can get weight scale sets)."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, TensorQuantizer) and m.kind == "weight" and m.axis == 0 and m.block_size is None
+    ]
+
+
+def add_weight_sets(model: nn.Module) -> int:
+    """Give every per-channel weight quantizer K scale sets (``interval_amax`` [K, C], initialised to its range)
+    over its shared integer codes, selected by the call's interval; in place, on a model that holds intervals.
+    Returns the number of quantizers. The codes stay those of the quantizer's own ``amax``."""
+    state: IntervalState | None = getattr(model, INTERVALS_ATTR, None)
+    if state is None:
+        raise IntervalError("weight scale sets need interval sets first (quant.intervals.add_intervals).")
+    if state.weight_sets:
+        raise IntervalError("the model already holds weight scale sets.")
+    qs = weight_quantizers(model)
+    blocked = [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.block_size is not None]
+    if blocked:
+        raise IntervalError(
+            "block-quantized weights have no per-output-channel scale; weight scale sets need per-channel weights."
+        )
+    for q in qs:
+        q.register_buffer("interval_amax", q.amax.detach().unsqueeze(0).repeat(state.schedule.k, 1).clone())
+        q.intervals = state
+    state.weight_sets = True
+    log.info("weight scale sets per timestep interval: K=%d on %d layers", state.schedule.k, len(qs))
+    return len(qs)
+
+
+def has_weight_sets(model: nn.Module) -> bool:
+    state = getattr(model, INTERVALS_ATTR, None)
+    return bool(state is not None and state.weight_sets)
+
+
 def get_intervals(model: nn.Module) -> IntervalSchedule | None:
     state = getattr(model, INTERVALS_ATTR, None)
     return state.schedule if state is not None else None
@@ -239,7 +292,8 @@ def interval_ranges(model: nn.Module) -> dict[str, list[float]]:
 def single_set_copy(model: nn.Module, k: int) -> nn.Module:
     """A plain (single-set) copy of a K-set student holding interval ``k``'s ranges: what one engine of the
     per-interval deployment computes (same weights, interval k's activation scales; a relaxed interval's copy has
-    its activation quantizers off: weights quantized, activations float)."""
+    its activation quantizers off: weights quantized, activations float). With weight scale sets the copy's weight
+    is ``codes x`` interval k's scale, so every copy exports the same integer codes."""
     sched = get_intervals(model)
     if sched is None or not 0 <= k < sched.k:
         raise IntervalError(f"interval {k} does not exist (model intervals: {sched}).")
@@ -255,5 +309,16 @@ def single_set_copy(model: nn.Module, k: int) -> nn.Module:
             del q._buffers["interval_amax"]
             q.intervals = None
             q.enabled = q.enabled and not sched.is_relaxed(k)
+        for layer in [
+            m for m in out.modules() if isinstance(getattr(m, "weight_quantizer", None), TensorQuantizer)
+        ]:
+            q = layer.weight_quantizer
+            sets = q._buffers.pop("interval_amax", None)
+            if sets is None:
+                continue
+            codes = q.codes_of(layer.weight)
+            q.amax.copy_(sets[k].reshape(q.amax.shape))
+            layer.weight.copy_((codes * q.channel_scale(codes.dim())).to(layer.weight.dtype))
+            q.intervals = None
     delattr(out, INTERVALS_ATTR)
     return out

@@ -136,9 +136,22 @@ class TensorQuantizer(nn.Module):
             return self._fake_quant(x.float()).to(x.dtype)
         return self._fake_quant(x)
 
+    @torch.no_grad()
+    def codes_of(self, w: torch.Tensor) -> torch.Tensor:
+        """The integer codes (as float) this weight quantizer gives ``w``: the frozen ones of scale-only
+        fine-tuning, else ``rint(w * (1/scale))`` clamped, as the fake quant and the exporter round."""
+        frozen = self._buffers.get("codes")
+        if frozen is not None:
+            return frozen
+        qmin, qmax = qrange(self._bits)
+        return torch.clamp(torch.round(w.float() * (1.0 / self.channel_scale(w.dim()))), qmin, qmax)
+
     def _fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         qmin, qmax = qrange(self._bits)
         codes = self._buffers.get("codes")
+        sets = self._buffers.get("interval_amax") if self.kind == "weight" else None
+        if sets is not None and self.intervals is not None and self.intervals.index is not None:
+            return self._weight_of_interval(x, sets, qmax)
         # scale-only fine-tuning (quant.scale_tuning): the codes are frozen, x is ignored
         if codes is not None:
             if self._export_scale is not None:
@@ -171,6 +184,19 @@ class TensorQuantizer(nn.Module):
             zp = torch.zeros((), dtype=torch.int32, device=x.device)
             return torch.fake_quantize_per_tensor_affine(x, scale, zp, qmin, qmax)
         return self._per_channel(x, scale, qmin, qmax, learn)
+
+    def _weight_of_interval(self, w: torch.Tensor, sets: torch.Tensor, qmax: int) -> torch.Tensor:
+        """Weight scale sets (quant.intervals.add_weight_sets): the shared codes times the call's interval's scale
+        (differentiable in that scale set: the personalization methods train it)."""
+        k = self.intervals.weight_interval
+        if k is None:
+            raise QuantizerStateError(
+                "this call mixes timesteps of several intervals, but the weights hold one scale set per interval; "
+                "run one interval per call (the sampler does)."
+            )
+        codes = self.codes_of(w)
+        scale = sets[k].to(w.device).float().clamp_min(AMAX_EPS) / qmax
+        return codes * scale.reshape((-1,) + (1,) * (w.dim() - 1))
 
     def _per_interval(self, x: torch.Tensor, index: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
         """Each sample with its own interval's range: a per-channel fake quant along the batch dimension. Batches

@@ -3,8 +3,8 @@
 A model personalized this way is its base engine with other scale initializers (a patch: ``pqcad_deploy.patch``),
 so the INT8 codes a user has already deployed stay byte-identical. :func:`freeze_codes` stores every weight
 quantizer's codes exactly as the fake-quant forward and the exporter round them (``rint(w * (1/s))``, clamped) and
-turns that quantizer's forward into ``codes x scale``: the per-output-channel step sizes (``amax``) are the only
-trainable tensors. :func:`materialize` writes ``codes x scale`` back into the float weights, after which the model
+turns that quantizer's forward into ``codes x scale``: the per-output-channel step sizes (``amax``, or with weight
+scale sets, S2, the K sets ``interval_amax``) are the only trainable tensors. :func:`materialize` writes ``codes x scale`` back into the float weights, after which the model
 is an ordinary student whose export rounds back to the same codes.
 """
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .modules import QuantConv2d, QuantLinear
-from .quantizer import TensorQuantizer, qrange
+from .quantizer import TensorQuantizer
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +30,12 @@ def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
 @torch.no_grad()
 def weight_codes(layer: nn.Module) -> torch.Tensor:
     """The integer codes (as float) the layer's weight quantizer gives its weight now: what export writes."""
-    q: TensorQuantizer = layer.weight_quantizer
-    frozen = q._buffers.get("codes")
-    if frozen is not None:
-        return frozen
-    qmin, qmax = qrange(q.bits)
-    inv = 1.0 / q.channel_scale(layer.weight.dim())
-    return torch.clamp(torch.round(layer.weight.float() * inv), qmin, qmax)
+    return layer.weight_quantizer.codes_of(layer.weight)
 
 
-def freeze_codes(model: nn.Module) -> list[nn.Parameter]:
-    """Freeze every parameter but the weight step sizes; returns those (one ``amax`` per quantized layer)."""
+def freeze_codes(model: nn.Module) -> list[torch.Tensor]:
+    """Freeze every parameter but the weight step sizes; returns those (one ``amax`` per quantized layer, or its
+    ``interval_amax`` [K, C] where the model holds weight scale sets)."""
     layers = weight_layers(model)
     if not layers:
         raise UsageError(
@@ -59,8 +54,9 @@ def freeze_codes(model: nn.Module) -> list[nn.Parameter]:
         if not q.is_calibrated:
             raise UsageError(f"{name}: the weight quantizer is not calibrated; run PTQ first.")
         q.register_buffer("codes", weight_codes(layer).detach().clone(), persistent=False)
-        q.amax.requires_grad_(True)
-        trainable.append(q.amax)
+        scales = q._buffers.get("interval_amax", q.amax)
+        scales.requires_grad_(True)
+        trainable.append(scales)
     log.info("froze the integer codes of %d layers; %d scale parameters trainable", len(layers),
              sum(p.numel() for p in trainable))  # fmt: skip
     return trainable
@@ -78,5 +74,6 @@ def materialize(model: nn.Module) -> int:
         layer.weight.copy_((codes * q.channel_scale(codes.dim())).to(layer.weight.dtype))
         del q._buffers["codes"]
         q.amax.requires_grad_(False)
+        q._buffers.get("interval_amax", q.amax).requires_grad_(False)
         n += 1
     return n

@@ -3,52 +3,20 @@ patch applied to the exported graph with the integer codes byte-identical; the F
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-from PIL import Image
 
 from pqcad_deploy.export.cli import main as export_main
 from pqcad_deploy.export.patch_cli import main as patch_main
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.patch import PatchError, apply_to_student, load_patch, student_patch
 from pqcad_deploy.quant.scale_tuning import freeze_codes, materialize, weight_codes, weight_layers
-from pqcad_deploy.text import load_embedding_cache
 from pqcad_deploy.train.cli import main as train_main
-from pqcad_deploy.zoo import build_model, get_spec, save_weights
-
-CALIB = ["--calib-trajectories", "2", "--calib-steps", "4", "--calib-points", "2", "--calib-batch-size", "2"]
-
-
-@pytest.fixture(scope="module")
-def t2i(tmp_path_factory, tiny_t2i_cache, tiny_bert_dir):
-    """A tiny-t2i teacher (random weights, the tiny encoder's fingerprint), its W8A8 PTQ student, subject images."""
-    d = tmp_path_factory.mktemp("personalize")
-    spec = get_spec("tiny-t2i")
-    spec = dataclasses.replace(
-        spec, text={**spec.text, "fingerprint": load_embedding_cache(tiny_t2i_cache).fingerprint}
-    )
-    teacher = save_weights(build_model(spec, seed=0), spec, d / "teacher.safetensors")
-    student = d / "student.pt"
-    argv = ["ptq", "--teacher", str(teacher), "--out", str(student), *CALIB, "--ptq-method", "maxabs"]
-    assert train_main([*argv, "--embeddings", str(tiny_t2i_cache), "--device", "cpu"]) == 0
-    subject = d / "subject"
-    subject.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(subject / f"s{i}.png")
-    return {"dir": d, "teacher": teacher, "student": student, "subject": subject, "bert": tiny_bert_dir}
-
-
-def personalize(t2i, out, *extra, model=None):
-    argv = ["personalize", "--model", str(model or t2i["student"]), "--images", str(t2i["subject"]), "--out", str(out),
-            "--steps", "3", "--batch-size", "2", "--prior-images", "2", "--text-encoder", str(t2i["bert"]),
-            "--device", "cpu", *extra]  # fmt: skip
-    return train_main(argv)
+from pqcad_deploy.zoo import build_model, save_weights
 
 
 def test_frozen_codes_reproduce_the_fake_quant_forward_and_export_rounds_back(t2i):
@@ -74,16 +42,25 @@ def test_frozen_codes_reproduce_the_fake_quant_forward_and_export_rounds_back(t2
 
 
 @pytest.mark.parametrize("target", ["tensorrt", "onnxruntime"])
-def test_peqa_patch_applies_to_the_export_with_codes_byte_identical(t2i, tmp_path, target):
+def test_peqa_patch_applies_to_the_export_with_codes_byte_identical(t2i, personalize, tmp_path, target):
     """ORT form: 7-bit weights are clamped before their Q, so the exporter names their codes after the graph node,
     not the weight: the patch finds codes by content."""
     student = t2i["student"]
     if target == "onnxruntime":
         student = tmp_path / "ort.pt"
-        argv = ["ptq", "--teacher", str(t2i["teacher"]), "--out", str(student), *CALIB, "--target", target]
+        argv = [
+            "ptq",
+            "--teacher",
+            str(t2i["teacher"]),
+            "--out",
+            str(student),
+            *t2i["calib"],
+            "--target",
+            target,
+        ]
         assert train_main([*argv, "--text-encoder", str(t2i["bert"]), "--device", "cpu"]) == 0
     patch_path = tmp_path / "sks.safetensors"
-    assert personalize(t2i, patch_path, "--save-student", str(tmp_path / "sks.pt"), model=student) == 0
+    assert personalize(patch_path, "--save-student", str(tmp_path / "sks.pt"), model=student) == 0
     assert (tmp_path / "sks_grid.png").is_file()
     patch = load_patch(patch_path)
     assert (
@@ -117,13 +94,20 @@ def test_peqa_patch_applies_to_the_export_with_codes_byte_identical(t2i, tmp_pat
     assert all(np.array_equal(out[k], tuned[k]) for k in tuned if k in out)
 
 
-def test_patch_refused_on_another_student_and_on_a_damaged_file(t2i, tmp_path, capsys):
+def test_patch_refused_on_another_student_and_on_a_damaged_file(t2i, personalize, tmp_path, capsys):
     patch_path = tmp_path / "p.safetensors"
-    assert personalize(t2i, patch_path, "--prior-weight", "0") == 0
+    assert personalize(patch_path, "--prior-weight", "0") == 0
     other = tmp_path / "other.pt"
     spec = open_model(t2i["teacher"]).spec
     other_teacher = save_weights(build_model(spec, seed=1), spec, tmp_path / "teacher1.safetensors")
-    argv = ["ptq", "--teacher", str(other_teacher), "--out", str(other), *CALIB]  # same layout, other codes
+    argv = [
+        "ptq",
+        "--teacher",
+        str(other_teacher),
+        "--out",
+        str(other),
+        *t2i["calib"],
+    ]  # same layout, other codes
     assert train_main([*argv, "--text-encoder", str(t2i["bert"]), "--device", "cpu"]) == 0
     other_onnx = tmp_path / "other.onnx"
     assert export_main(["--checkpoint", str(other), "--onnx", str(other_onnx)]) == 0
@@ -139,8 +123,8 @@ def test_patch_refused_on_another_student_and_on_a_damaged_file(t2i, tmp_path, c
     assert "version" in capsys.readouterr().err and not out.exists()
 
 
-def test_patch_turns_the_base_student_into_the_tuned_one(t2i, tmp_path):
-    assert personalize(t2i, tmp_path / "p.safetensors", "--save-student", str(tmp_path / "s.pt")) == 0
+def test_patch_turns_the_base_student_into_the_tuned_one(t2i, personalize, tmp_path):
+    assert personalize(tmp_path / "p.safetensors", "--save-student", str(tmp_path / "s.pt")) == 0
     base, tuned = open_model(t2i["student"]).model, open_model(tmp_path / "s.pt").model
     apply_to_student(base, load_patch(tmp_path / "p.safetensors"))
     sd_b, sd_t = base.state_dict(), tuned.state_dict()
@@ -148,10 +132,10 @@ def test_patch_turns_the_base_student_into_the_tuned_one(t2i, tmp_path):
     assert student_patch(base).fingerprint == load_patch(tmp_path / "p.safetensors").fingerprint
 
 
-def test_s1_and_fp_methods_and_their_refusals(t2i, tmp_path, capsys):
-    assert personalize(t2i, tmp_path / "s1.safetensors", "--method", "s1", "--timesteps", "0:500") == 0
+def test_s1_and_fp_methods_and_their_refusals(t2i, personalize, tmp_path, capsys):
+    assert personalize(tmp_path / "s1.safetensors", "--method", "s1", "--timesteps", "0:500") == 0
     assert load_patch(tmp_path / "s1.safetensors").meta["training"]["config"]["timesteps"] == [0, 500]
-    assert personalize(t2i, tmp_path / "fp.safetensors", "--method", "fp", model=t2i["teacher"]) == 0
+    assert personalize(tmp_path / "fp.safetensors", "--method", "fp", model=t2i["teacher"]) == 0
     assert open_model(tmp_path / "fp.safetensors").quantized is False
     cases = [
         (["--method", "s1"], "--timesteps"),
@@ -159,9 +143,9 @@ def test_s1_and_fp_methods_and_their_refusals(t2i, tmp_path, capsys):
         (["--timesteps", "9:3"], "LO < HI"),
     ]
     for extra, message in cases:
-        assert personalize(t2i, tmp_path / "x.safetensors", *extra) == 2
+        assert personalize(tmp_path / "x.safetensors", *extra) == 2
         assert message in capsys.readouterr().err
-    assert personalize(t2i, tmp_path / "x.safetensors", model=t2i["teacher"]) == 2
+    assert personalize(tmp_path / "x.safetensors", model=t2i["teacher"]) == 2
     assert "quantized student" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
 
@@ -177,10 +161,10 @@ def test_subject_folder_without_images_is_refused(t2i, tmp_path, capsys):
     assert "no readable image" in err and not (tmp_path / "p.safetensors").exists()
 
 
-def test_scales_stay_positive_at_a_large_learning_rate(t2i, tmp_path):
+def test_scales_stay_positive_at_a_large_learning_rate(t2i, personalize, tmp_path):
     """Scales train in log space: a step changes a scale by a fraction of itself and can never flip its sign (with
     plain steps of 0.5 most step sizes of this model would go negative)."""
-    assert personalize(t2i, tmp_path / "p.safetensors", "--lr", "0.5", "--prior-weight", "0") == 0
+    assert personalize(tmp_path / "p.safetensors", "--lr", "0.5", "--prior-weight", "0") == 0
     patch = load_patch(tmp_path / "p.safetensors")  # refuses non-positive scales
     base = student_patch(open_model(t2i["student"]).model)
     moved = [k for k in patch.scales if not torch.allclose(patch.scales[k], base.scales[k])]
