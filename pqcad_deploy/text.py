@@ -229,13 +229,16 @@ def load_text_encoder(
 # ---------------------------------------------------------------- the embedding cache
 @dataclass(frozen=True)
 class EmbeddingCache:
-    """Token states of a fixed caption table: row i belongs to caption i (``captions.caption_index()`` ids)."""
+    """Token states of a fixed caption table: row i belongs to caption i (``captions.caption_index()`` ids); or,
+    with ``prompts_only``, of a free list of prompts (looked up by text only: a run's own prompts, for a machine
+    without the encoder)."""
 
     states: torch.Tensor  # float16 [N, max_length, hidden_size]
     attention_mask: torch.Tensor  # int64 [N, max_length]: 1 on real tokens, 0 on padding
     captions: tuple[str, ...]
     fingerprint: str  # of the encoder that produced the states
     max_length: int
+    prompts_only: bool = False
     _row_of: dict[str, int] = field(repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -282,16 +285,17 @@ def build_embedding_cache(
     captions: Sequence[str] | None = None,
     batch_size: int = 256,
 ) -> EmbeddingCache:
-    """Embed every caption (default: the whole caption table, empty prompt first) and save it if ``path``."""
-    captions = tuple(caption_index().captions if captions is None else captions)
+    """Embed every caption (default: the whole caption table, empty prompt first; other captions make a
+    prompts-only cache) and save it if ``path``."""
+    table = caption_index().captions
+    captions = tuple(table if captions is None else captions)
     states, masks = [], []
     for i in tqdm(range(0, len(captions), batch_size), desc="embedding captions", unit="batch"):
         chunk = list(captions[i : i + batch_size])
         masks.append(encoder.tokenize(chunk)["attention_mask"])
         states.append(encoder.encode(chunk).to("cpu", torch.float16))
-    cache = EmbeddingCache(
-        torch.cat(states), torch.cat(masks), captions, encoder.fingerprint, encoder.max_length
-    )
+    cache = EmbeddingCache(torch.cat(states), torch.cat(masks), captions, encoder.fingerprint, encoder.max_length,
+                           prompts_only=captions != table)  # fmt: skip
     if path is not None:
         save_embedding_cache(cache, path)
     return cache
@@ -323,6 +327,8 @@ def save_embedding_cache(cache: EmbeddingCache, path: str | Path) -> Path:
         "states_sha256": _states_digest(states),
         "captions": list(cache.captions),
     }
+    if cache.prompts_only:
+        meta["kind"] = "prompts"
     write_together(  # one unit, the sidecar (which holds the states' digest) renamed last
         [
             (path, lambda tmp: save_file(tensors, tmp, metadata={"format": CACHE_FORMAT})),
@@ -342,7 +348,7 @@ def load_embedding_cache(
     path: str | Path, *, fingerprint: str | None = None, captions: Sequence[str] | None = None
 ) -> EmbeddingCache:
     """Load and verify a cache: refuses a damaged pair, another encoder (when ``fingerprint`` is given) and another
-    caption table (default: ``caption_index()``'s)."""
+    caption table (default: ``caption_index()``'s; a prompts-only cache has none)."""
     path = Path(path)
     rebuild = REBUILD_HINT.format(path=path)
     meta = _read_sidecar(path, rebuild)
@@ -368,12 +374,13 @@ def load_embedding_cache(
             f"{path} was embedded by another text encoder (fingerprint {meta['encoder_fingerprint'][:12]}, this "
             f"encoder is {fingerprint[:12]}); {rebuild} using this encoder."
         )
-    _check_captions(
-        tuple(meta["captions"]), caption_index().captions if captions is None else tuple(captions), path
-    )
-    return EmbeddingCache(
-        states, mask.long(), tuple(meta["captions"]), meta["encoder_fingerprint"], meta["max_length"]
-    )
+    prompts_only = meta.get("kind") == "prompts"
+    if not prompts_only:
+        _check_captions(
+            tuple(meta["captions"]), caption_index().captions if captions is None else tuple(captions), path
+        )
+    return EmbeddingCache(states, mask.long(), tuple(meta["captions"]), meta["encoder_fingerprint"],
+                          meta["max_length"], prompts_only=prompts_only)  # fmt: skip
 
 
 def _read_sidecar(path: Path, rebuild: str) -> dict:

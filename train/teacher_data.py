@@ -42,9 +42,10 @@ class CaptionedData:
         prompts: PromptEncoder,
         colour_seed: int = 0,
     ):
-        if prompts.cache is None:
+        if prompts.cache is None or prompts.cache.prompts_only:
             raise UsageError(
-                "training a text-to-image teacher needs --embeddings (the caption embedding cache)"
+                "training a text-to-image teacher needs --embeddings with the caption embedding cache (python -m "
+                "pqcad_deploy.text OUT), not a cache of a few prompts"
             )
         train = load_fashion_mnist("train", data_dir)
         self.grey = to_model_range(train.images).to(device)
