@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:?stage: setup|table|wait|collect}"; shift || true
-export PQCAD_FMNIST_DIR=/tmp/fmnist PYTHONUNBUFFERED=1
+export PQCAD_FMNIST_DIR=${PQCAD_FMNIST_DIR:-/tmp/fmnist} PYTHONUNBUFFERED=1
 P=runs/pg
 mkdir -p $P
 SUBJECTS=(Bag:red:0 Sneaker:blue:0)
