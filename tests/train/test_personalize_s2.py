@@ -125,3 +125,28 @@ def test_s2_refusals(t2i, s2, personalize, tmp_path, capsys):
     torch.save({**obj, "meta": json.dumps({**meta, "interval_weights": "yes"})}, bad)
     with pytest.raises(CheckpointError, match="interval_weights"):
         load_student(bad)
+
+
+def test_patch_on_a_timestep_aware_base_manifest(t2i, s2, personalize, tmp_path, capsys):
+    """A manifest as --onnx: a one-set patch patches every interval's file; an S2 patch must share its intervals."""
+    from pqcad_deploy.train.cli import main as train_main
+
+    student = tmp_path / "k3.pt"
+    argv = ["ptq", "--teacher", str(t2i["teacher"]), "--out", str(student), *t2i["calib"], "--intervals", "3",
+            "--text-encoder", str(t2i["bert"]), "--device", "cpu"]  # fmt: skip
+    assert train_main(argv) == 0
+    assert export_main(["--checkpoint", str(student), "--onnx", str(tmp_path / "k3.onnx")]) == 0
+    peqa = tmp_path / "peqa.safetensors"
+    assert personalize(peqa, "--prior-weight", "0", model=student) == 0
+    out = tmp_path / "p.onnx"
+    assert (
+        patch_main(["--onnx", str(tmp_path / "k3.manifest.json"), "--patch", str(peqa), "--out", str(out)])
+        == 0
+    )
+    schedule, files, _ = read_manifest(tmp_path / "p.manifest.json")
+    assert schedule.k == 3 and len(files) == 3
+    never = tmp_path / "never.onnx"
+    argv = ["--onnx", str(tmp_path / "k3.manifest.json"), "--patch", str(s2["patch"]), "--out", str(never)]
+    assert patch_main(argv) == 2
+    assert "intervals start at" in capsys.readouterr().err
+    assert not list(tmp_path.glob("never*"))
