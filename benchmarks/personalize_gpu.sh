@@ -3,7 +3,7 @@
 # in background processes, one per subject and base model. Stages:
 #   setup            unpack the W8A8 / W4A8 students from their quantizer state (benchmarks/student_state.py) and
 #                    the prompt embedding cache, both carried in .devdata*/ (run benchmarks/t2i_gpu.sh setup first)
-#   table [ARGS...]  per subject: the FP rows (base-fp, fp) and, per student, base-student, peqa, s1, s2k2, s2k4;
+#   table [ARGS...]  per subject: the FP rows (base-fp, fp) and, per student, base-student, peqa, s1, s2k2, s2k4, mcsu;
 #                    ARGS go to every process (e.g. --steps 400 --n 32 --noise-seeds 0 1 --fd-n 500)
 #   wait SECONDS     wait (at most SECONDS) for every process; prints each finished row
 #   collect          merge the tables and copy JSON, logs and grids to $OUT
@@ -39,7 +39,7 @@ case "$stage" in
       launch "fp_$tag" --subjects "$subj" --rows base-fp fp --embeddings $P/pers_prompts.safetensors "$@"
       for st in $P/w*a8.safetensors; do
         b=$(basename "$st" .safetensors)
-        launch "${b}_$tag" --subjects "$subj" --student "$st" --label "$b" --rows base-student peqa s1 s2k2 s2k4 \
+        launch "${b}_$tag" --subjects "$subj" --student "$st" --label "$b" --rows base-student peqa s1 s2k2 s2k4 mcsu \
           --embeddings $P/pers_prompts.safetensors "$@"
       done
     done

@@ -2,8 +2,9 @@
 
 Each subject is one test-set garment written by ``pqcad-train subject`` (``--subjects Class:colour:index``). Every
 method personalizes a fresh copy of its base with the same steps, prompts and seed: ``fp`` the FP teacher,
-``peqa`` / ``s1`` / ``s2k2`` / ``s2k4`` the quantized student (``--student``, made by ``pqcad-train ptq``; S2 with
-2 or 4 scale sets); ``base-fp`` / ``base-student`` are the models before personalization. All rows are scored on
+``peqa`` / ``s1`` / ``s2k2`` / ``s2k4`` / ``mcsu`` the quantized student (``--student``, made by ``pqcad-train ptq``;
+S2 with 2 or 4 scale sets; MCSU scored as trained, ``mcsu-exact``, and as deployed, its input-channel scales folded
+into new codes, ``mcsu``); ``base-fp`` / ``base-student`` are the models before personalization. All rows are scored on
 images from the same noise, for every ``--noise-seeds`` (the table gives the mean and the spread):
 - subject fidelity: mean cosine similarity between images of the instance prompt and the subject's reference images
   in the shipped classifier's feature space (the testbed's stand-in for DINO / CLIP-I);
@@ -41,13 +42,14 @@ from pqcad_deploy.loading import open_model
 from pqcad_deploy.metrics import fd_between
 from pqcad_deploy.patch import student_patch
 from pqcad_deploy.prompt_metrics import class_accuracy, colour_accuracy, subject_fidelity
+from pqcad_deploy.quant.scale_tuning import codes_changed, frozen_codes, materialize
 from pqcad_deploy.timing import environment_info
-from pqcad_deploy.train.personalize import SAMPLE_STEPS, PersonalizeConfig, personalize
+from pqcad_deploy.train.personalize import PATCH_METHODS, SAMPLE_STEPS, PersonalizeConfig, personalize
 from pqcad_deploy.train.personalize_data import load_subject, write_default_subject
 
 log = logging.getLogger("personalize_table")
 RESULTS = Path(__file__).resolve().parent / "results"
-ROWS = ("base-fp", "fp", "base-student", "peqa", "s1", "s2k2", "s2k4")
+ROWS = ("base-fp", "fp", "base-student", "peqa", "s1", "s2k2", "s2k4", "mcsu")
 METRICS = ("subject_fidelity", "subject_fidelity_coloured", "colour_accuracy", "class_accuracy", "class_fd")
 
 
@@ -153,22 +155,33 @@ def run(a: argparse.Namespace, dev: torch.device) -> list[dict[str, Any]]:
             model = copy.deepcopy(base.model).to(dev)
             rec: dict[str, Any] = {"subject": subj, "row": row, "student": None if base is teacher else label}
             if not row.startswith("base"):
-                train = personalize(model, spec, refs, prompts, cfg, dev, progress=False)
+                train = personalize(
+                    model, spec, refs, prompts, cfg, dev, progress=False, keep_frozen=row == "mcsu"
+                )
                 rec.update({k: train[k] for k in ("trainable_parameters", "seconds", "peak_gpu_memory_mb")})
-                if cfg.method != "fp":
+                if cfg.method in PATCH_METHODS:
                     with tempfile.TemporaryDirectory() as d:
                         path = student_patch(model, {"method": row}).save(Path(d) / "p.safetensors")
                         rec["patch_kb"] = round(
                             (path.stat().st_size + path.with_suffix(".json").stat().st_size) / 1024, 1
                         )
-            scores = [
-                score(model, spec, prompts, cfg, refs, CLASSES.index(name), a, s, dev) for s in a.noise_seeds
-            ]
-            save_grid(scores[0]["grid"], grids / f"{name.lower()}_{rec['student'] or 'fp'}_{row}.png", nrow=4)
-            rec.update(summarize([{k: v for k, v in s.items() if k != "grid"} for s in scores]))
-            rows.append(rec)
-            log.info("%s %s %s: %s", subj, rec["student"], row,
-                     {k: rec[k] for k in METRICS if k in rec})  # fmt: skip
+            todo = [(rec, model)]
+            if row == "mcsu":  # scored as trained (exact), then as deployed: folded into new codes
+                codes = {n: c.clone() for n, c in frozen_codes(model).items()}
+                deployed = copy.deepcopy(model)
+                materialize(deployed)
+                todo = [({**rec, "row": "mcsu-exact"}, model),
+                        ({**rec, "codes_changed": codes_changed(deployed, codes)}, deployed)]  # fmt: skip
+            for r, m in todo:
+                scores = [
+                    score(m, spec, prompts, cfg, refs, CLASSES.index(name), a, s, dev) for s in a.noise_seeds
+                ]
+                grid = grids / f"{name.lower()}_{r['student'] or 'fp'}_{r['row']}.png"
+                save_grid(scores[0]["grid"], grid, nrow=4)
+                r.update(summarize([{k: v for k, v in s.items() if k != "grid"} for s in scores]))
+                rows.append(r)
+                log.info("%s %s %s: %s", subj, r["student"], r["row"],
+                         {k: r[k] for k in (*METRICS, "codes_changed") if k in r})  # fmt: skip
             atomic_json_save({"environment": environment_info(), "args": {k: str(v) for k, v in vars(a).items()},
                               "rows": rows}, out)  # fmt: skip
     print(f"JSON: {out}")

@@ -9,6 +9,10 @@ Methods (the quantized-personalization paper, arXiv 2401.04339, and its baseline
   sampler's steps, or the student's own intervals), each trained on its interval's timesteps and selected by
   timestep when sampling (the paper's S2); ``pqcad-patch`` turns the patch into one graph per interval and their
   interval manifest;
+- ``mcsu``: PEQA plus a trainable scale per input channel (the paper's MCSU). QDQ weight scales are per output
+  channel only (TensorRT and ONNX Runtime alike), so the input-channel scales cannot be a patch: they are folded
+  into the weights, which the export rounds to new integer codes; ``--out`` is the personalized student, and the
+  training record says what fraction of the codes changed;
 - ``fp``: full fine-tuning of the FP teacher (the FP DreamBooth baseline); ``--out`` is a model file.
 The subject is bound to the instance prompt (default "a photo of a sks <class>"); with ``--prior-weight`` > 0 the
 model first generates ``--prior-images`` images of the class prompt and keeps fitting them (prior preservation).
@@ -56,7 +60,13 @@ from pqcad_deploy.quant.intervals import (
     add_weight_sets,
     get_intervals,
 )
-from pqcad_deploy.quant.scale_tuning import freeze_codes, materialize
+from pqcad_deploy.quant.scale_tuning import (
+    codes_changed,
+    freeze_codes,
+    materialize,
+    weight_codes,
+    weight_layers,
+)
 from pqcad_deploy.sampling import make_scheduler
 from pqcad_deploy.student import save_student
 from pqcad_deploy.zoo import ModelSpec, save_weights
@@ -66,12 +76,14 @@ from .personalize_data import augment, load_subject, write_default_subject
 
 log = logging.getLogger(__name__)
 
-METHODS = ("peqa", "s1", "s2", "fp")
-SCALE_METHODS = ("peqa", "s1", "s2")
+METHODS = ("peqa", "s1", "s2", "mcsu", "fp")
+SCALE_METHODS = ("peqa", "s1", "s2", "mcsu")  # codes frozen, scales trained
+PATCH_METHODS = ("peqa", "s1", "s2")  # ... and the result is a patch of scales
 DEFAULT_LR = {
     "peqa": 1e-3,
     "s1": 1e-3,
     "s2": 1e-3,
+    "mcsu": 1e-3,
     "fp": 1e-5,
 }  # scales: relative change per step (log space)
 SAMPLE_STEPS = 50
@@ -169,9 +181,11 @@ def personalize(
     device: torch.device,
     progress: bool = True,
     sampler_steps: int = SAMPLE_STEPS,
+    keep_frozen: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune ``model`` in place on ``subject`` (scale-only for peqa/s1/s2, materialized at the end); returns
-    the training record (loss curve, trainable parameters, time, peak memory)."""
+    """Fine-tune ``model`` in place on ``subject`` (scale-only for peqa/s1/s2/mcsu, materialized at the end unless
+    ``keep_frozen``: then :func:`quant.scale_tuning.materialize` is the caller's); returns the training record
+    (loss curve, trainable parameters, time, peak memory)."""
     model = model.to(device)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     sched = make_scheduler("ddpm", **spec.scheduler)
@@ -200,7 +214,14 @@ def personalize(
                                         progress=False)  # fmt: skip
         prior = (imgs.to(device), prompts.states([cfg.class_prompt]).to(device))
     scale_only = cfg.method in SCALE_METHODS
-    params = freeze_codes(model) if scale_only else [p for p in model.parameters()]
+    params = (
+        freeze_codes(model, input_scales=cfg.method == "mcsu") if scale_only else list(model.parameters())
+    )
+    codes = (
+        {n: weight_codes(m).clone() for n, m in weight_layers(model).items()}
+        if cfg.method == "mcsu"
+        else None
+    )
     for p in params:
         p.requires_grad_(True)
     # Scales train in log space (a step changes a scale by a fraction of itself, whatever its size, and it stays
@@ -252,11 +273,15 @@ def personalize(
             curve.append([step, round(loss.item(), 6)])
             bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval()
-    if scale_only:
-        materialize(model)
-    for p in model.parameters():
+    for p in params:
         p.requires_grad_(False)
+    extra = {}
+    if scale_only and not keep_frozen:
+        materialize(model)
+        if codes is not None:  # MCSU: the input-channel scales live on in new codes
+            extra["codes_changed"] = round(codes_changed(model, codes), 6)
     return {
+        **extra,
         "config": asdict(cfg),
         "intervals": intervals.to_dict() if intervals is not None else None,
         "sampler_steps": sampler_steps,
@@ -293,10 +318,12 @@ def run(args: argparse.Namespace) -> None:
             "--method fp fine-tunes an FP model; give the FP teacher, or --method peqa for a student."
         )
     if args.out.suffix != ".safetensors":
-        what = "a scale patch" if scale_only else "the personalized FP model"
+        what = "a scale patch" if args.method in PATCH_METHODS else "the personalized model"
         raise UsageError(f"--out {args.out}: {what} is written as .safetensors (with a .json sidecar).")
     out = check_output_path(args.out, [args.model])
     if args.save_student:
+        if args.method not in PATCH_METHODS:
+            raise UsageError(f"--save-student: --method {args.method} writes the model itself to --out.")
         check_output_path(args.save_student, [args.model], "--save-student", outputs=[out])
     device = resolve_device(args.device)
     ts = None
@@ -323,13 +350,17 @@ def run(args: argparse.Namespace) -> None:
     record = personalize(bundle.model, spec, subject, prompts, cfg, device, progress=not args.no_progress,
                          sampler_steps=steps)  # fmt: skip
     record.update(subject=str(args.images), subject_images=len(subject), base=str(bundle.source))
-    if scale_only:
+    meta = {**bundle.meta, "history": [*bundle.meta.get("history", []), {"personalize": record}]}
+    if cfg.method in PATCH_METHODS:
         patch = student_patch(bundle.model, {"method": cfg.method, "training": record})  # checks the scales
         if args.save_student:
-            meta = {**bundle.meta, "history": [*bundle.meta.get("history", []), {"personalize": record}]}
             save_student(args.save_student, bundle.model, spec, meta=meta)
         patch.save(out)
         log.info("wrote patch %s: %d scale values (%d layers)", out, patch.num_parameters, len(patch.scales))
+    elif scale_only:
+        save_student(out, bundle.model, spec, meta=meta)
+        log.info("wrote student %s; folding the input-channel scales changed %.2f %% of the integer codes", out,
+                 100 * record["codes_changed"])  # fmt: skip
     else:
         save_weights(bundle.model, spec, out, extra={"personalize": record})
     grid = showcase(bundle.model, spec, prompts, cfg, device, out.with_name(out.stem + "_grid.png"))
@@ -363,7 +394,9 @@ def register(sub: Any) -> None:
         sub, "personalize", "DreamBooth-style personalization: scale patch (peqa/s1) or FP model", __doc__
     )
     p.add_argument(
-        "--model", required=True, help="quantized student (peqa, s1, s2) or FP teacher (fp): file or zoo name"
+        "--model",
+        required=True,
+        help="quantized student (peqa, s1, s2, mcsu) or FP teacher (fp): file or zoo name",
     )
     p.add_argument("--images", type=Path, required=True, help="folder of 3-5 images of the subject")
     p.add_argument(

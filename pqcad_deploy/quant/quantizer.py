@@ -158,7 +158,9 @@ class TensorQuantizer(nn.Module):
                 raise QuantizerStateError(
                     "a weight quantizer still holds frozen codes; call quant.scale_tuning.materialize() first."
                 )
-            return codes * self.channel_scale(codes.dim())
+            w = codes * self.channel_scale(codes.dim())
+            ins = self._buffers.get("in_scale")  # MCSU: a scale per input channel too
+            return w if ins is None else w * ins.reshape(1, -1, *([1] * (codes.dim() - 2)))
         if self._export_scale is not None:
             return self._export_forward(x, self._export_scale.to(x.device), qmin, qmax)
         learn = self.training and self.amax.requires_grad and torch.is_grad_enabled()
