@@ -211,10 +211,8 @@ def apply_to_student(model: torch.nn.Module, patch: ScalePatch, source: str = "p
         if own is None:
             add_intervals(model, patch.intervals)
         add_weight_sets(model)
-        for (
-            k,
-            m,
-        ) in layers.items():  # the weight becomes codes x the base scale; each interval gets its scales
+        # the weight becomes codes x the base scale; each interval gets its scales
+        for k, m in layers.items():
             q = m.weight_quantizer
             m.weight.copy_((codes[k] * q.channel_scale(codes[k].dim())).to(m.weight.dtype))
             q.interval_amax.copy_(patch.amax[k].to(q.interval_amax))

@@ -237,7 +237,7 @@ def load_student(
         raise CheckpointError(f"{source}: {e}") from e
     schedule = _read_intervals(meta, source)
     weight_sets = meta.get("interval_weights", False)
-    if weight_sets not in (True, False) or (weight_sets and schedule is None):
+    if not isinstance(weight_sets, bool) or (weight_sets and schedule is None):
         raise CheckpointError(f"{source}: metadata 'interval_weights' must be true or false, and true only with "
                               "'intervals'.")  # fmt: skip
     probe = _with_intervals(quantize_model(probe, qcfg), schedule, weight_sets)

@@ -79,13 +79,8 @@ log = logging.getLogger(__name__)
 METHODS = ("peqa", "s1", "s2", "mcsu", "fp")
 SCALE_METHODS = ("peqa", "s1", "s2", "mcsu")  # codes frozen, scales trained
 PATCH_METHODS = ("peqa", "s1", "s2")  # ... and the result is a patch of scales
-DEFAULT_LR = {
-    "peqa": 1e-3,
-    "s1": 1e-3,
-    "s2": 1e-3,
-    "mcsu": 1e-3,
-    "fp": 1e-5,
-}  # scales: relative change per step (log space)
+# scales: a relative change per step (they train in log space); fp: the weights themselves
+DEFAULT_LR = {"peqa": 1e-3, "s1": 1e-3, "s2": 1e-3, "mcsu": 1e-3, "fp": 1e-5}
 SAMPLE_STEPS = 50
 
 

@@ -4,8 +4,9 @@ A model personalized this way is its base engine with other scale initializers (
 so the INT8 codes a user has already deployed stay byte-identical. :func:`freeze_codes` stores every weight
 quantizer's codes exactly as the fake-quant forward and the exporter round them (``rint(w * (1/s))``, clamped) and
 turns that quantizer's forward into ``codes x scale``: the per-output-channel step sizes (``amax``, or with weight
-scale sets, S2, the K sets ``interval_amax``) are the only trainable tensors. :func:`materialize` writes ``codes x scale`` back into the float weights, after which the model
-is an ordinary student whose export rounds back to the same codes.
+scale sets, S2, the K sets ``interval_amax``) are the only trainable tensors. :func:`materialize` writes
+``codes x scale`` back into the float weights, after which the model is an ordinary student whose export rounds
+back to the same codes (MCSU's per-input-channel scales are the exception: they fold into new codes).
 """
 
 from __future__ import annotations
