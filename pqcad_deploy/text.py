@@ -284,18 +284,18 @@ def build_embedding_cache(
     path: str | Path | None = None,
     captions: Sequence[str] | None = None,
     batch_size: int = 256,
+    prompts_only: bool = False,
 ) -> EmbeddingCache:
-    """Embed every caption (default: the whole caption table, empty prompt first; other captions make a
-    prompts-only cache) and save it if ``path``."""
-    table = caption_index().captions
-    captions = tuple(table if captions is None else captions)
+    """Embed every caption (default: the whole caption table, empty prompt first) and save it if ``path``;
+    ``prompts_only``: ``captions`` are a run's own prompts, not a caption table (looked up by text only)."""
+    captions = tuple(caption_index().captions if captions is None else captions)
     states, masks = [], []
     for i in tqdm(range(0, len(captions), batch_size), desc="embedding captions", unit="batch"):
         chunk = list(captions[i : i + batch_size])
         masks.append(encoder.tokenize(chunk)["attention_mask"])
         states.append(encoder.encode(chunk).to("cpu", torch.float16))
     cache = EmbeddingCache(torch.cat(states), torch.cat(masks), captions, encoder.fingerprint, encoder.max_length,
-                           prompts_only=captions != table)  # fmt: skip
+                           prompts_only=prompts_only)  # fmt: skip
     if path is not None:
         save_embedding_cache(cache, path)
     return cache
@@ -375,6 +375,8 @@ def load_embedding_cache(
             f"encoder is {fingerprint[:12]}); {rebuild} using this encoder."
         )
     prompts_only = meta.get("kind") == "prompts"
+    if prompts_only and captions is not None:
+        raise TextEncoderError(f"{path} is a cache of a run's prompts, not a caption table; {rebuild}.")
     if not prompts_only:
         _check_captions(
             tuple(meta["captions"]), caption_index().captions if captions is None else tuple(captions), path
@@ -481,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(f"--prompts {a.prompts}: cannot read it ({e}).") from None
             captions = list(dict.fromkeys([EMPTY_PROMPT, *(ln.strip() for ln in lines if ln.strip())]))
         encoder = load_text_encoder(a.text_encoder, resolve_device(a.device), a.max_length)
-        build_embedding_cache(encoder, a.out, captions=captions, batch_size=a.batch_size)
+        build_embedding_cache(encoder, a.out, captions, a.batch_size, prompts_only=captions is not None)
 
     return run_cli(p.prog, run, args)
 

@@ -103,6 +103,23 @@ def test_cache_from_another_encoder_or_caption_table_is_refused(tiny, tmp_path):
         load_embedding_cache(path)  # the default table has 2,465 captions
 
 
+def test_prompts_only_cache_is_looked_up_by_text_and_is_no_caption_table(tiny, tiny_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a sks bag\n\na photo of a bag\n")
+    path = tmp_path / "p.safetensors"
+    assert (
+        main([str(path), "--prompts", str(prompts), "--text-encoder", str(tiny_dir), "--max-length", "12"])
+        == 0
+    )
+    cache = load_embedding_cache(path)  # no caption-table check: its captions are a run's prompts
+    assert cache.prompts_only and cache.captions == ("", "a photo of a sks bag", "a photo of a bag")
+    assert "a photo of a bag" in cache and "a red sneaker" not in cache
+    torch.testing.assert_close(cache.lookup(["a photo of a bag"]).float(), tiny.encode(["a photo of a bag"]),
+                               atol=2e-3, rtol=2e-3)  # fmt: skip
+    with pytest.raises(TextEncoderError, match="not a caption table"):
+        load_embedding_cache(path, captions=cache.captions)
+
+
 def test_damaged_or_missing_cache_is_refused_with_the_rebuild_command(tiny, tmp_path):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     build_embedding_cache(tiny, a, captions=FEW)
