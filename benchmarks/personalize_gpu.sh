@@ -3,8 +3,9 @@
 # in background processes, one per subject and base model. Stages:
 #   setup            unpack the W8A8 / W4A8 students from their quantizer state (benchmarks/student_state.py) and
 #                    the prompt embedding cache, both carried in .devdata*/ (run benchmarks/t2i_gpu.sh setup first)
-#   table [ARGS...]  per subject: the FP rows (base-fp, fp) and, per student, base-student, peqa, s1, s2k2, s2k4, mcsu;
-#                    ARGS go to every process (e.g. --steps 400 --n 32 --noise-seeds 0 1 --fd-n 500)
+#   table [ARGS...]  per subject: the FP rows (base-fp, fp) and, per student, base-student, peqa, s1, s2k2, s2k4, mcsu
+#                    (FP_ROWS / STUDENT_ROWS choose others; FP_ROWS= skips the FP process); ARGS go to every process
+#                    (2026-12-06: --steps 300 --n 32 --noise-seeds 0 1 --fd-n 256, ~2.5 min per row, six processes)
 #   wait SECONDS     wait (at most SECONDS) for every process; prints each finished row
 #   collect          merge the tables and copy JSON, logs and grids to $OUT
 # Made on the CPU first (the GPU has no text encoder):
@@ -20,6 +21,8 @@ export PQCAD_FMNIST_DIR=${PQCAD_FMNIST_DIR:-/tmp/fmnist} PYTHONUNBUFFERED=1
 P=runs/pg
 mkdir -p $P
 SUBJECTS=(Bag:red:0 Sneaker:blue:0)
+FP_ROWS="${FP_ROWS-base-fp fp}"  # e.g. FP_ROWS= STUDENT_ROWS="s2k2 s2k4 mcsu": only the rows a run left
+STUDENT_ROWS="${STUDENT_ROWS:-base-student peqa s1 s2k2 s2k4 mcsu}"
 launch() {  # NAME ARGS...
   name="$1"; shift
   setsid nohup python3 benchmarks/personalize_table.py "$@" --out "$P/$name.json" > "$P/$name.log" 2>&1 < /dev/null &
@@ -36,10 +39,10 @@ case "$stage" in
   table)
     for subj in "${SUBJECTS[@]}"; do
       tag=$(echo "${subj%%:*}" | tr 'A-Z' 'a-z')
-      launch "fp_$tag" --subjects "$subj" --rows base-fp fp --embeddings $P/pers_prompts.safetensors "$@"
+      [ -n "$FP_ROWS" ] && launch "fp_$tag" --subjects "$subj" --rows $FP_ROWS --embeddings $P/pers_prompts.safetensors "$@"
       for st in $P/w*a8.safetensors; do
         b=$(basename "$st" .safetensors)
-        launch "${b}_$tag" --subjects "$subj" --student "$st" --label "$b" --rows base-student peqa s1 s2k2 s2k4 mcsu \
+        launch "${b}_$tag" --subjects "$subj" --student "$st" --label "$b" --rows $STUDENT_ROWS \
           --embeddings $P/pers_prompts.safetensors "$@"
       done
     done
