@@ -167,7 +167,7 @@ def run(a: argparse.Namespace, dev: torch.device) -> list[dict[str, Any]]:
                         )
             todo = [(rec, model)]
             if row == "mcsu":  # scored as trained (exact), then as deployed: folded into new codes
-                codes = {n: c.clone() for n, c in frozen_codes(model).items()}
+                codes = frozen_codes(model)
                 deployed = copy.deepcopy(model)
                 materialize(deployed)
                 todo = [({**rec, "row": "mcsu-exact"}, model),

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-from pqcad_deploy.io import PAIR_KEY, load_safetensors, read_json_sidecar, save_safetensors_pair
+from pqcad_deploy.io import PAIR_KEY, check_pair, load_safetensors, read_json_sidecar, save_safetensors_pair
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.student import load_student
 
@@ -60,8 +59,10 @@ def pack(student: Path, teacher: str, out: Path) -> None:
 
 
 def unpack(state_path: Path, teacher: str, out: Path) -> None:
-    state, _ = load_safetensors(state_path, "student state")
-    side = json.loads(state_path.with_suffix(".json").read_text())
+    state, header = load_safetensors(state_path, "student state")
+    side_path = state_path.with_suffix(".json")
+    side = read_json_sidecar(side_path, str(state_path), "the packed student's metadata")
+    check_pair(state_path, header, side_path, side)
     if side.get("format") != STATE_FORMAT:
         raise SystemExit(f"{state_path} is not a {STATE_FORMAT} file.")
     tensors = {**teacher_tensors(teacher), **state}

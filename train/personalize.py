@@ -60,13 +60,7 @@ from pqcad_deploy.quant.intervals import (
     add_weight_sets,
     get_intervals,
 )
-from pqcad_deploy.quant.scale_tuning import (
-    codes_changed,
-    freeze_codes,
-    materialize,
-    weight_codes,
-    weight_layers,
-)
+from pqcad_deploy.quant.scale_tuning import codes_changed, freeze_codes, frozen_codes, materialize
 from pqcad_deploy.sampling import make_scheduler
 from pqcad_deploy.student import save_student
 from pqcad_deploy.zoo import ModelSpec, save_weights
@@ -212,11 +206,7 @@ def personalize(
     params = (
         freeze_codes(model, input_scales=cfg.method == "mcsu") if scale_only else list(model.parameters())
     )
-    codes = (
-        {n: weight_codes(m).clone() for n, m in weight_layers(model).items()}
-        if cfg.method == "mcsu"
-        else None
-    )
+    codes = frozen_codes(model) if cfg.method == "mcsu" else None  # kept: materialize() drops the buffers
     for p in params:
         p.requires_grad_(True)
     # Scales train in log space (a step changes a scale by a fraction of itself, whatever its size, and it stays
