@@ -11,7 +11,7 @@
 #                     fewer processes (three and two: six processes did not finish more rows per minute)
 #   uncond-last [ARGS...]
 #                     the K and tau sweep rows that uncond-rest (second session) left: K = 2 / 8, tau 0.05 / 0.2
-#                     (W8A8), in one process beside the personalization table (benchmarks/personalize_gpu.sh)
+#                     (W8A8), in two processes beside the personalization table (benchmarks/personalize_gpu.sh)
 #   t2i [ARGS...]     the text-to-image teacher, 2k seen + 1k held-out-template prompts x seeds 0/1, W8A8 and W4A8
 #                     (needs the caption embeddings: benchmarks/t2i_gpu.sh setup unpacks them); ARGS go to every
 #                     process (a smoke run: --n 8 --trajectories 2 --steps 4 --batch-size 8 --method maxabs)
@@ -61,7 +61,8 @@ case "$stage" in
   uncond-last)
     assets
     fp u "${U[@]}" "$@"
-    launch u_w8k "${U[@]}" --bits w8a8 --rows k2 k8 k4p+r0.05 k4p+r0.2 "$@"
+    launch u_w8k "${U[@]}" --bits w8a8 --rows k2 k4p+r0.05 "$@"
+    launch u_w8l "${U[@]}" --bits w8a8 --rows k8 k4p+r0.2 "$@"
     ;;
   t2i-rest)
     fp t "${T[@]}" "$@"
