@@ -24,15 +24,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from pqcad_deploy.captions import EMPTY_PROMPT, PALETTE
 from pqcad_deploy.cli.common import (
@@ -53,65 +49,33 @@ from pqcad_deploy.errors import UsageError
 from pqcad_deploy.images import save_grid
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.patch import student_patch
-from pqcad_deploy.quant.intervals import (
-    IntervalError,
-    IntervalSchedule,
-    add_intervals,
-    add_weight_sets,
-    get_intervals,
-)
-from pqcad_deploy.quant.scale_tuning import codes_changed, freeze_codes, frozen_codes, materialize
-from pqcad_deploy.sampling import make_scheduler
 from pqcad_deploy.student import save_student
 from pqcad_deploy.zoo import ModelSpec, save_weights
 
-from .checkpointing import TrainingDiverged
-from .personalize_data import augment, load_subject, write_default_subject
+from .finetune import METHODS, PATCH_METHODS, SAMPLE_STEPS, SCALE_METHODS, PromptedImages, TuneConfig, tune
+from .personalize_data import load_subject, write_default_subject
 
 log = logging.getLogger(__name__)
 
-METHODS = ("peqa", "s1", "s2", "mcsu", "fp")
-SCALE_METHODS = ("peqa", "s1", "s2", "mcsu")  # codes frozen, scales trained
-PATCH_METHODS = ("peqa", "s1", "s2")  # ... and the result is a patch of scales
-# scales: a relative change per step (they train in log space); fp: the weights themselves
-DEFAULT_LR = {"peqa": 1e-3, "s1": 1e-3, "s2": 1e-3, "mcsu": 1e-3, "fp": 1e-5}
-SAMPLE_STEPS = 50
-
 
 @dataclass
-class PersonalizeConfig:
-    method: str = "peqa"
+class PersonalizeConfig(TuneConfig):
     token: str = "sks"
     class_word: str = "bag"
     instance_prompt: str | None = None  # default: "a photo of a {token} {class_word}"
     class_prompt: str | None = None  # default: "a photo of a {class_word}"
-    steps: int = 400
-    lr: float | None = None  # default: DEFAULT_LR[method]
-    batch_size: int = 4
     prior_weight: float = 1.0
     prior_images: int = 16
-    # [lo, hi) drawn in training; None: the whole range (s1 needs one)
-    timesteps: tuple[int, int] | None = None
     guidance_scale: float = 3.0
-    seed: int = 0
-    intervals: int | None = None  # s2: scale sets (default 2, or the student's own intervals)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
-        if self.intervals is not None and (self.method != "s2" or self.intervals < 2):
-            raise UsageError(
-                "--intervals K (K >= 2) sets the scale sets of --method s2; the other methods train one."
-            )
-        if self.method == "s1" and self.timesteps is None:
-            raise UsageError("s1 trains on selected timesteps only: give --timesteps LO:HI (e.g. 0:500).")
+        super().__post_init__()
         self.instance_prompt = self.instance_prompt or f"a photo of a {self.token} {self.class_word}"
         self.class_prompt = self.class_prompt or f"a photo of a {self.class_word}"
         if self.token not in self.instance_prompt.split():
             raise UsageError(
                 f"the instance prompt {self.instance_prompt!r} does not contain the token {self.token!r}."
             )
-        self.lr = self.lr or DEFAULT_LR[self.method]
 
     def coloured_prompts(self, n_colours: int | None = None) -> list[str]:
         """The subject in the palette's colours (the first ``n_colours``): prompt fidelity's prompts."""
@@ -138,27 +102,22 @@ def warn_split_token(prompts: PromptEncoder, token: str) -> None:
                     token, len(pieces), " ".join(pieces))  # fmt: skip
 
 
-def install_scale_sets(
-    model: torch.nn.Module, spec: ModelSpec, k: int | None, sampler_steps: int
-) -> IntervalSchedule:
-    """S2: K weight scale sets on ``model``, over the student's own intervals or K equal shares of the sampler's
-    ``sampler_steps`` DDIM steps."""
-    own = get_intervals(model)
-    if own is None:
-        ddim = make_scheduler("ddim", **spec.scheduler)
-        ddim.set_timesteps(sampler_steps)
-        n_train = int(spec.scheduler.get("num_train_timesteps", 1000))
-        try:
-            own = IntervalSchedule.equal_steps([int(t) for t in ddim.timesteps], k or 2, n_train)
-        except IntervalError as e:
-            raise UsageError(f"--intervals {k}: {e}") from None
-        add_intervals(model, own)
-    elif k is not None and k != own.k:
-        raise UsageError(
-            f"the student already holds {own.k} timestep intervals; drop --intervals or give {own.k}."
-        )
-    add_weight_sets(model)
-    return own
+def model_samples(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    texts: list[str],
+    prompts: PromptEncoder,
+    guidance_scale: float,
+    seed: int,
+    device: torch.device,
+    weight: float,
+) -> PromptedImages:
+    """The model's own images of ``texts`` as a training set (prior preservation: what it knew stays fitted)."""
+    model.eval()
+    with torch.no_grad():
+        imgs = generate_for_prompts(TorchDenoiser(model.to(device)), spec, texts, prompts, SAMPLE_STEPS,
+                                    guidance_scale, seed=seed, device=device, progress=False)  # fmt: skip
+    return PromptedImages(imgs, list(texts), weight)
 
 
 def personalize(
@@ -172,110 +131,13 @@ def personalize(
     sampler_steps: int = SAMPLE_STEPS,
     keep_frozen: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune ``model`` in place on ``subject`` (scale-only for peqa/s1/s2/mcsu, materialized at the end unless
-    ``keep_frozen``: then :func:`quant.scale_tuning.materialize` is the caller's); returns the training record
-    (loss curve, trainable parameters, time, peak memory)."""
-    model = model.to(device)
-    g = torch.Generator(device=device).manual_seed(cfg.seed)
-    sched = make_scheduler("ddpm", **spec.scheduler)
-    n_t = sched.config.num_train_timesteps
-    lo, hi = cfg.timesteps or (0, n_t)
-    if not 0 <= lo < hi <= n_t:
-        raise UsageError(f"--timesteps {lo}:{hi} must satisfy 0 <= LO < HI <= {n_t}.")
-    intervals = install_scale_sets(model, spec, cfg.intervals, sampler_steps) if cfg.method == "s2" else None
-    # the timesteps each scale set trains on: its interval's, within [lo, hi)
-    ranges = [(lo, hi)] if intervals is None else [intervals.timestep_range(k) for k in range(intervals.k)]
-    ranges = [(max(a, lo), min(b, hi)) for a, b in ranges]
-    if any(a >= b for a, b in ranges):
-        raise UsageError(
-            f"--timesteps {lo}:{hi} leaves some of the {len(ranges)} intervals without timesteps."
-        )
-    subject = subject.to(device)
-    inst = prompts.states([cfg.instance_prompt]).to(device)
-    prior = None
-    if (
-        cfg.prior_weight > 0 and cfg.prior_images > 0
-    ):  # the model's own images of the class (prior preservation)
-        model.eval()
-        with torch.no_grad():
-            imgs = generate_for_prompts(TorchDenoiser(model), spec, [cfg.class_prompt] * cfg.prior_images, prompts,
-                                        SAMPLE_STEPS, cfg.guidance_scale, seed=cfg.seed + 1, device=device,
-                                        progress=False)  # fmt: skip
-        prior = (imgs.to(device), prompts.states([cfg.class_prompt]).to(device))
-    scale_only = cfg.method in SCALE_METHODS
-    params = (
-        freeze_codes(model, input_scales=cfg.method == "mcsu") if scale_only else list(model.parameters())
-    )
-    codes = frozen_codes(model) if cfg.method == "mcsu" else None  # kept: materialize() drops the buffers
-    for p in params:
-        p.requires_grad_(True)
-    # Scales train in log space (a step changes a scale by a fraction of itself, whatever its size, and it stays
-    # positive), one tensor per scale set so that a step updates only the set its interval selected; the fp
-    # baseline trains its weights directly.
-    with torch.no_grad():
-        sets = [list(p.unbind(0)) if intervals is not None else [p] for p in params] if scale_only else []
-    logs = [[r.detach().log().clone().requires_grad_(True) for r in rows] for rows in sets]
-    opt = torch.optim.AdamW(
-        [x for xs in logs for x in xs] if scale_only else params, lr=cfg.lr, weight_decay=0.0
-    )
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    model.train()
-
-    def loss_on(x0: torch.Tensor, states: torch.Tensor, k: int) -> torch.Tensor:
-        t = torch.randint(*ranges[k], (x0.shape[0],), device=device, generator=g)
-        noise = torch.randn(x0.shape, device=device, generator=g)
-        cond = states.expand(x0.shape[0], *states.shape[1:])
-        pred = model(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond, return_dict=False)[0]
-        return F.mse_loss(pred.float(), noise)
-
-    curve, t0 = [], time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=f"personalize ({cfg.method})", unit="step", disable=not progress)
-    for step in bar:
-        k = step % len(ranges)  # s2: the intervals in turn, every step one interval (as the sampler calls it)
-        idx = torch.randint(0, len(subject), (cfg.batch_size,), device=device, generator=g)
-        loss = loss_on(augment(subject[idx], g), inst, k)
-        if prior is not None:
-            pidx = torch.randint(0, len(prior[0]), (cfg.batch_size,), device=device, generator=g)
-            loss = loss + cfg.prior_weight * loss_on(prior[0][pidx], prior[1], k)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"non-finite loss at step {step}; nothing was written. Lower --lr.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if scale_only:
-            with torch.no_grad():
-                for p, rows, log_rows in zip(params, sets, logs, strict=True):
-                    grads = p.grad.unbind(0) if intervals is not None else [p.grad]
-                    for j, (r, log_r, gr) in enumerate(zip(rows, log_rows, grads, strict=True)):
-                        log_r.grad = gr * r if j == k else None  # d loss / d log s = d loss / d s * s
-                    p.grad = None
-        opt.step()
-        if scale_only:
-            with torch.no_grad():
-                for rows, log_rows in zip(sets, logs, strict=True):
-                    rows[k].copy_(log_rows[k].exp())
-        if step % 10 == 0 or step == cfg.steps - 1:
-            curve.append([step, round(loss.item(), 6)])
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    extra = {}
-    if scale_only and not keep_frozen:
-        materialize(model)
-        if codes is not None:  # MCSU: the input-channel scales live on in new codes
-            extra["codes_changed"] = round(codes_changed(model, codes), 6)
-    return {
-        **extra,
-        "config": asdict(cfg),
-        "intervals": intervals.to_dict() if intervals is not None else None,
-        "sampler_steps": sampler_steps,
-        "trainable_parameters": sum(p.numel() for p in params),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "loss_curve": curve,
-        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }  # fmt: skip
+    """Fine-tune ``model`` in place on ``subject`` bound to the instance prompt, with prior preservation on the
+    model's own images of the class prompt (:func:`finetune.tune`); returns the training record."""
+    sets = [PromptedImages(subject, [cfg.instance_prompt] * len(subject), 1.0, augmented=True)]
+    if cfg.prior_weight > 0 and cfg.prior_images > 0:
+        sets.append(model_samples(model, spec, [cfg.class_prompt] * cfg.prior_images, prompts,
+                                  cfg.guidance_scale, cfg.seed + 1, device, cfg.prior_weight))  # fmt: skip
+    return tune(model, spec, sets, prompts, cfg, device, progress, sampler_steps, keep_frozen)
 
 
 def showcase(model: torch.nn.Module, spec: ModelSpec, prompts: PromptEncoder, cfg: PersonalizeConfig, device,
@@ -317,9 +179,11 @@ def run(args: argparse.Namespace) -> None:
         if len(parts) != 2 or not all(v.strip().isdigit() for v in parts):
             raise UsageError(f"--timesteps {args.timesteps!r}: write LO:HI, e.g. 0:500.")
         ts = (int(parts[0]), int(parts[1]))
-    cfg = PersonalizeConfig(args.method, args.token, args.class_word, args.instance_prompt, args.class_prompt,
-                            args.steps, args.lr, args.batch_size, args.prior_weight, args.prior_images, ts,
-                            args.guidance_scale, args.seed, args.intervals)  # fmt: skip
+    cfg = PersonalizeConfig(method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                            timesteps=ts, seed=args.seed, intervals=args.intervals, token=args.token,
+                            class_word=args.class_word, instance_prompt=args.instance_prompt,
+                            class_prompt=args.class_prompt, prior_weight=args.prior_weight,
+                            prior_images=args.prior_images, guidance_scale=args.guidance_scale)  # fmt: skip
     prompts = PromptEncoder.open(
         spec, embeddings=args.embeddings, text_encoder=args.text_encoder, device=device
     )
