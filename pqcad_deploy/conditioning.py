@@ -40,6 +40,8 @@ class PromptEncoder:
         if (cache is None) == (encoder is None):
             raise UsageError("give exactly one source of prompt states: an embedding cache or a text encoder")
         self.spec, self.cache, self.encoder = spec, cache, encoder
+        # what calibration trajectories are prompted with (None: the testbed's training captions)
+        self.calibration_prompts: list[str] | None = None
         source = cache if cache is not None else encoder
         check_encoder_matches(
             spec, source.fingerprint, source.max_length, source.hidden_size, _describe(cache, encoder)
@@ -75,11 +77,21 @@ class PromptEncoder:
 
     def calibration_cond_fn(self, seed: int) -> Callable[[int], torch.Tensor]:
         """``cond_fn(batch)`` of training captions of random seen (colour, class) pairs, for calibration sets:
-        the prompts a deployment sees, never the held-out ones the evaluation keeps for generalization. Works from
-        the cache (lookup) and from a live encoder (the captions are encoded)."""
+        the prompts a deployment sees, never the held-out ones the evaluation keeps for generalization; or, when
+        ``calibration_prompts`` is set (``--calib-prompts``), prompts drawn at random from those. Works from the
+        cache (lookup) and from a live encoder (the captions are encoded)."""
+        g = torch.Generator().manual_seed(seed)
+        if self.calibration_prompts:
+            texts = self.calibration_prompts
+
+            def from_list(batch: int) -> torch.Tensor:
+                return self.states(
+                    [texts[i] for i in torch.randint(len(texts), (batch,), generator=g).tolist()]
+                )
+
+            return from_list
         index = caption_index()
         pairs = torch.tensor(TRAIN_PAIRS)
-        g = torch.Generator().manual_seed(seed)
 
         def cond_fn(batch: int) -> torch.Tensor:
             pick = pairs[torch.randint(len(pairs), (batch,), generator=g)]

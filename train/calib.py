@@ -100,8 +100,34 @@ def load_or_collect_calib(
 def open_prompts(spec: ModelSpec, args: argparse.Namespace, device: torch.device) -> PromptEncoder | None:
     """The prompt states a text-to-image teacher calibrates on (None for other models)."""
     if not spec.text_conditioned:
+        if getattr(args, "calib_prompts", None):
+            raise UsageError(f"--calib-prompts: {spec.name} is not a text-to-image model.")
         return None
-    return PromptEncoder.open(spec, args.embeddings, args.text_encoder, device)
+    prompts = PromptEncoder.open(spec, args.embeddings, args.text_encoder, device)
+    if getattr(args, "calib_prompts", None):
+        prompts.calibration_prompts = read_prompt_file(args.calib_prompts)
+        if prompts.cache is not None:
+            missing = [t for t in prompts.calibration_prompts if t not in prompts.cache]
+            if missing:
+                raise UsageError(f"--embeddings {args.embeddings} lacks {len(missing)} of the --calib-prompts "
+                                 f"(e.g. {missing[0]!r}); embed them (python -m pqcad_deploy.text OUT --prompts "
+                                 f"{args.calib_prompts}) or drop --embeddings.")  # fmt: skip
+        log.info("calibrating on %d prompts from %s", len(prompts.calibration_prompts), args.calib_prompts)
+    return prompts
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """Non-empty lines of a prompt file (one prompt per line)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(
+            f"--calib-prompts {path}: cannot read it ({e}); give a text file, one prompt per line."
+        ) from None
+    texts = [" ".join(t.split()) for t in lines if t.strip()]
+    if not texts:
+        raise UsageError(f"--calib-prompts {path} holds no prompt; write one prompt per line.")
+    return texts
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -203,6 +203,13 @@ def add_calib_args(p: argparse.ArgumentParser, *, with_path: bool = True, title:
         "--calib-batch-size", type=batch_int, default=d["batch_size"], help="trajectories sampled at once"
     )
     g.add_argument("--calib-seed", type=seed_int, default=d["seed"], help="noise seed of the trajectories")
+    g.add_argument(
+        "--calib-prompts",
+        type=Path,
+        default=None,
+        help="text-to-image: prompts the trajectories draw from, one per line (e.g. the styled prompts a deployment "
+        "runs); default: the testbed's training captions",
+    )
 
 
 def add_text_args(p: argparse.ArgumentParser, guidance: bool = True) -> None:

@@ -88,3 +88,28 @@ def test_text_model_without_prompts_or_with_another_encoder_is_refused(
     assert main([*base, "--text-encoder", str(other), "--device", "cpu"]) == 2
     assert "not the text encoder" in capsys.readouterr().err
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_calib_prompts_replace_the_training_captions(t2i_teacher, tiny_t2i_cache, tmp_path, capsys):
+    """--calib-prompts FILE: every conditional half of the set is one of the file's prompts; a file with no prompt
+    or with prompts the cache lacks is refused before any work."""
+    cache = load_embedding_cache(tiny_t2i_cache)
+    chosen = ["a red dress", "a photo of a blue sneaker"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(chosen) + "\n\n", encoding="utf-8")
+    out = tmp_path / "calib.safetensors"
+    argv = ["calib", "--teacher", str(t2i_teacher), "--out", str(out), *CALIB, "--device", "cpu"]
+    argv += ["--embeddings", str(tiny_t2i_cache), "--guidance-scale", "3"]
+    assert main([*argv, "--calib-prompts", str(prompts)]) == 0
+    allowed = [cache.lookup([t])[0].float() for t in ["", *chosen]]
+    cs = CalibSet.load(out)
+    assert all(any(torch.equal(c.float(), s) for s in allowed) for c in cs.cond)
+    assert any(torch.equal(c.float(), allowed[1]) or torch.equal(c.float(), allowed[2]) for c in cs.cond)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    unknown = tmp_path / "unknown.txt"
+    unknown.write_text("a dress in zzz style\n", encoding="utf-8")
+    for bad, message in ((empty, "holds no prompt"), (unknown, "lacks 1 of the --calib-prompts")):
+        out2 = tmp_path / f"{bad.stem}.safetensors"
+        assert main([*argv[:4], str(out2), *argv[5:], "--calib-prompts", str(bad)]) == 2
+        assert message in capsys.readouterr().err and not out2.exists()
