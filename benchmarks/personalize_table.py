@@ -44,7 +44,8 @@ from pqcad_deploy.patch import student_patch
 from pqcad_deploy.prompt_metrics import class_accuracy, colour_accuracy, subject_fidelity
 from pqcad_deploy.quant.scale_tuning import codes_changed, frozen_codes, materialize
 from pqcad_deploy.timing import environment_info
-from pqcad_deploy.train.personalize import PATCH_METHODS, SAMPLE_STEPS, PersonalizeConfig, personalize
+from pqcad_deploy.train.finetune import PATCH_METHODS, SAMPLE_STEPS
+from pqcad_deploy.train.personalize import PersonalizeConfig, personalize
 from pqcad_deploy.train.personalize_data import load_subject, write_default_subject
 
 log = logging.getLogger("personalize_table")

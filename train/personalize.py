@@ -31,28 +31,16 @@ from typing import Any
 import torch
 
 from pqcad_deploy.captions import EMPTY_PROMPT, PALETTE
-from pqcad_deploy.cli.common import (
-    add_device,
-    add_subcommand,
-    add_text_args,
-    batch_int,
-    check_output_path,
-    float_range,
-    int_range,
-    positive_float,
-    resolve_device,
-    seed_int,
-)
+from pqcad_deploy.cli.common import add_subcommand, float_range, int_range, resolve_device
 from pqcad_deploy.conditioning import PromptEncoder, generate_for_prompts
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.images import save_grid
 from pqcad_deploy.loading import open_model
-from pqcad_deploy.patch import student_patch
-from pqcad_deploy.student import save_student
-from pqcad_deploy.zoo import ModelSpec, save_weights
+from pqcad_deploy.zoo import ModelSpec
 
-from .finetune import METHODS, PATCH_METHODS, SAMPLE_STEPS, SCALE_METHODS, PromptedImages, TuneConfig, tune
+from .finetune import SAMPLE_STEPS, PromptedImages, TuneConfig, tune
+from .finetune_cli import add_tune_args, check_cache, check_run, parse_timesteps, save_result
 from .personalize_data import load_subject, write_default_subject
 
 log = logging.getLogger(__name__)
@@ -152,66 +140,24 @@ def showcase(model: torch.nn.Module, spec: ModelSpec, prompts: PromptEncoder, cf
 def run(args: argparse.Namespace) -> None:
     bundle = open_model(args.model)
     spec = bundle.spec
-    if not spec.text_conditioned:
-        raise UsageError(
-            f"{args.model} is not text-conditioned; personalization binds a prompt token to a subject."
-        )
-    scale_only = args.method in SCALE_METHODS
-    if scale_only and not bundle.quantized:
-        raise UsageError(f"--method {args.method} tunes the scales of a quantized student; {args.model} is FP. "
-                         "Quantize it first (pqcad-train ptq), or use --method fp for the FP baseline.")  # fmt: skip
-    if args.method == "fp" and bundle.quantized:
-        raise UsageError(
-            "--method fp fine-tunes an FP model; give the FP teacher, or --method peqa for a student."
-        )
-    if args.out.suffix != ".safetensors":
-        what = "a scale patch" if args.method in PATCH_METHODS else "the personalized model"
-        raise UsageError(f"--out {args.out}: {what} is written as .safetensors (with a .json sidecar).")
-    out = check_output_path(args.out, [args.model])
-    if args.save_student:
-        if args.method not in PATCH_METHODS:
-            raise UsageError(f"--save-student: --method {args.method} writes the model itself to --out.")
-        check_output_path(args.save_student, [args.model], "--save-student", outputs=[out])
+    out = check_run(args, bundle, "personalization")
     device = resolve_device(args.device)
-    ts = None
-    if args.timesteps:
-        parts = args.timesteps.split(":")
-        if len(parts) != 2 or not all(v.strip().isdigit() for v in parts):
-            raise UsageError(f"--timesteps {args.timesteps!r}: write LO:HI, e.g. 0:500.")
-        ts = (int(parts[0]), int(parts[1]))
     cfg = PersonalizeConfig(method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                            timesteps=ts, seed=args.seed, intervals=args.intervals, token=args.token,
-                            class_word=args.class_word, instance_prompt=args.instance_prompt,
+                            timesteps=parse_timesteps(args.timesteps), seed=args.seed, intervals=args.intervals,
+                            token=args.token, class_word=args.class_word, instance_prompt=args.instance_prompt,
                             class_prompt=args.class_prompt, prior_weight=args.prior_weight,
                             prior_images=args.prior_images, guidance_scale=args.guidance_scale)  # fmt: skip
     prompts = PromptEncoder.open(
         spec, embeddings=args.embeddings, text_encoder=args.text_encoder, device=device
     )
-    if prompts.cache is not None:
-        missing = [t for t in cfg.prompts() if t not in prompts.cache]
-        if missing:
-            raise UsageError(f"--embeddings {args.embeddings} lacks {len(missing)} of this run's prompts (e.g. "
-                             f"{missing[0]!r}); drop --embeddings to encode them with the text encoder, or build a "
-                             "cache of them (python -m pqcad_deploy.text OUT --prompts FILE).")  # fmt: skip
+    check_cache(prompts, cfg.prompts(), args.embeddings)
     warn_split_token(prompts, cfg.token)
     subject = load_subject(args.images, spec)
     steps = (bundle.meta.get("sampling") or {}).get("steps") or SAMPLE_STEPS
     record = personalize(bundle.model, spec, subject, prompts, cfg, device, progress=not args.no_progress,
                          sampler_steps=steps)  # fmt: skip
     record.update(subject=str(args.images), subject_images=len(subject), base=str(bundle.source))
-    meta = {**bundle.meta, "history": [*bundle.meta.get("history", []), {"personalize": record}]}
-    if cfg.method in PATCH_METHODS:
-        patch = student_patch(bundle.model, {"method": cfg.method, "training": record})  # checks the scales
-        if args.save_student:
-            save_student(args.save_student, bundle.model, spec, meta=meta)
-        patch.save(out)
-        log.info("wrote patch %s: %d scale values (%d layers)", out, patch.num_parameters, len(patch.scales))
-    elif scale_only:
-        save_student(out, bundle.model, spec, meta=meta)
-        log.info("wrote student %s; folding the input-channel scales changed %.2f %% of the integer codes", out,
-                 100 * record["codes_changed"])  # fmt: skip
-    else:
-        save_weights(bundle.model, spec, out, extra={"personalize": record})
+    save_result(bundle, cfg.method, record, out, args.save_student, "personalize")
     grid = showcase(bundle.model, spec, prompts, cfg, device, out.with_name(out.stem + "_grid.png"))
     print(f"wrote {out} ({cfg.method}, {record['trainable_parameters']} trainable parameters, "
           f"{record['seconds']} s); samples: {grid}")  # fmt: skip
@@ -251,22 +197,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="patch .safetensors (peqa, s1, s2) or model file (fp)"
     )
-    p.add_argument("--method", choices=METHODS, default="peqa")
     p.add_argument("--token", default="sks", help="rare token the subject is bound to")
     p.add_argument("--class-word", default="bag", help="the subject's class, as prompts name it")
     p.add_argument("--instance-prompt", default=None, help='default: "a photo of a TOKEN CLASS"')
     p.add_argument(
         "--class-prompt", default=None, help='prior-preservation prompt; default: "a photo of a CLASS"'
-    )
-    p.add_argument("--steps", type=int_range(1), default=400)
-    p.add_argument(
-        "--lr",
-        type=positive_float,
-        default=None,
-        help="default: 1e-3 for scales (in log space: a relative step), 1e-5 for fp",
-    )
-    p.add_argument(
-        "--batch-size", type=batch_int, default=4, help="subject images per step (and prior images)"
     )
     p.add_argument(
         "--prior-weight", type=float_range(0.0, 100.0), default=1.0, help="0: no prior preservation"
@@ -274,21 +209,5 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--prior-images", type=int_range(0), default=16, help="class images the model generates first"
     )
-    p.add_argument(
-        "--timesteps", default=None, metavar="LO:HI", help="train on timesteps in [LO, HI) (s1: required)"
-    )
-    p.add_argument(
-        "--intervals",
-        type=int_range(2, 64),
-        default=None,
-        metavar="K",
-        help="s2: scale sets, one per timestep interval (default 2, or the student's own intervals)",
-    )
-    p.add_argument(
-        "--save-student", type=Path, default=None, help="also write the personalized student (peqa, s1, s2)"
-    )
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_text_args(p)
-    add_device(p)
+    add_tune_args(p)
     p.set_defaults(func=run)

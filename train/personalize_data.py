@@ -26,14 +26,23 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_SHIFT = 2  # pixels of random translation per augmented copy
 
 
-def load_subject(folder: str | Path, spec: ModelSpec) -> torch.Tensor:
-    """float32 [N, C, H, W] in [-1, 1] from every readable image in ``folder`` (sorted by name)."""
+def load_images(
+    folder: str | Path,
+    spec: ModelSpec,
+    what: str = "the subject",
+    advice: str = "3-5",
+    recursive: bool = False,
+) -> tuple[torch.Tensor, list[Path]]:
+    """(float32 [N, C, H, W] in [-1, 1], their files) from every readable image in ``folder`` (sorted by path;
+    with ``recursive`` its subfolders too). Unreadable files are named and skipped, other sizes resized with one
+    message; a folder with none is refused. ``what`` and ``advice`` ("3-5" images) word the messages."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"--images {folder} is not a folder; give a folder of 3-5 images of the subject.")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        raise UsageError(f"--images {folder} is not a folder; give a folder of {advice} images of {what}.")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     c, h, w = spec.sample_shape
-    images, unreadable, resized = [], [], 0
+    images, kept, unreadable, resized = [], [], [], 0
     for f in files:
         try:
             with Image.open(f) as im:
@@ -45,6 +54,7 @@ def load_subject(folder: str | Path, spec: ModelSpec) -> torch.Tensor:
             unreadable.append(f.name)
             continue
         images.append(x.permute(2, 0, 1).float().div(127.5).sub(1.0))
+        kept.append(f)
     if unreadable:
         log.warning(
             "skipped %d unreadable image(s) in %s: %s", len(unreadable), folder, ", ".join(unreadable[:5])
@@ -52,15 +62,21 @@ def load_subject(folder: str | Path, spec: ModelSpec) -> torch.Tensor:
     if not images:
         raise UsageError(
             f"{folder} holds no readable image ({len(files)} file(s) with an image suffix {IMAGE_SUFFIXES}); "
-            "put 3-5 PNG or JPEG images of the subject there."
+            f"put {advice} PNG or JPEG images of {what} there."
         )
     if resized:
-        log.warning("resized %d of %d subject image(s) to the model's %dx%d", resized, len(images), w, h)
+        log.warning("resized %d of %d image(s) of %s to the model's %dx%d", resized, len(images), what, w, h)
+    return torch.stack(images), kept
+
+
+def load_subject(folder: str | Path, spec: ModelSpec) -> torch.Tensor:
+    """float32 [N, C, H, W] in [-1, 1] from every readable image in ``folder`` (sorted by name)."""
+    images, _ = load_images(folder, spec)
     if len(images) < 3:
         log.warning(
             "only %d subject image(s); DreamBooth-style personalization works best with 3-5", len(images)
         )
-    return torch.stack(images)
+    return images
 
 
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
