@@ -6,9 +6,9 @@ import sys
 
 from pqcad_deploy.cli.common import add_verbose, make_parser, run_cli, setup_logging
 
-from . import calib, classifier, personalize, pqcad, ptq, teacher
+from . import calib, classifier, personalize, pqcad, ptq, style, style_classifier, teacher
 
-STAGES = (teacher, classifier, calib, ptq, pqcad, personalize)
+STAGES = (teacher, classifier, style_classifier, calib, ptq, pqcad, personalize, style)
 
 
 def build_parser():

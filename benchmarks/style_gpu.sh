@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The StyleForge table (issue 16; RESULTS.md "StyleForge") on one GPU: benchmarks/style_table.py in background
+# processes, one per style and learning rate. Stages:
+#   setup            copy the prompt embedding cache carried in .devdata*/ (run benchmarks/t2i_gpu.sh setup and
+#                    benchmarks/personalize_gpu.sh setup first: the latter unpacks the W8A8 student of the peqa row)
+#   table [ARGS...]  per style: every row at LR_A (FP rows, PTQ W8A8 / W4A8 of Single-StyleForge, PEQA on the W8A8
+#                    student) and the FP rows again at LR_B (label @LR_B); ARGS go to every process
+#   wait SECONDS     wait (at most SECONDS) for every process; prints each finished row
+#   collect          merge the tables and copy JSON, logs and grids to $OUT
+# Made on the CPU first (the GPU has no text encoder):
+#   python benchmarks/style_table.py --write-prompts runs/style/prompts.txt
+#   python -m pqcad_deploy.text .devdata_g/style_prompts.safetensors --prompts runs/style/prompts.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage="${1:?stage: setup|table|wait|collect}"; shift || true
+export PQCAD_FMNIST_DIR=${PQCAD_FMNIST_DIR:-/tmp/fmnist} PYTHONUNBUFFERED=1
+P=runs/sg
+mkdir -p $P
+STYLES="${STYLES:-outline halftone stripes}"
+LR_A="${LR_A:-2e-5}" LR_B="${LR_B:-1e-4}"
+launch() {  # NAME ARGS...
+  name="$1"; shift
+  setsid nohup python3 benchmarks/style_table.py "$@" --work "$P/work_$name" --out "$P/$name.json" \
+    > "$P/$name.log" 2>&1 < /dev/null &
+  echo $! > "$P/$name.pid"
+}
+case "$stage" in
+  setup)
+    cp .devdata*/style_prompts.safetensors .devdata*/style_prompts.json $P/
+    ;;
+  table)
+    for s in $STYLES; do
+      launch "${s}_a" --styles "$s" --lr "$LR_A" --student runs/pg/w8a8.safetensors \
+        --embeddings $P/style_prompts.safetensors "$@"
+      launch "${s}_b" --styles "$s" --lr "$LR_B" --rows dreambooth single multi --bits --label "@$LR_B" \
+        --embeddings $P/style_prompts.safetensors "$@"
+    done
+    ;;
+  wait)
+    limit="${1:-540}"; t0=$SECONDS
+    for pid_file in $P/*.pid; do
+      while kill -0 "$(cat "$pid_file")" 2>/dev/null; do
+        if [ $((SECONDS - t0)) -ge "$limit" ]; then echo "still running after ${limit}s: $pid_file"; break 2; fi
+        sleep 5
+      done
+    done
+    grep -h "INFO style_table:" $P/*.log | cut -c1-300 || true
+    grep -l "Traceback" $P/*.log | while read -r f; do echo "== $f"; tail -5 "$f"; done || true
+    ;;
+  collect)
+    files=$(ls $P/*_[ab].json 2>/dev/null || true)
+    [ -n "$files" ] && python3 benchmarks/style_table.py --merge $files --out $P/merged.json || true
+    tar czf "$OUT/style_results.tgz" --ignore-failed-read $P/*.json $P/*.log $P/*_grids/ 2>/dev/null || true
+    ls -la "$OUT"
+    ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
