@@ -61,6 +61,10 @@ class StyleConfig(TuneConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_tokens(list(self.tokens))
+        if self.prior_images > 0 and (self.aux_images == 0 or self.aux_weight == 0):
+            raise UsageError(
+                "--prior-images draws the model's own images of the Aux prompts; give --aux-images > 0 and --aux-weight > 0."
+            )
 
     def prompt(self, subject: str) -> str:
         """A styled prompt; with several tokens (Multi-StyleForge) they are combined in one phrase."""
@@ -96,7 +100,7 @@ def stylize(
     on the model's own images of the Aux prompts when ``cfg.prior_images`` > 0; returns the training record."""
     sets = list(sets)
     if cfg.prior_images > 0 and cfg.prior_weight > 0:
-        aux_prompts = sets[1].prompts if len(sets) > 1 else [EMPTY_PROMPT]
+        aux_prompts = sets[1].prompts
         texts = [aux_prompts[i % len(aux_prompts)] for i in range(cfg.prior_images)]
         sets.append(model_samples(model, spec, texts, prompts, cfg.guidance_scale, cfg.seed + 1, device,
                                   cfg.prior_weight))  # fmt: skip

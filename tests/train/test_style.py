@@ -77,6 +77,8 @@ def test_multi_styleforge_binds_one_token_per_folder_and_the_baseline_drops_aux(
     assert record["style"]["multi"] and record["style"]["tokens"] == ["sks", "zwx"]
     assert style(tmp_path / "ref.safetensors", "--aux-images", "0") == 0
     assert [s["images"] for s in sidecar(tmp_path / "ref.safetensors")["style"]["sets"]] == [12]
+    assert style(tmp_path / "prior.safetensors", "--prior-images", "3") == 0  # + the model's own Aux images
+    assert [s["images"] for s in sidecar(tmp_path / "prior.safetensors")["style"]["sets"]] == [12, 4, 3]
 
 
 def test_a_quantized_student_takes_the_scale_only_route_as_a_patch(t2i, style, tmp_path):
@@ -96,6 +98,7 @@ def test_a_quantized_student_takes_the_scale_only_route_as_a_patch(t2i, style, t
         (["--method", "peqa"], "tunes the scales of a quantized student"),
         (["--caption", "a {subject} in style"], "must contain {token}"),
         (["--caption", "a {subject} in {token} {colour} style"], "only {subject} and {token}"),
+        (["--aux-images", "0", "--prior-images", "2"], "give --aux-images > 0 and --aux-weight > 0"),
     ],
 )
 def test_bad_style_arguments_are_refused_before_any_work(style, tmp_path, capsys, extra, message):
