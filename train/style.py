@@ -63,7 +63,8 @@ class StyleConfig(TuneConfig):
         check_tokens(list(self.tokens))
         if self.prior_images > 0 and (self.aux_images == 0 or self.aux_weight == 0):
             raise UsageError(
-                "--prior-images draws the model's own images of the Aux prompts; give --aux-images > 0 and --aux-weight > 0."
+                "--prior-images draws the model's own images of the Aux prompts; "
+                "give --aux-images > 0 and --aux-weight > 0."
             )
 
     def prompt(self, subject: str) -> str:
