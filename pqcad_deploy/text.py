@@ -437,6 +437,20 @@ def _check_captions(found: tuple[str, ...], expected: tuple[str, ...], path: Pat
 
 
 # ---------------------------------------------------------------- command line
+def read_prompt_file(path: str | Path, flag: str, allow_empty: bool = False) -> list[str]:
+    """The prompts of a text file, one per line (stripped; blank lines skipped), for ``flag``'s messages."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(
+            f"{flag} {path}: cannot read it ({e}); give a text file, one prompt per line."
+        ) from None
+    texts = [ln.strip() for ln in lines if ln.strip()]
+    if not texts and not allow_empty:
+        raise UsageError(f"{flag} {path} holds no prompt; write one prompt per line.")
+    return texts
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .cli.common import (
         add_device,
@@ -477,11 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run(a: Any) -> None:
         captions = None
         if a.prompts is not None:
-            try:
-                lines = a.prompts.read_text().splitlines()
-            except (OSError, UnicodeDecodeError) as e:
-                raise UsageError(f"--prompts {a.prompts}: cannot read it ({e}).") from None
-            captions = list(dict.fromkeys([EMPTY_PROMPT, *(ln.strip() for ln in lines if ln.strip())]))
+            captions = list(
+                dict.fromkeys([EMPTY_PROMPT, *read_prompt_file(a.prompts, "--prompts", allow_empty=True)])
+            )
         encoder = load_text_encoder(a.text_encoder, resolve_device(a.device), a.max_length)
         build_embedding_cache(encoder, a.out, captions, a.batch_size, prompts_only=captions is not None)
 

@@ -31,6 +31,7 @@ from pqcad_deploy.errors import UsageError
 from pqcad_deploy.io import CheckpointError
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.sampling import check_steps
+from pqcad_deploy.text import read_prompt_file
 from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def open_prompts(spec: ModelSpec, args: argparse.Namespace, device: torch.device
         return None
     prompts = PromptEncoder.open(spec, args.embeddings, args.text_encoder, device)
     if getattr(args, "calib_prompts", None):
-        prompts.calibration_prompts = read_prompt_file(args.calib_prompts)
+        prompts.calibration_prompts = read_prompt_file(args.calib_prompts, "--calib-prompts")
         if prompts.cache is not None:
             missing = [t for t in prompts.calibration_prompts if t not in prompts.cache]
             if missing:
@@ -114,20 +115,6 @@ def open_prompts(spec: ModelSpec, args: argparse.Namespace, device: torch.device
                                  f"{args.calib_prompts}) or drop --embeddings.")  # fmt: skip
         log.info("calibrating on %d prompts from %s", len(prompts.calibration_prompts), args.calib_prompts)
     return prompts
-
-
-def read_prompt_file(path: Path) -> list[str]:
-    """Non-empty lines of a prompt file (one prompt per line)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(
-            f"--calib-prompts {path}: cannot read it ({e}); give a text file, one prompt per line."
-        ) from None
-    texts = [" ".join(t.split()) for t in lines if t.strip()]
-    if not texts:
-        raise UsageError(f"--calib-prompts {path} holds no prompt; write one prompt per line.")
-    return texts
 
 
 def run(args: argparse.Namespace) -> Path:
