@@ -17,7 +17,7 @@ export PQCAD_FMNIST_DIR=${PQCAD_FMNIST_DIR:-/tmp/fmnist} PYTHONUNBUFFERED=1
 P=runs/sg
 mkdir -p $P
 STYLES="${STYLES:-outline halftone stripes}"
-LR_A="${LR_A:-2e-5}" LR_B="${LR_B:-1e-4}"
+LR_A="${LR_A:-5e-5}" LR_B="${LR_B:-2e-5}"
 launch() {  # NAME ARGS...
   name="$1"; shift
   setsid nohup python3 benchmarks/style_table.py "$@" --work "$P/work_$name" --out "$P/$name.json" \

@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quantize", default="single", choices=FP_ROWS[1:], help="the FP row the PTQ rows quantize"
     )
     p.add_argument("--bits", nargs="*", default=["w8a8", "w4a8"], help="PTQ rows of --quantize (none: skip)")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=None, help="fp rows (default: pqcad-train style's)")
     p.add_argument(
         "--batch-size", type=int, default=None, help="images per step from each set (default: the CLI's)"

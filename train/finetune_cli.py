@@ -29,16 +29,19 @@ from .finetune import METHODS, PATCH_METHODS, SCALE_METHODS
 log = logging.getLogger(__name__)
 
 
-def add_tune_args(p: argparse.ArgumentParser, steps: int = 400, method: str = "peqa") -> None:
+def add_tune_args(
+    p: argparse.ArgumentParser,
+    steps: int = 400,
+    method: str = "peqa",
+    batch_size: int = 4,
+    lr_help: str = "default: 1e-3 for scales (in log space: a relative step), 1e-5 for fp",
+) -> None:
     p.add_argument("--method", choices=METHODS, default=method)
     p.add_argument("--steps", type=int_range(1), default=steps)
+    p.add_argument("--lr", type=positive_float, default=None, help=lr_help)
     p.add_argument(
-        "--lr",
-        type=positive_float,
-        default=None,
-        help="default: 1e-3 for scales (in log space: a relative step), 1e-5 for fp",
+        "--batch-size", type=batch_int, default=batch_size, help="images per step from each training set"
     )
-    p.add_argument("--batch-size", type=batch_int, default=4, help="images per step from each training set")
     p.add_argument(
         "--timesteps", default=None, metavar="LO:HI", help="train on timesteps in [LO, HI) (s1: required)"
     )

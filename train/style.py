@@ -45,10 +45,15 @@ log = logging.getLogger(__name__)
 SHOWCASE = ((0, 3), (5, 7), (3, 8), (6, 0))  # red dress, blue sneaker, green bag, purple t-shirt
 
 
+FP_LR = 5e-5  # learned the outline style in 300 steps of 8 + 8 images on the CPU (RESULTS "StyleForge")
+
+
 @dataclass
 class StyleConfig(TuneConfig):
     method: str = "fp"
-    lr: float | None = None
+    steps: int = 300
+    lr: float | None = None  # default: FP_LR for fp, the loop's for the scale methods
+    batch_size: int = 8
     tokens: tuple[str, ...] = ("sks",)
     caption: str = DEFAULT_CAPTION
     aux_images: int = 16  # 0: the DreamBooth-style baseline, StyleRef alone
@@ -59,6 +64,8 @@ class StyleConfig(TuneConfig):
     data_dir: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.lr is None and self.method == "fp":
+            self.lr = FP_LR
         super().__post_init__()
         check_tokens(list(self.tokens))
         if self.prior_images > 0 and (self.aux_images == 0 or self.aux_weight == 0):
@@ -195,5 +202,7 @@ def register(sub: Any) -> None:
                    help="prior preservation: the model's own images of the Aux prompts (0: none)")  # fmt: skip
     p.add_argument("--prior-weight", type=float_range(0.0, 100.0), default=1.0)
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder for the Aux images")
-    add_tune_args(p, steps=400, method="fp")
+    add_tune_args(
+        p, steps=300, method="fp", batch_size=8, lr_help=f"default: {FP_LR:g} for fp, 1e-3 for scales"
+    )
     p.set_defaults(func=run)
