@@ -47,7 +47,7 @@ from pqcad_deploy.train.calib import load_or_collect_calib
 from pqcad_deploy.train.finetune import SAMPLE_STEPS
 from pqcad_deploy.train.ptq import ptq_student
 from pqcad_deploy.train.style import StyleConfig, stylize, training_sets
-from pqcad_deploy.train.style_data import subject_words, write_default_style
+from pqcad_deploy.train.style_data import load_style, subject_words, write_default_style
 
 log = logging.getLogger("style_table")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -128,12 +128,7 @@ def score(model, spec, prompts, cfg: StyleConfig, style: str, refs: torch.Tensor
 
     texts, colours, classes, held = eval_prompts(cfg, a.per_prompt)
     imgs = gen(texts, 1000)
-    out = style_scores(imgs, style, refs, colours, classes, fp_images, dev)
-    held_scores = style_scores(imgs[held], style, refs, colours[held], classes[held], device=dev)
-    out["class_held_out"], out["colour_held_out"] = (
-        held_scores["class_accuracy"],
-        held_scores["colour_accuracy"],
-    )
+    out = style_scores(imgs, style, refs, colours, classes, fp_images, dev, held_out=held)
     plain = gen(plain_prompts(a.per_prompt), 3000)
     out["leak"] = float((style_outputs(plain, dev)[0] == STYLE_CLASSES.index(style)).double().mean())
     grid = gen([t for t in cfg.showcase_prompts() for _ in range(4)], 5000)
@@ -203,7 +198,9 @@ def run_style(
     write_default_style(style_dir, style)
     grids_dir.mkdir(parents=True, exist_ok=True)
     rows, fp_imgs, fp_models = [], {}, {}
-    refs = training_sets(row_config("single", a), [style_dir], spec)[0].images
+    refs = load_style(
+        style_dir, "sks", spec
+    ).images  # StyleRef alone: training_sets would read the Aux set too
 
     def record(name: str, model, cfg: StyleConfig, train: dict | None, fp_of: str | None = None) -> None:
         runs, grids = [], []

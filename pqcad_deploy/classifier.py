@@ -18,24 +18,27 @@ CLASSIFIER_PATH = Path(__file__).parent / "assets" / "fmnist_classifier.safetens
 FEATURE_DIM = 128
 
 
+def conv_block(cin: int, cout: int) -> nn.Sequential:
+    """Two 3x3 conv + BN + ReLU, then 2x2 max pooling: the stage of the project's small classifiers."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
 class FMNISTClassifier(nn.Module):
     """Input: [B, 1, 32, 32] in [-1, 1] (the diffusion model's range and padding)."""
 
     def __init__(self, width: int = 32):
         super().__init__()
-
-        def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, padding=1),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
-            )
-
-        self.features = nn.Sequential(block(1, width), block(width, 2 * width), block(2 * width, 4 * width))
+        self.features = nn.Sequential(
+            conv_block(1, width), conv_block(width, 2 * width), conv_block(2 * width, 4 * width)
+        )
         self.embed = nn.Sequential(
             nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * width * 16, FEATURE_DIM), nn.ReLU(inplace=True)
         )
@@ -56,18 +59,37 @@ def save_classifier(model: FMNISTClassifier, path: str | os.PathLike, info: dict
 def load_classifier(
     path: str | os.PathLike = CLASSIFIER_PATH, device: str | torch.device = "cpu"
 ) -> FMNISTClassifier:
+    return load_weights_into(
+        FMNISTClassifier(),
+        path,
+        device,
+        "Feature classifier",
+        "`pqcad-train classifier`",
+        "the FMNISTClassifier architecture",
+    )
+
+
+def load_weights_into(
+    model: nn.Module,
+    path: str | os.PathLike,
+    device: str | torch.device,
+    what: str,
+    trainer: str,
+    matches: str,
+) -> nn.Module:
+    """``model`` with the safetensors weights at ``path``, in eval mode on ``device``; a missing, unreadable or
+    mismatched file (other names or shapes) is refused before anything is loaded."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"Feature classifier {path} not found; it ships with the package (train one with `pqcad-train classifier`)."
+            f"{what} {path} not found; it ships with the package (train one with {trainer})."
         )
     try:
         tensors = load_file(str(path))
     except Exception as e:
-        raise CheckpointError(f"Cannot read classifier weights {path}: {e}") from e
-    model = FMNISTClassifier()
+        raise CheckpointError(f"Cannot read {what.lower()} weights {path}: {e}") from e
     expected = model.state_dict()
     if set(expected) != set(tensors) or any(expected[k].shape != tensors[k].shape for k in expected):
-        raise CheckpointError(f"{path} does not match the FMNISTClassifier architecture.")
+        raise CheckpointError(f"{path} does not match {matches}.")
     model.load_state_dict(tensors)
     return model.to(device).eval()

@@ -101,6 +101,19 @@ class PromptEncoder:
         return cond_fn
 
 
+def check_cache(
+    prompts: PromptEncoder, needed: list[str], embeddings: str | Path | None, what: str = "this run's prompts"
+) -> None:
+    """An embedding cache must hold every prompt of the run (``what`` names them), checked before any work."""
+    if prompts.cache is None:
+        return
+    missing = [t for t in dict.fromkeys(needed) if t not in prompts.cache]
+    if missing:
+        raise UsageError(f"--embeddings {embeddings} lacks {len(missing)} of {what} (e.g. {missing[0]!r}); drop "
+                         "--embeddings to encode them with the text encoder, or build a cache of them (python -m "
+                         "pqcad_deploy.text OUT --prompts FILE).")  # fmt: skip
+
+
 def prompts_for(spec: ModelSpec, prompts: Sequence[str] | None, n: int) -> list[str] | None:
     """One prompt per image: the given prompts in equal shares (in order), or seen evaluation prompts; None for
     models without text (which refuse prompts)."""

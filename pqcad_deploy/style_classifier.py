@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from .io import CheckpointError, save_safetensors_pair
+from .classifier import conv_block, load_weights_into
+from .io import save_safetensors_pair
 from .styles import STYLE_CLASSES
 
 log = logging.getLogger(__name__)
@@ -29,19 +29,9 @@ class StyleClassifier(nn.Module):
 
     def __init__(self, width: int = 16):
         super().__init__()
-
-        def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, padding=1),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
-            )
-
-        self.blocks = nn.ModuleList([block(1, width), block(width, 2 * width), block(2 * width, 4 * width)])
+        self.blocks = nn.ModuleList(
+            [conv_block(1, width), conv_block(width, 2 * width), conv_block(2 * width, 4 * width)]
+        )
         self.embed = nn.Sequential(
             nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * width * 16, 64), nn.ReLU(inplace=True)
         )
@@ -56,9 +46,15 @@ class StyleClassifier(nn.Module):
             maps.append(x)
         return maps
 
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(style logits, garment logits, each block's feature map) from one pass."""
+        maps = self.feature_maps(x)
+        f = self.embed(maps[-1])
+        return self.style_head(f), self.garment_head(f), maps
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.embed(self.feature_maps(x)[-1])
-        return self.style_head(f), self.garment_head(f)
+        s, g, _ = self.forward_all(x)
+        return s, g
 
 
 def save_style_classifier(model: StyleClassifier, path: str | os.PathLike, info: dict) -> None:
@@ -69,21 +65,5 @@ def save_style_classifier(model: StyleClassifier, path: str | os.PathLike, info:
 def load_style_classifier(
     path: str | os.PathLike = STYLE_CLASSIFIER_PATH, device: str | torch.device = "cpu"
 ) -> StyleClassifier:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"Style classifier {path} not found; it ships with the package (train one with "
-            "`pqcad-train style-classifier`)."
-        )
-    try:
-        tensors = load_file(str(path))
-    except Exception as e:
-        raise CheckpointError(f"Cannot read style classifier weights {path}: {e}") from e
-    model = StyleClassifier()
-    expected = model.state_dict()
-    if set(expected) != set(tensors) or any(expected[k].shape != tensors[k].shape for k in expected):
-        raise CheckpointError(
-            f"{path} does not match the StyleClassifier architecture ({len(STYLE_CLASSES)} styles)."
-        )
-    model.load_state_dict(tensors)
-    return model.to(device).eval()
+    return load_weights_into(StyleClassifier(), path, device, "Style classifier", "`pqcad-train style-classifier`",
+                             f"the StyleClassifier architecture ({len(STYLE_CLASSES)} styles)")  # fmt: skip

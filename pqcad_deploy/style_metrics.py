@@ -35,43 +35,51 @@ def _net(device: str):
 
 
 @torch.inference_mode()
-def style_outputs(
-    images: torch.Tensor, device: str | torch.device = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted style index [N], predicted garment class [N]) of images in [-1, 1] (RGB garments untinted)."""
+def _classify(
+    images: torch.Tensor, device: str | torch.device
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """One pass of the style classifier: (predicted style [N], predicted garment [N], per feature map the mean over
+    images of its Gram matrix, channels x channels normalized by the number of positions)."""
     net = _net(str(device))
-    styles, garments = [], []
+    styles, garments, sums = [], [], []
     for i in range(0, len(images), _BATCH):
-        s, g = net(classifier_input(images[i : i + _BATCH]).to(device, torch.float32).clamp(-1, 1))
+        s, g, maps = net.forward_all(
+            classifier_input(images[i : i + _BATCH]).to(device, torch.float32).clamp(-1, 1)
+        )
         styles.append(s.argmax(1).cpu())
         garments.append(g.argmax(1).cpu())
-    return torch.cat(styles), torch.cat(garments)
-
-
-@torch.inference_mode()
-def mean_grams(images: torch.Tensor, device: str | torch.device = "cpu") -> list[torch.Tensor]:
-    """Per feature map of the style classifier, the mean over images of its Gram matrix (channels x channels,
-    normalized by the number of positions)."""
-    net = _net(str(device))
-    sums: list[torch.Tensor] = []
-    for i in range(0, len(images), _BATCH):
-        x = classifier_input(images[i : i + _BATCH]).to(device, torch.float32).clamp(-1, 1)
-        for j, f in enumerate(net.feature_maps(x)):
+        for j, f in enumerate(maps):
             f = f.flatten(2).double()
             gram = (f @ f.transpose(1, 2)).sum(0) / f.shape[-1]
             if j == len(sums):
                 sums.append(gram)
             else:
                 sums[j] += gram
-    return [s.cpu() / len(images) for s in sums]
+    return torch.cat(styles), torch.cat(garments), [x.cpu() / len(images) for x in sums]
+
+
+def style_outputs(
+    images: torch.Tensor, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted style index [N], predicted garment class [N]) of images in [-1, 1] (RGB garments untinted)."""
+    styles, garments, _ = _classify(images, device)
+    return styles, garments
+
+
+def mean_grams(images: torch.Tensor, device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """Per feature map of the style classifier, the mean over images of its Gram matrix."""
+    return _classify(images, device)[2]
+
+
+def _relative_distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return float(sum((x - y).norm() / y.norm().clamp_min(1e-12) for x, y in zip(a, b, strict=True)) / len(a))
 
 
 def gram_distance(
     images: torch.Tensor, references: torch.Tensor, device: str | torch.device = "cpu"
 ) -> float:
     """Mean over feature maps of ||G(images) - G(references)||_F / ||G(references)||_F."""
-    a, b = mean_grams(images, device), mean_grams(references, device)
-    return float(sum((x - y).norm() / y.norm().clamp_min(1e-12) for x, y in zip(a, b, strict=True)) / len(a))
+    return _relative_distance(mean_grams(images, device), mean_grams(references, device))
 
 
 def style_scores(
@@ -82,25 +90,30 @@ def style_scores(
     class_labels: torch.Tensor,
     fp_images: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
+    held_out: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Everything the style table reports for one image set (labels: what each image's prompt asked for);
-    ``fp_images`` (the FP styled model's images for the same prompts and noise) adds FD to FP."""
+    ``fp_images`` (the FP styled model's images for the same prompts and noise) adds FD to FP, and a ``held_out``
+    mask the class and colour accuracy of those images alone (the teacher's held-out pairs)."""
     target = STYLE_CLASSES.index(check_style(style))
     if not len(images) == len(colour_labels) == len(class_labels):
         raise ValueError(
             f"{len(images)} images, {len(colour_labels)} colour and {len(class_labels)} class labels"
         )
-    styles, garments = style_outputs(images, device)
+    styles, garments, grams = _classify(images, device)
     class_ok = garments == class_labels.cpu()
     colour_ok = predict_colours(images) == colour_labels.cpu()
     out = {
         "n": len(images),
         "style_fidelity": float((styles == target).double().mean()),
-        "gram_distance": gram_distance(images, references, device),
+        "gram_distance": _relative_distance(grams, mean_grams(references, device)),
         "class_accuracy": float(class_ok.double().mean()),
         "colour_accuracy": float(colour_ok.double().mean()),
         "joint_accuracy": float((class_ok & colour_ok).double().mean()),
     }
+    if held_out is not None:
+        out["class_held_out"] = float(class_ok[held_out].double().mean())
+        out["colour_held_out"] = float(colour_ok[held_out].double().mean())
     if len(images) > 1:
         feats, _ = classifier_outputs(images, device)
         out["fd_fmnist_grey"] = frechet_distance(*gaussian_stats(feats), *reference_stats("test"))

@@ -25,7 +25,7 @@ from pqcad_deploy.cli.common import (
     check_output_path,
     resolve_device,
 )
-from pqcad_deploy.conditioning import PromptEncoder
+from pqcad_deploy.conditioning import PromptEncoder, check_cache
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.io import CheckpointError
@@ -107,12 +107,7 @@ def open_prompts(spec: ModelSpec, args: argparse.Namespace, device: torch.device
     prompts = PromptEncoder.open(spec, args.embeddings, args.text_encoder, device)
     if getattr(args, "calib_prompts", None):
         prompts.calibration_prompts = read_prompt_file(args.calib_prompts, "--calib-prompts")
-        if prompts.cache is not None:
-            missing = [t for t in prompts.calibration_prompts if t not in prompts.cache]
-            if missing:
-                raise UsageError(f"--embeddings {args.embeddings} lacks {len(missing)} of the --calib-prompts "
-                                 f"(e.g. {missing[0]!r}); embed them (python -m pqcad_deploy.text OUT --prompts "
-                                 f"{args.calib_prompts}) or drop --embeddings.")  # fmt: skip
+        check_cache(prompts, prompts.calibration_prompts, args.embeddings, "the --calib-prompts")
         log.info("calibrating on %d prompts from %s", len(prompts.calibration_prompts), args.calib_prompts)
     return prompts
 

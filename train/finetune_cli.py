@@ -18,13 +18,15 @@ from pqcad_deploy.cli.common import (
     positive_float,
     seed_int,
 )
-from pqcad_deploy.conditioning import PromptEncoder
+from pqcad_deploy.conditioning import PromptEncoder, generate_for_prompts
+from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.errors import UsageError
+from pqcad_deploy.images import save_grid
 from pqcad_deploy.patch import student_patch
 from pqcad_deploy.student import save_student
 from pqcad_deploy.zoo import save_weights
 
-from .finetune import METHODS, PATCH_METHODS, SCALE_METHODS
+from .finetune import METHODS, PATCH_METHODS, SAMPLE_STEPS, SCALE_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +95,15 @@ def check_run(args: argparse.Namespace, bundle: Any, what: str) -> Path:
     return out
 
 
-def check_cache(prompts: PromptEncoder, needed: list[str], embeddings: Any) -> None:
-    """An embedding cache must hold every prompt of the run, checked before training."""
-    if prompts.cache is None:
-        return
-    missing = [t for t in dict.fromkeys(needed) if t not in prompts.cache]
-    if missing:
-        raise UsageError(f"--embeddings {embeddings} lacks {len(missing)} of this run's prompts (e.g. "
-                         f"{missing[0]!r}); drop --embeddings to encode them with the text encoder, or build a "
-                         "cache of them (python -m pqcad_deploy.text OUT --prompts FILE).")  # fmt: skip
+def showcase(
+    model: Any, spec: Any, prompts: PromptEncoder, cfg: Any, device: Any, path: Path, per_prompt: int = 4
+) -> Path:
+    """A grid of ``cfg.showcase_prompts()``: one row per prompt, ``per_prompt`` noise seeds each (the same noise for
+    every model)."""
+    texts = [p for p in cfg.showcase_prompts() for _ in range(per_prompt)]
+    imgs = generate_for_prompts(TorchDenoiser(model.eval()), spec, texts, prompts, SAMPLE_STEPS, cfg.guidance_scale,
+                                seed=1000, device=device, progress=False)  # fmt: skip
+    return Path(save_grid(imgs, path, nrow=per_prompt))
 
 
 def save_result(

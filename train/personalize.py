@@ -32,15 +32,14 @@ import torch
 
 from pqcad_deploy.captions import EMPTY_PROMPT, PALETTE
 from pqcad_deploy.cli.common import add_subcommand, float_range, int_range, resolve_device
-from pqcad_deploy.conditioning import PromptEncoder, generate_for_prompts
+from pqcad_deploy.conditioning import PromptEncoder, check_cache, generate_for_prompts
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.errors import UsageError
-from pqcad_deploy.images import save_grid
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.zoo import ModelSpec
 
 from .finetune import SAMPLE_STEPS, PromptedImages, TuneConfig, tune
-from .finetune_cli import add_tune_args, check_cache, check_run, parse_timesteps, save_result
+from .finetune_cli import add_tune_args, check_run, parse_timesteps, save_result, showcase
 from .personalize_data import load_subject, write_default_subject
 
 log = logging.getLogger(__name__)
@@ -126,15 +125,6 @@ def personalize(
         sets.append(model_samples(model, spec, [cfg.class_prompt] * cfg.prior_images, prompts,
                                   cfg.guidance_scale, cfg.seed + 1, device, cfg.prior_weight))  # fmt: skip
     return tune(model, spec, sets, prompts, cfg, device, progress, sampler_steps, keep_frozen)
-
-
-def showcase(model: torch.nn.Module, spec: ModelSpec, prompts: PromptEncoder, cfg: PersonalizeConfig, device,
-             path: Path, per_prompt: int = 4) -> Path:  # fmt: skip
-    """A grid: one row per showcase prompt, ``per_prompt`` noise seeds each (the same noise for every model)."""
-    texts = [p for p in cfg.showcase_prompts() for _ in range(per_prompt)]
-    imgs = generate_for_prompts(TorchDenoiser(model.eval()), spec, texts, prompts, SAMPLE_STEPS, cfg.guidance_scale,
-                                seed=1000, device=device, progress=False)  # fmt: skip
-    return Path(save_grid(imgs, path, nrow=per_prompt))
 
 
 def run(args: argparse.Namespace) -> None:

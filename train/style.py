@@ -26,16 +26,14 @@ import torch
 
 from pqcad_deploy.captions import EMPTY_PROMPT
 from pqcad_deploy.cli.common import add_subcommand, float_range, int_range, resolve_device
-from pqcad_deploy.conditioning import PromptEncoder, generate_for_prompts
-from pqcad_deploy.denoiser import TorchDenoiser
+from pqcad_deploy.conditioning import PromptEncoder, check_cache
 from pqcad_deploy.errors import UsageError
-from pqcad_deploy.images import save_grid
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.styles import STYLES
 from pqcad_deploy.zoo import ModelSpec
 
 from .finetune import SAMPLE_STEPS, PromptedImages, TuneConfig, tune
-from .finetune_cli import add_tune_args, check_cache, check_run, parse_timesteps, save_result
+from .finetune_cli import add_tune_args, check_run, parse_timesteps, save_result, showcase
 from .personalize import model_samples, warn_split_token
 from .style_data import DEFAULT_CAPTION, aux_set, check_tokens, load_style, subject_words, write_default_style
 
@@ -115,14 +113,6 @@ def stylize(
     record = tune(model, spec, sets, prompts, cfg, device, progress, sampler_steps, keep_frozen)
     record["style"] = {"tokens": list(cfg.tokens), "multi": len(cfg.tokens) > 1, "aux_images": cfg.aux_images}
     return record
-
-
-def showcase(model, spec, prompts, cfg: StyleConfig, device, path: Path, per_prompt: int = 4) -> Path:
-    """A grid: one row per showcase prompt, ``per_prompt`` noise seeds each (the same noise for every model)."""
-    texts = [p for p in cfg.showcase_prompts() for _ in range(per_prompt)]
-    imgs = generate_for_prompts(TorchDenoiser(model.eval()), spec, texts, prompts, SAMPLE_STEPS, cfg.guidance_scale,
-                                seed=1000, device=device, progress=False)  # fmt: skip
-    return Path(save_grid(imgs, path, nrow=per_prompt))
 
 
 def run(args: argparse.Namespace) -> None:
