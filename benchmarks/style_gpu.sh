@@ -3,8 +3,9 @@
 # processes, one per style and learning rate. Stages:
 #   setup            copy the prompt embedding cache carried in .devdata*/ (run benchmarks/t2i_gpu.sh setup and
 #                    benchmarks/personalize_gpu.sh setup first: the latter unpacks the W8A8 student of the peqa row)
-#   table [ARGS...]  per style: every row at LR_A (FP rows, PTQ W8A8 / W4A8 of Single-StyleForge, PEQA on the W8A8
-#                    student) and the FP rows again at LR_B (label @LR_B); ARGS go to every process
+#   table [ARGS...]  three processes per style: _a the teacher, StyleRef-only and Single-StyleForge at LR_A with
+#                    Single's PTQ W8A8 / W4A8; _m Multi-StyleForge at LR_A and PEQA on the W8A8 student; _b the FP
+#                    rows again at LR_B (label @LR_B). ARGS go to every process; each rewrites its JSON per row
 #   wait SECONDS     wait (at most SECONDS) for every process; prints each finished row
 #   collect          merge the tables and copy JSON, logs and grids to $OUT
 # Made on the CPU first (the GPU has no text encoder):
@@ -30,7 +31,9 @@ case "$stage" in
     ;;
   table)
     for s in $STYLES; do
-      launch "${s}_a" --styles "$s" --lr "$LR_A" --student runs/pg/w8a8.safetensors \
+      launch "${s}_a" --styles "$s" --lr "$LR_A" --rows teacher dreambooth single \
+        --embeddings $P/style_prompts.safetensors "$@"
+      launch "${s}_m" --styles "$s" --lr "$LR_A" --rows multi --bits --student runs/pg/w8a8.safetensors \
         --embeddings $P/style_prompts.safetensors "$@"
       launch "${s}_b" --styles "$s" --lr "$LR_B" --rows dreambooth single multi --bits --label "@$LR_B" \
         --embeddings $P/style_prompts.safetensors "$@"
@@ -48,7 +51,7 @@ case "$stage" in
     grep -l "Traceback" $P/*.log | while read -r f; do echo "== $f"; tail -5 "$f"; done || true
     ;;
   collect)
-    files=$(ls $P/*_[ab].json 2>/dev/null || true)
+    files=$(ls $P/*_[abm].json 2>/dev/null || true)
     [ -n "$files" ] && python3 benchmarks/style_table.py --merge $files --out $P/merged.json || true
     tar czf "$OUT/style_results.tgz" --ignore-failed-read $P/*.json $P/*.log $P/*_grids/ 2>/dev/null || true
     ls -la "$OUT"

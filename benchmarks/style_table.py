@@ -191,8 +191,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def run_style(
-    style: str, a, teacher, student, prompts, work: Path, grids_dir: Path, dev
+    style: str, a, teacher, student, prompts, work: Path, grids_dir: Path, dev, on_row=lambda row: None
 ) -> list[dict[str, Any]]:
+    """Every row of one style; ``on_row`` sees each row as it finishes (the JSON is rewritten per row)."""
     spec = teacher.spec
     style_dir = work / style
     write_default_style(style_dir, style)
@@ -217,6 +218,7 @@ def run_style(
             row.update({k: train[k] for k in ("trainable_parameters", "seconds", "peak_gpu_memory_mb")})
         row["row"] += a.label
         rows.append(row)
+        on_row(row)
         log.info("%s %s: %s", style, name, {k: row[k] for k in METRICS if k in row})
 
     for name in a.rows:
@@ -271,14 +273,18 @@ def main(argv: list[str] | None = None) -> int:
             teacher.spec, embeddings=a.embeddings, text_encoder=a.text_encoder, device=dev
         )
         student = open_model(a.student) if a.student else None
-        rows = []
+        rows: list[dict[str, Any]] = []
         out = a.out or RESULTS / "style_table.json"
-        for style in a.styles:
-            rows += run_style(
-                style, a, teacher, student, prompts, work, out.with_name(out.stem + "_grids"), dev
-            )
+
+        def save(row: dict[str, Any]) -> None:
+            rows.append(row)
             atomic_json_save({"args": {k: str(v) for k, v in vars(a).items()}, "environment": environment_info(),
                               "rows": rows}, out)  # fmt: skip
+
+        for style in a.styles:
+            run_style(
+                style, a, teacher, student, prompts, work, out.with_name(out.stem + "_grids"), dev, save
+            )
     print_table(rows)
     print(f"JSON: {out}")
     return 0
