@@ -19,6 +19,7 @@ P=runs/sg
 mkdir -p $P
 STYLES="${STYLES:-outline halftone stripes}"
 LR_A="${LR_A:-5e-5}" LR_B="${LR_B:-2e-5}"
+ROWS_A="${ROWS_A:-teacher dreambooth single}" ROWS_B="${ROWS_B:-dreambooth single multi}" BITS="${BITS-w8a8 w4a8}"
 launch() {  # NAME ARGS...
   name="$1"; shift
   setsid nohup python3 benchmarks/style_table.py "$@" --work "$P/work_$name" --out "$P/$name.json" \
@@ -31,11 +32,11 @@ case "$stage" in
     ;;
   table)
     for s in $STYLES; do
-      launch "${s}_a" --styles "$s" --lr "$LR_A" --rows teacher dreambooth single \
+      launch "${s}_a" --styles "$s" --lr "$LR_A" --rows $ROWS_A --bits $BITS \
         --embeddings $P/style_prompts.safetensors "$@"
       launch "${s}_m" --styles "$s" --lr "$LR_A" --rows multi --bits --student runs/pg/w8a8.safetensors \
         --embeddings $P/style_prompts.safetensors "$@"
-      launch "${s}_b" --styles "$s" --lr "$LR_B" --rows dreambooth single multi --bits --label "@$LR_B" \
+      launch "${s}_b" --styles "$s" --lr "$LR_B" --rows $ROWS_B --bits --label "@$LR_B" \
         --embeddings $P/style_prompts.safetensors "$@"
     done
     ;;

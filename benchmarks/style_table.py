@@ -223,7 +223,7 @@ def run_style(
 
     for name in a.rows:
         cfg = row_config(name, a)
-        model = copy.deepcopy(teacher.model)
+        model = copy.deepcopy(teacher.model).to(dev)
         train = None
         if name != "teacher":
             sets = training_sets(cfg, folders_for(name, style_dir), spec)
