@@ -7,7 +7,7 @@
 #                    Single's PTQ W8A8 / W4A8; _m Multi-StyleForge at LR_A and PEQA on the W8A8 student; _b the FP
 #                    rows again at LR_B (label @LR_B). ARGS go to every process; each rewrites its JSON per row
 #   wait SECONDS     wait (at most SECONDS) for every process; prints each finished row
-#   collect          merge the tables and copy JSON, logs and grids to $OUT
+#   collect          merge the tables and copy JSON, logs and grids to $OUT, the scored images one tar per style
 # Made on the CPU first (the GPU has no text encoder):
 #   python benchmarks/style_table.py --write-prompts runs/style/prompts.txt
 #   python -m pqcad_deploy.text .devdata_g/style_prompts.safetensors --prompts runs/style/prompts.txt
@@ -54,7 +54,11 @@ case "$stage" in
   collect)
     files=$(ls $P/*_[abm].json 2>/dev/null || true)
     [ -n "$files" ] && python3 benchmarks/style_table.py --merge $files --out $P/merged.json || true
-    tar czf "$OUT/style_results.tgz" --ignore-failed-read $P/*.json $P/*.log $P/*_grids/ 2>/dev/null || true
+    tar czf "$OUT/style_results.tgz" --ignore-failed-read --exclude='*.npz' $P/*.json $P/*.log $P/*_grids/ \
+      2>/dev/null || true
+    for s in $STYLES; do  # the scored images (style_table.py keeps them for re-scoring), one file per style
+      tar cf "$OUT/style_images_$s.tar" --ignore-failed-read $P/${s}_*_grids/*.npz 2>/dev/null || true
+    done
     ls -la "$OUT"
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;

@@ -36,7 +36,7 @@ import torch
 from pqcad_deploy.captions import ALL_PAIRS, EMPTY_PROMPT, HELD_OUT_PAIRS
 from pqcad_deploy.conditioning import PromptEncoder, generate_for_prompts
 from pqcad_deploy.denoiser import TorchDenoiser
-from pqcad_deploy.images import save_grid
+from pqcad_deploy.images import save_grid, to_uint8
 from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.quant import QuantConfig, parse_bits
@@ -118,8 +118,10 @@ def calib_prompts(cfg: StyleConfig) -> list[str]:
 
 
 def score(model, spec, prompts, cfg: StyleConfig, style: str, refs: torch.Tensor, a, seed: int, dev,
-          fp_images: torch.Tensor | None = None) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(metrics, the styled images, the grid) of ``model`` for one noise seed."""
+          fp_images: torch.Tensor | None = None, keep: Path | None = None
+          ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(metrics, the styled images, the grid) of ``model`` for one noise seed; ``keep``: also save the scored
+    images there (uint8 .npz, styled and plain) so that they can be scored again without a GPU."""
     den = TorchDenoiser(model.eval())
 
     def gen(texts: list[str], offset: int) -> torch.Tensor:
@@ -131,6 +133,8 @@ def score(model, spec, prompts, cfg: StyleConfig, style: str, refs: torch.Tensor
     out = style_scores(imgs, style, refs, colours, classes, fp_images, dev, held_out=held)
     plain = gen(plain_prompts(a.per_prompt), 3000)
     out["leak"] = float((style_outputs(plain, dev)[0] == STYLE_CLASSES.index(style)).double().mean())
+    if keep is not None:
+        np.savez_compressed(keep, styled=to_uint8(imgs), plain=to_uint8(plain))
     grid = gen([t for t in cfg.showcase_prompts() for _ in range(4)], 5000)
     return out, imgs, grid
 
@@ -207,7 +211,8 @@ def run_style(
         runs, grids = [], []
         for seed in a.noise_seeds:
             ref = fp_imgs.get((fp_of, seed)) if fp_of else None
-            metrics, imgs, grid = score(model, spec, prompts, cfg, style, refs, a, seed, dev, ref)
+            keep = grids_dir / f"{style}_{name}{a.label}_seed{seed}.npz"
+            metrics, imgs, grid = score(model, spec, prompts, cfg, style, refs, a, seed, dev, ref, keep)
             runs.append(metrics)
             grids.append(grid)
             if fp_of is None:
