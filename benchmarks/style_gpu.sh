@@ -18,7 +18,7 @@ export PQCAD_FMNIST_DIR=${PQCAD_FMNIST_DIR:-/tmp/fmnist} PYTHONUNBUFFERED=1
 P=runs/sg
 mkdir -p $P
 STYLES="${STYLES:-outline halftone stripes}"
-LR_A="${LR_A:-5e-5}" LR_B="${LR_B:-2e-5}"
+LR_A="${LR_A:-5e-5}" LR_B="${LR_B:-1e-4}"  # 2e-5 learned outline only (RESULTS "StyleForge")
 ROWS_A="${ROWS_A:-teacher dreambooth single}" ROWS_B="${ROWS_B:-dreambooth single multi}" BITS="${BITS-w8a8 w4a8}"
 launch() {  # NAME ARGS...
   name="$1"; shift

@@ -14,6 +14,7 @@ from PIL import Image
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.patch import load_patch
+from pqcad_deploy.styles import STYLE_CLASSES
 from pqcad_deploy.train.cli import main as train_main
 from pqcad_deploy.train.style_data import MIN_IMAGES, SUBSETS, aux_set, check_tokens, load_style
 from pqcad_deploy.zoo import get_spec
@@ -145,3 +146,15 @@ def test_aux_images_are_plain_captioned_garments_at_the_models_size():
     assert all(" style" not in p for p in aux.prompts)
     with pytest.raises(UsageError, match="--aux-images 0"):
         aux_set(2, 1.0, get_spec("tiny-unet"))
+
+
+def test_style_classifier_training_records_clean_and_damaged_accuracy(tmp_path):
+    out = tmp_path / "sc.safetensors"
+    args = ["style-classifier", "--out", str(out), "--train-images", "512", "--test-images", "200", "--epochs", "1",
+            "--batch-size", "128", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert train_main(args) == 0
+    info = json.loads(out.with_suffix(".json").read_text())
+    for key in ("style_accuracy", "damaged_style_accuracy", "garment_accuracy", "damaged_garment_accuracy"):
+        assert 0.0 <= info[key] <= 1.0, key
+    assert set(info["damaged_style_accuracy_per_style"]) == set(STYLE_CLASSES)
+    assert info["train_images"] == 512 and info["test_images"] == 200
