@@ -5,7 +5,8 @@
 #                    benchmarks/personalize_gpu.sh setup first: the latter unpacks the W8A8 student of the peqa row)
 #   table [ARGS...]  three processes per style: _a the teacher, StyleRef-only and Single-StyleForge at LR_A with
 #                    Single's PTQ W8A8 / W4A8; _m Multi-StyleForge at LR_A and PEQA on the W8A8 student; _b the FP
-#                    rows again at LR_B (label @LR_B). ARGS go to every process; each rewrites its JSON per row
+#                    rows again at LR_B and STEPS_B steps if set (label @LR_BxSTEPS_B). ARGS go to every process;
+#                    each rewrites its JSON per row
 #   wait SECONDS     wait (at most SECONDS) for every process; prints each finished row
 #   collect          merge the tables and copy JSON, logs and grids to $OUT, the scored images one tar per style
 # Made on the CPU first (the GPU has no text encoder):
@@ -18,7 +19,9 @@ export PQCAD_FMNIST_DIR=${PQCAD_FMNIST_DIR:-/tmp/fmnist} PYTHONUNBUFFERED=1
 P=runs/sg
 mkdir -p $P
 STYLES="${STYLES:-outline halftone stripes}"
-LR_A="${LR_A:-5e-5}" LR_B="${LR_B:-1e-4}"  # 2e-5 learned outline only (RESULTS "StyleForge")
+# 2e-5 learned outline only on the GPU; on the CPU 1e-4 broke the StyleRef-only model (RESULTS "StyleForge"):
+# STEPS_B (e.g. 600) gives the _b rows more steps instead of a higher rate
+LR_A="${LR_A:-5e-5}" LR_B="${LR_B:-1e-4}" STEPS_B="${STEPS_B:-}"
 ROWS_A="${ROWS_A:-teacher dreambooth single}" ROWS_B="${ROWS_B:-dreambooth single multi}" BITS="${BITS-w8a8 w4a8}"
 launch() {  # NAME ARGS...
   name="$1"; shift
@@ -36,8 +39,8 @@ case "$stage" in
         --embeddings $P/style_prompts.safetensors "$@"
       launch "${s}_m" --styles "$s" --lr "$LR_A" --rows multi --bits --student runs/pg/w8a8.safetensors \
         --embeddings $P/style_prompts.safetensors "$@"
-      launch "${s}_b" --styles "$s" --lr "$LR_B" --rows $ROWS_B --bits --label "@$LR_B" \
-        --embeddings $P/style_prompts.safetensors "$@"
+      launch "${s}_b" --styles "$s" --lr "$LR_B" --rows $ROWS_B --bits --label "@$LR_B${STEPS_B:+x$STEPS_B}" \
+        --embeddings $P/style_prompts.safetensors "$@" ${STEPS_B:+--steps "$STEPS_B"}
     done
     ;;
   wait)
