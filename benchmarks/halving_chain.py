@@ -81,7 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def collect(model: torch.nn.Module, spec, steps: int, path: Path, a, dev) -> Any:
-    """The calibration set of ``model``'s own ``steps``-step trajectories (saved at ``path``, reused if there)."""
+    """The calibration set of ``model``'s own ``steps``-step trajectories, saved at ``path``; a set left there by an
+    earlier run is reused only with ``--reuse`` (its model may since have been trained again)."""
+    if not a.reuse:
+        for f in (path, path.with_suffix(".json")):
+            f.unlink(missing_ok=True)
     kw = {
         "n_trajectories": a.calib_trajectories,
         "steps": steps,
