@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.images import save_grid
 from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.loading import open_model
-from pqcad_deploy.metrics import fd_fmnist, fidelity
+from pqcad_deploy.metrics import fd_fmnist, fidelity, over_seeds
 from pqcad_deploy.sampling import make_scheduler, sample_many
 from pqcad_deploy.timing import environment_info
 from pqcad_deploy.train.calib import load_or_collect_calib
@@ -141,17 +140,11 @@ def evaluate(
         runs.append(run)
         images[seed] = imgs
     save_grid(images[a.noise_seeds[0]][:64], a.grids / f"{name.replace(' ', '_')}_{steps}.png")
-    row = {"model": name, "steps": steps, **summary(runs, "fd_fmnist"), "runs": runs}
+    row = {"model": name, "steps": steps, **over_seeds(runs, ["fd_fmnist"]), "runs": runs}
     if ref is not None:
-        row.update(summary(runs, "psnr_db_vs_fp"))
+        row.update(over_seeds(runs, ["psnr_db_vs_fp"]))
     log.info("%s @%d: FD %.3f +- %.3f", name, steps, row["fd_fmnist"], row["fd_fmnist_spread"])
     return row, images
-
-
-def summary(runs: list[dict[str, Any]], key: str) -> dict[str, float]:
-    """Mean and half-range over noise seeds."""
-    v = [r[key] for r in runs]
-    return {key: float(np.mean(v)), f"{key}_spread": float((max(v) - min(v)) / 2)}
 
 
 def print_table(rows: list[dict[str, Any]], fp_at_s: float) -> None:

@@ -31,14 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.io import atomic_json_save, atomic_write, load_safetensors
 from pqcad_deploy.loading import open_model
-from pqcad_deploy.metrics import fd_between, fd_fmnist, fidelity
+from pqcad_deploy.metrics import fd_between, fd_fmnist, fidelity, over_seeds
 from pqcad_deploy.quant import QuantConfig, parse_bits
 from pqcad_deploy.quant.config import CALIB_METHODS
 from pqcad_deploy.sampling import make_scheduler, sample_many
@@ -184,7 +183,7 @@ class Bench:
                 else:
                     imgs, ref = self.images(model, s, seed), self.ref[(s, seed)]
                 runs.append(self.score(imgs, s, seed, ref))
-            row["sets"][s] = {"runs": runs, **spread(runs)}
+            row["sets"][s] = {"runs": runs, **over_seeds(runs, METRICS)}
         row["eval_s"] = round(time.perf_counter() - t0, 1)
         self.rows.append(row)
         log.info("%s %s: %s", row["bits"], row["label"], {k: row["sets"]["seen"].get(k) for k in METRICS})
@@ -251,16 +250,6 @@ def parse_row(name: str) -> tuple[int, bool, float]:
 def output_path(a: argparse.Namespace) -> Path:
     date = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}{'_quick' if a.quick else ''}"
     return a.out or RESULTS / f"interval_ptq_{date}.json"
-
-
-def spread(runs: list[dict[str, float]]) -> dict[str, float]:
-    """Mean and half-range over noise seeds of every metric present."""
-    out = {}
-    for k in METRICS:
-        vals = [r[k] for r in runs if k in r and np.isfinite(r[k])]
-        if vals:
-            out[k], out[f"{k}_spread"] = float(np.mean(vals)), float((max(vals) - min(vals)) / 2)
-    return out
 
 
 def print_rows(rows: list[dict[str, Any]], title: str) -> None:

@@ -39,6 +39,7 @@ from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.images import save_grid, to_uint8
 from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.loading import open_model
+from pqcad_deploy.metrics import over_seeds
 from pqcad_deploy.quant import QuantConfig, parse_bits
 from pqcad_deploy.style_metrics import style_outputs, style_scores
 from pqcad_deploy.styles import STYLE_CLASSES, STYLES
@@ -162,16 +163,6 @@ def all_prompts(a: argparse.Namespace, spec, work: Path) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
-def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
-    out = {}
-    for k in METRICS:
-        vals = [r[k] for r in runs if r.get(k) is not None]
-        if vals:
-            out[k] = float(np.mean(vals))
-            out[f"{k}_spread"] = float((max(vals) - min(vals)) / 2)
-    return out
-
-
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (f"{'style':9} {'row':18} {'style fid.':>12} {'Gram dist.':>12} {'class %':>11} {'colour %':>11} "
             f"{'held-out c/c %':>15} {'leak %':>7} {'FD-fm grey':>11} {'FD to FP':>9} {'params':>9} {'train s':>8}")  # fmt: skip
@@ -218,7 +209,7 @@ def run_style(
             if fp_of is None:
                 fp_imgs[(name, seed)] = imgs
         save_grid(grids[0], grids_dir / f"{style}_{name}.png", nrow=4)
-        row = {"style": style, "row": name, **summarize(runs), "runs": runs}
+        row = {"style": style, "row": name, **over_seeds(runs, METRICS), "runs": runs}
         if train:
             row.update({k: train[k] for k in ("trainable_parameters", "seconds", "peak_gpu_memory_mb")})
         row["row"] += a.label

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pqcad_deploy.calibset import eps_mse
@@ -36,6 +35,7 @@ from pqcad_deploy.errors import UsageError
 from pqcad_deploy.images import save_grid
 from pqcad_deploy.io import atomic_json_save, atomic_write, load_safetensors
 from pqcad_deploy.loading import open_model
+from pqcad_deploy.metrics import over_seeds
 from pqcad_deploy.prompt_metrics import prompt_quality
 from pqcad_deploy.quant import QuantConfig
 from pqcad_deploy.timing import environment_info
@@ -201,7 +201,7 @@ class Table:
                 runs.append(prompt_quality(imgs, ev.colours, ev.classes, ref, self.dev))
                 if set_name == "seen" and seed == self.a.noise_seeds[0]:
                     save_grid(imgs[:64], self.a.grids / f"{name.replace(' ', '_')}_seen.png", nrow=8)
-            row["sets"][set_name] = {"runs": runs, **spread(runs)}
+            row["sets"][set_name] = {"runs": runs, **over_seeds(runs, METRICS)}
             log.info("%s %s: %s", name, set_name, {k: row["sets"][set_name].get(k) for k in METRICS})
         row["eval_s"] = round(time.perf_counter() - t0, 1)
         self.rows.append(row)
@@ -305,17 +305,6 @@ class Table:
             "dominant hue against the prompt's colour.",
         }
         atomic_json_save(doc, a.out or RESULTS / f"t2i_table{'_quick' if a.quick else ''}.json")
-
-
-def spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and half-range over noise seeds for every metric present."""
-    out = {}
-    for k in METRICS:
-        vals = [r[k] for r in runs if r.get(k) is not None and np.isfinite(r[k])]
-        if vals:
-            out[k] = float(np.mean(vals))
-            out[f"{k}_spread"] = float((max(vals) - min(vals)) / 2)
-    return out
 
 
 def print_rows(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:

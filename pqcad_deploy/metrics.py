@@ -7,6 +7,7 @@ features (128-d). It plays FID's role on this data set but is not comparable to 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from functools import lru_cache
 
 import numpy as np
@@ -151,3 +152,14 @@ def fd_between(images: torch.Tensor, reference: torch.Tensor, device: str | torc
     fa, _ = classifier_outputs(images, device)
     fb, _ = classifier_outputs(reference, device)
     return frechet_distance(*gaussian_stats(fa), *gaussian_stats(fb))
+
+
+def over_seeds(runs: list[dict], keys: Iterable[str]) -> dict[str, float]:
+    """Mean and half-range (``<key>_spread``) over per-noise-seed results of every key present; missing and
+    non-finite values (a metric a run could not compute) are left out, and a key with none left is omitted."""
+    out: dict[str, float] = {}
+    for k in keys:
+        vals = [r[k] for r in runs if r.get(k) is not None and np.isfinite(r[k])]
+        if vals:
+            out[k], out[f"{k}_spread"] = float(np.mean(vals)), float((max(vals) - min(vals)) / 2)
+    return out

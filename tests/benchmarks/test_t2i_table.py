@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from pqcad_deploy.metrics import over_seeds
 from tests._utils import load_benchmark
 
 
@@ -28,7 +29,7 @@ def _doc(row: str, fd: list[float], val: float | None = None, reference: bool = 
 
 def test_spread_is_mean_and_half_range_and_skips_missing_metrics(tt):
     runs = [{"fd_fmnist_grey": 22.0, "fd_to_fp": None}, {"fd_fmnist_grey": 23.0, "fd_to_fp": None}]
-    s = tt.spread(runs)
+    s = over_seeds(runs, tt.METRICS)
     assert s["fd_fmnist_grey"] == pytest.approx(22.5) and s["fd_fmnist_grey_spread"] == pytest.approx(0.5)
     assert "fd_to_fp" not in s  # a row scored without FP references reports none, not zero
 
@@ -40,7 +41,7 @@ def test_merge_prints_one_table_and_writes_every_row(tt, tmp_path, capsys):
         ("PQCAD W8A8 long_label", [24.0, 24.0], 2e-4, False),
     ]:
         row = _doc(name, fd, val, ref)
-        row["sets"]["seen"].update(tt.spread(row["sets"]["seen"]["runs"]))
+        row["sets"]["seen"].update(over_seeds(row["sets"]["seen"]["runs"], tt.METRICS))
         doc = {"args": {"steps": 50, "guidance_scale": 3.0, "noise_seeds": [0, 1]}, "rows": [row]}
         files.append(tmp_path / f"{len(files)}.json")
         files[-1].write_text(json.dumps(doc))
