@@ -1,6 +1,6 @@
 """StyleForge table (issue 16): per style, the StyleRef-only baseline vs Single- vs Multi-StyleForge on the FP
-text-to-image teacher, then the chosen FP row quantized (PTQ W8A8 / W4A8, calibrated on styled prompts) and the
-quantized-personalization route (PEQA scales of the teacher's W8A8 student, ``--student``).
+text-to-image teacher, then the chosen FP row quantized (PTQ W8A8 / W4A8, calibrated on styled prompts; PQCAD W8A8
+on the same set with ``--pqcad-steps``) and the quantized-personalization route (PEQA scales of the teacher's W8A8 student, ``--student``).
 
 Styles are the testbed's renderings (``pqcad-train style-images``: 16 test-set garments each, split ``upper`` /
 ``other`` for Multi-StyleForge's two tokens). Every row tunes a fresh copy of its base with the same steps and seed
@@ -27,6 +27,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ from pqcad_deploy.styles import STYLE_CLASSES, STYLES
 from pqcad_deploy.timing import environment_info
 from pqcad_deploy.train.calib import load_or_collect_calib
 from pqcad_deploy.train.finetune import SAMPLE_STEPS
+from pqcad_deploy.train.pqcad import train_pqcad
+from pqcad_deploy.train.pqcad_config import PQCADConfig
 from pqcad_deploy.train.ptq import ptq_student
 from pqcad_deploy.train.style import StyleConfig, stylize, training_sets
 from pqcad_deploy.train.style_data import load_style, subject_words, write_default_style
@@ -79,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--label", default="", help="appended to every row name (runs with other settings, merged)"
     )
+    p.add_argument("--pqcad-steps", type=int, default=0, help="W8A8 PQCAD row of --quantize (0: skip)")
+    p.add_argument("--pqcad-batch", type=int, default=128)
+    p.add_argument("--pqcad-lr", type=float, default=1e-5, help="the PQCAD row's weights")
     p.add_argument("--peqa-lr", type=float, default=None, help="the peqa row (default: 1e-3, log space)")
     p.add_argument("--aux-images", type=int, default=16)
     p.add_argument(
@@ -145,6 +151,14 @@ def row_config(row: str, a: argparse.Namespace, method: str = "fp") -> StyleConf
     return StyleConfig(method=method, steps=a.steps, lr=a.peqa_lr if method != "fp" else a.lr,
                        tokens=TOKENS.get(row, ("sks",)), aux_images=0 if row == "dreambooth" else a.aux_images,
                        **extra)  # fmt: skip
+
+
+def pqcad_config(a: argparse.Namespace) -> PQCADConfig:
+    """W8A8 PQCAD of the styled FP model on its styled calibration set, in the ONNX Runtime placement of the PTQ
+    rows: fixed bits (one width, so no switch), CAD towards the FP styled model, weights at ``--pqcad-lr``."""
+    return PQCADConfig(bits=("w8a8",), schedule="fixed", target="onnxruntime", steps=a.pqcad_steps,
+                       stage1_cap=a.pqcad_steps, batch_size=a.pqcad_batch, lr=a.pqcad_lr,
+                       save_every=a.pqcad_steps)  # fmt: skip
 
 
 def folders_for(row: str, style_dir: Path) -> list[Path]:
@@ -226,19 +240,28 @@ def run_style(
             train = stylize(model, spec, sets, prompts, cfg, dev, progress=False)
             fp_models[name] = model
         record(name, model, cfg, train)
-    if a.quantize in fp_models:
+    if a.quantize in fp_models and (a.bits or a.pqcad_steps):
         cfg = row_config(a.quantize, a)
+        prompts.calibration_prompts = calib_prompts(cfg)  # as pqcad-train ptq --calib-prompts FILE does
+        collect = {"n_trajectories": a.calib_trajectories, "steps": 20, "n_points": 10, "batch_size": 256,
+                   "seed": 0}  # fmt: skip
+        calib = load_or_collect_calib(None, fp_models[a.quantize], spec, dev, collect, False, prompts,
+                                      cfg.guidance_scale)  # fmt: skip
+        prompts.calibration_prompts = None
         for bits in a.bits:
             w, act = parse_bits(bits)
-            prompts.calibration_prompts = calib_prompts(cfg)  # as pqcad-train ptq --calib-prompts FILE does
-            collect = {"n_trajectories": a.calib_trajectories, "steps": 20, "n_points": 10, "batch_size": 256,
-                       "seed": 0}  # fmt: skip
-            calib = load_or_collect_calib(None, fp_models[a.quantize], spec, dev, collect, False, prompts,
-                                          cfg.guidance_scale)  # fmt: skip
-            prompts.calibration_prompts = None
             q = QuantConfig(weight_bits=w, act_bits=act, target="onnxruntime", calib_method="mse")
             model, _ = ptq_student(fp_models[a.quantize], q, calib, dev)
             record(f"{a.quantize}-ptq-{bits}", model, cfg, None, fp_of=a.quantize)
+        if a.pqcad_steps:
+            t0 = time.perf_counter()
+            path = train_pqcad(pqcad_config(a), fp_models[a.quantize], spec, calib,
+                               work / f"{style}_{a.quantize}_pqcad_w8a8{a.label}.pt", device=str(dev),
+                               progress=False)  # fmt: skip
+            model = open_model(path).model.to(dev)
+            train = {"trainable_parameters": sum(p.numel() for p in model.parameters()),
+                     "seconds": round(time.perf_counter() - t0, 1), "peak_gpu_memory_mb": None}  # fmt: skip
+            record(f"{a.quantize}-pqcad-w8a8", model, cfg, train, fp_of=a.quantize)
     if student is not None:
         cfg = row_config("single", a, method="peqa")
         model = copy.deepcopy(student.model)

@@ -1,0 +1,54 @@
+"""The StyleForge table runs end to end on a tiny text-to-image model: every kind of row, spreads over noise seeds,
+the scored images kept for re-scoring, a grid per row, and ``--merge``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from pqcad_deploy.text import load_embedding_cache
+from pqcad_deploy.train.cli import main as train_main
+from pqcad_deploy.zoo import build_model, get_spec, save_weights
+from tests._utils import load_benchmark
+
+
+def test_style_table_on_a_tiny_model(tmp_path, tiny_t2i_cache, tiny_bert_dir, fake_fmnist, monkeypatch):
+    monkeypatch.setenv("PQCAD_FMNIST_DIR", str(fake_fmnist))
+    spec = get_spec("tiny-t2i")
+    spec = dataclasses.replace(
+        spec, text={**spec.text, "fingerprint": load_embedding_cache(tiny_t2i_cache).fingerprint}
+    )
+    teacher = save_weights(build_model(spec, seed=0), spec, tmp_path / "teacher.safetensors")
+    student = tmp_path / "student.pt"
+    calib = ["--calib-trajectories", "2", "--calib-steps", "4", "--calib-points", "2", "--calib-batch-size", "2"]
+    argv = ["ptq", "--teacher", str(teacher), "--out", str(student), *calib, "--ptq-method", "maxabs"]
+    assert train_main([*argv, "--embeddings", str(tiny_t2i_cache), "--device", "cpu"]) == 0
+    bench = load_benchmark("style_table")
+    out = tmp_path / "table.json"
+    assert bench.main(["--teacher", str(teacher), "--student", str(student), "--styles", "stripes", "--rows",
+                       "teacher", "dreambooth", "single", "--bits", "w8a8", "--pqcad-steps", "2", "--pqcad-batch",
+                       "4", "--steps", "2", "--batch-size", "2", "--aux-images", "4", "--per-prompt", "1",
+                       "--noise-seeds", "0", "1", "--sample-steps", "2", "--calib-trajectories", "2",
+                       "--text-encoder", str(tiny_bert_dir), "--work", str(tmp_path / "work"), "--device", "cpu",
+                       "--label", "@t", "--out", str(out)]) == 0  # fmt: skip
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    names = ["teacher", "dreambooth", "single", "single-ptq-w8a8", "single-pqcad-w8a8", "single-peqa-w8a8"]
+    assert list(rows) == [f"{n}@t" for n in names]
+    for r in rows.values():
+        assert 0 <= r["style_fidelity"] <= 1 and 0 <= r["class_accuracy"] <= 1 and 0 <= r["leak"] <= 1
+        assert len(r["runs"]) == 2 and r["style_fidelity_spread"] >= 0 and r["fd_fmnist_grey"] >= 0
+    for n in ("single-ptq-w8a8", "single-pqcad-w8a8", "single-peqa-w8a8"):  # scored against the FP styled row
+        assert rows[f"{n}@t"]["fd_to_fp"] >= 0
+    assert "fd_to_fp" not in rows["single@t"] and "seconds" not in rows["teacher@t"]
+    assert rows["single-pqcad-w8a8@t"]["seconds"] > 0
+    assert 0 < rows["single-peqa-w8a8@t"]["trainable_parameters"] < rows["single@t"]["trainable_parameters"]
+    assert (tmp_path / "work" / "stripes_single_pqcad_w8a8@t.pt").is_file()
+    grids = tmp_path / "table_grids"
+    assert (grids / "stripes_single-pqcad-w8a8.png").is_file()
+    kept = np.load(grids / "stripes_dreambooth@t_seed1.npz")
+    assert kept["styled"].dtype == np.uint8 and len(kept["styled"]) == 80  # one per (colour, class) prompt
+    merged = tmp_path / "merged.json"
+    assert bench.main(["--merge", str(out), str(out), "--out", str(merged)]) == 0
+    assert len(json.loads(merged.read_text())["rows"]) == 2 * len(rows)
