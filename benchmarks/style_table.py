@@ -1,6 +1,7 @@
 """StyleForge table (issue 16): per style, the StyleRef-only baseline vs Single- vs Multi-StyleForge on the FP
 text-to-image teacher, then the chosen FP row quantized (PTQ W8A8 / W4A8, calibrated on styled prompts; PQCAD W8A8
-on the same set with ``--pqcad-steps``) and the quantized-personalization route (PEQA scales of the teacher's W8A8 student, ``--student``).
+on the same set with ``--pqcad-steps``) and the quantized-personalization route (PEQA scales of the teacher's W8A8
+student, ``--student``).
 
 Styles are the testbed's renderings (``pqcad-train style-images``: 16 test-set garments each, split ``upper`` /
 ``other`` for Multi-StyleForge's two tokens). Every row tunes a fresh copy of its base with the same steps and seed

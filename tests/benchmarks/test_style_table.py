@@ -22,7 +22,16 @@ def test_style_table_on_a_tiny_model(tmp_path, tiny_t2i_cache, tiny_bert_dir, fa
     )
     teacher = save_weights(build_model(spec, seed=0), spec, tmp_path / "teacher.safetensors")
     student = tmp_path / "student.pt"
-    calib = ["--calib-trajectories", "2", "--calib-steps", "4", "--calib-points", "2", "--calib-batch-size", "2"]
+    calib = [
+        "--calib-trajectories",
+        "2",
+        "--calib-steps",
+        "4",
+        "--calib-points",
+        "2",
+        "--calib-batch-size",
+        "2",
+    ]
     argv = ["ptq", "--teacher", str(teacher), "--out", str(student), *calib, "--ptq-method", "maxabs"]
     assert train_main([*argv, "--embeddings", str(tiny_t2i_cache), "--device", "cpu"]) == 0
     bench = load_benchmark("style_table")
