@@ -103,7 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, default=None)
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if a.pqcad_steps < 0 or a.pqcad_batch < 1:  # refused before any training, not after the FP rows
+        p.error(f"--pqcad-steps must be >= 0 and --pqcad-batch >= 1 (got {a.pqcad_steps}, {a.pqcad_batch})")
+    return a
 
 
 def eval_prompts(

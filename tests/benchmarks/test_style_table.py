@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from pqcad_deploy.text import load_embedding_cache
 from pqcad_deploy.train.cli import main as train_main
@@ -61,3 +62,10 @@ def test_style_table_on_a_tiny_model(tmp_path, tiny_t2i_cache, tiny_bert_dir, fa
     merged = tmp_path / "merged.json"
     assert bench.main(["--merge", str(out), str(out), "--out", str(merged)]) == 0
     assert len(json.loads(merged.read_text())["rows"]) == 2 * len(rows)
+
+
+@pytest.mark.parametrize("bad", [["--pqcad-steps", "-1"], ["--pqcad-steps", "10", "--pqcad-batch", "0"]])
+def test_bad_pqcad_settings_are_refused_before_any_work(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        load_benchmark("style_table").main(["--styles", "stripes", *bad])
+    assert e.value.code == 2 and "--pqcad-steps must be >= 0" in capsys.readouterr().err
