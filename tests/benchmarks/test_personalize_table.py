@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
-from pqcad_deploy.text import load_embedding_cache
 from pqcad_deploy.text import main as text_main
-from pqcad_deploy.train.cli import main as train_main
-from pqcad_deploy.zoo import build_model, get_spec, save_weights
 from tests._utils import load_benchmark
 
 
-def test_personalize_table_on_a_tiny_model(tmp_path, tiny_t2i_cache, tiny_bert_dir, fake_fmnist, monkeypatch):
+def test_personalize_table_on_a_tiny_model(tmp_path, t2i, tiny_bert_dir, fake_fmnist, monkeypatch):
     monkeypatch.setenv("PQCAD_FMNIST_DIR", str(fake_fmnist))
-    spec = get_spec("tiny-t2i")
-    spec = dataclasses.replace(
-        spec, text={**spec.text, "fingerprint": load_embedding_cache(tiny_t2i_cache).fingerprint}
-    )
-    teacher = save_weights(build_model(spec, seed=0), spec, tmp_path / "teacher.safetensors")
-    student = tmp_path / "student.pt"
-    calib = [
-        "--calib-trajectories",
-        "2",
-        "--calib-steps",
-        "4",
-        "--calib-points",
-        "2",
-        "--calib-batch-size",
-        "2",
-    ]
-    argv = ["ptq", "--teacher", str(teacher), "--out", str(student), *calib, "--ptq-method", "maxabs"]
-    assert train_main([*argv, "--embeddings", str(tiny_t2i_cache), "--device", "cpu"]) == 0
+    teacher, student = t2i["teacher"], t2i["student"]
     bench = load_benchmark("personalize_table")
     out = tmp_path / "table.json"
     args = ["--teacher", str(teacher), "--student", str(student), "--subjects", "Bag:red:0", "--steps", "2",
