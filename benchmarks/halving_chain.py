@@ -11,6 +11,7 @@ chain from the CLI: ``pqcad-train calib --teacher STUDENT --calib-steps S/2`` an
 --init-student STUDENT --calib THAT --halve-steps``.
 
     python benchmarks/halving_chain.py --steps 20 --rounds 2 --train-steps 400 --n-samples 10000 --noise-seeds 0 1
+    python benchmarks/halving_chain.py ... --target onnxruntime    # students in the ORT placement (CPU INT8 form)
     python benchmarks/halving_chain.py --quick          # CPU smoke run on the tiny random model
 """
 
@@ -52,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--steps", type=int, default=20, help="the teacher's DDIM steps S")
     add("--rounds", type=int, default=2, help="halvings: S -> S/2 -> ... -> S/2^rounds")
     add("--bits", default="w8a8")
+    add(
+        "--target",
+        choices=("tensorrt", "onnxruntime"),
+        default="tensorrt",
+        help="quantizer placement the students train in (onnxruntime: the fast CPU INT8 form)",
+    )
     add(
         "--train-steps",
         type=int,
@@ -98,7 +105,8 @@ def collect(model: torch.nn.Module, spec, steps: int, path: Path, a, dev) -> Any
 def train_chain(a: argparse.Namespace, teacher, spec, dev) -> tuple[dict[str, tuple[Path, int]], float]:
     """{row name: (student file, the DDIM steps it is meant for)} and the training seconds of all rounds."""
     cfg = PQCADConfig(bits=(a.bits,), schedule="fixed", steps=a.train_steps, stage1_cap=a.train_steps,
-                      batch_size=a.batch_size, lr=a.lr, seed=a.seed, save_every=max(100, a.train_steps // 4))  # fmt: skip
+                      batch_size=a.batch_size, lr=a.lr, seed=a.seed, save_every=max(100, a.train_steps // 4),
+                      target=a.target)  # fmt: skip
     a.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     calib = collect(teacher, spec, a.steps, a.work / f"calib_fp_{a.steps}.safetensors", a, dev)

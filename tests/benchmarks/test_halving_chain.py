@@ -26,3 +26,12 @@ def test_quick_chain_halves_twice_and_scores_every_row(tmp_path):
     assert CalibSet.load(work / "calib_fp_8.safetensors").meta["steps"] == 8
     assert open_model(work / "halved2.safetensors").meta["sampling"]["steps"] == 2
     assert (tmp_path / "chain_grids" / "w8a8_halved_x2_2.png").exists()
+
+
+def test_quick_chain_trains_every_student_in_the_requested_placement(tmp_path):
+    chain = load_benchmark("halving_chain")
+    work = tmp_path / "work"
+    args = ["--quick", "--target", "onnxruntime", "--noise-seeds", "0", "--work", str(work)]
+    assert chain.main([*args, "--out", str(tmp_path / "chain.json")]) == 0
+    for name in ("unhalved", "halved1", "halved2"):
+        assert open_model(work / f"{name}.safetensors").meta["quant"]["target"] == "onnxruntime"
