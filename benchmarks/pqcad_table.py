@@ -10,6 +10,10 @@ noise; reported: FD-fmnist, fidelity to the FP images (PSNR dB, rel-L2) and trai
     python benchmarks/pqcad_table.py                                   # one H100, <= 9 min (--deadline-s 540)
     python benchmarks/pqcad_table.py --init-ptq percentile --lr 1e-5 --n-samples 10000 --seeds 0 1 --deadline-s 0
     python benchmarks/pqcad_table.py --quick                           # CPU smoke run, tiny random model
+The W4A8 recipe decision (issue 19 item 2: lambda_c, PQ alone, QAT, adaptive vs fixed switch; two training and two
+noise seeds):
+    python benchmarks/pqcad_table.py --skip-ptq --n-samples 10000 --seeds 0 1 --noise-seeds 0 1 --deadline-s 0 \
+        --switch-signal probe --branches pq pq_alone pq_c0.1 pq_c0.3 qat fixed_switch --eval-steps 100
 Runs split across machines (``--skip-ptq``, ``--ptq-only``, ``--branches``) are combined by ``--merge a.json b.json --out t.json``.
 Writes benchmarks/results/pqcad_table_<UTC date>.json and sample grids under benchmarks/results/pqcad_grids/.
 """
@@ -49,9 +53,10 @@ from pqcad_deploy.zoo import TEACHER_PATH
 
 log = logging.getLogger("pqcad_table")
 RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path("runs/pqcad_table")
 METRICS = ("fd", "psnr_db_vs_fp", "rel_l2_vs_fp", "train_time_s")
 # Rows trained per seed besides pq (PQ+CAD W4A8, always trained): key -> (row variant, bits, PQCADConfig changes).
-# Every one but qat branches from pq's end-of-stage-1 checkpoint; w8a8 is that stage 1 itself.
+# Every one but FROM_SCRATCH branches from pq's end-of-stage-1 checkpoint; w8a8 is that stage 1 itself.
 BRANCH_RUNS = {
     "qat": ("fixed-bit QAT", "w4a8", {"bits": ("w4a8",), "schedule": "fixed"}),
     "w8a8": ("PQCAD", "w8a8", {"bits": ("w8a8",)}),
@@ -59,15 +64,21 @@ BRANCH_RUNS = {
     "half_w4a8": ("PQ+CAD+halving", "w4a8", {"halve_steps": True}),
     "fp_teacher": ("PQ+CAD (FP teacher)", "w4a8", {"teacher_kind": "fp"}),
     "pq_alone": ("PQ alone", "w4a8", {"lambda_c": 0.0}),
+    "pq_c0.1": ("PQ+CAD lambda_c 0.1", "w4a8", {"lambda_c": 0.1}),
+    "pq_c0.3": ("PQ+CAD lambda_c 0.3", "w4a8", {"lambda_c": 0.3}),
+    # the adaptive switch's control: the same recipe switching at --stage1-cap whatever the signal says (eps 0)
+    "fixed_switch": ("PQ+CAD switch at cap", "w4a8", {"eps": 0.0}),
 }
 BRANCHES = ("pq", *BRANCH_RUNS)
+# branches whose stage 1 differs from pq's, so they cannot resume from its end-of-stage-1 checkpoint
+FROM_SCRATCH = ("qat", "fixed_switch")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = p.add_argument
     add("--teacher", default=str(TEACHER_PATH), help="FP teacher (.safetensors + .json) or zoo name")
-    add("--work", type=Path, default=Path("runs/pqcad_table"), help="students and the calibration set")
+    add("--work", type=Path, default=WORK, help="students and the calibration set")
     add("--out", type=Path, default=None, help="JSON (default results/pqcad_table_<date>.json)")
     add("--train-steps", type=int, default=800, help="total optimizer steps per trained variant")
     add("--stage1-cap", type=int, default=400)
@@ -75,6 +86,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--lr", type=float, default=PQCADConfig.lr)
     add("--lr-quant", type=float, default=PQCADConfig.lr_quant)
     add("--seeds", type=int, nargs="+", default=[0], help="training seeds (mean and spread if > 1)")
+    add(
+        "--noise-seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="sampling noise seeds per row; the spread is the half-range over every (training, noise) seed pair",
+    )
+    add(
+        "--switch-signal",
+        choices=("train", "probe"),
+        default=PQCADConfig.switch_signal,
+        help="what the momentum rule watches: the smoothed training loss or the eps-error on held-out points",
+    )
+    add(
+        "--switch-probe",
+        type=int,
+        default=PQCADConfig.switch_probe,
+        help="held-out points of --switch-signal probe",
+    )
     add("--eval-steps", type=int, nargs="+", default=[100, 50])
     add("--n-samples", type=int, default=0, help="images per row (0: fit --eval-budget-s, max 10000)")
     add("--eval-budget-s", type=float, default=150.0, help="device seconds for all sampling (adaptive N)")
@@ -96,10 +126,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.teacher = "tiny-unet" if args.teacher == str(TEACHER_PATH) else args.teacher
         args.calib_trajectories, args.calib_steps, args.calib_points = 8, 10, 10
-        args.train_steps, args.stage1_cap, args.batch_size = 8, 4, 8
+        args.train_steps, args.stage1_cap, args.batch_size, args.switch_probe = 8, 4, 8, 8
         args.eval_steps, args.n_samples, args.eval_batch, args.grid = [10, 4], 16, 16, 16
         args.ptq_methods, args.init_ptq, args.deadline_s = ["maxabs", "mse"], "maxabs", 0.0
-        args.work = args.work.with_name(args.work.name + "_quick")
+        args.work = args.work.with_name(args.work.name + "_quick") if args.work == WORK else args.work
     if args.skip_ptq and not args.n_samples:
         p.error("--skip-ptq needs --n-samples (the adaptive N is measured on a PTQ model)")
     if args.skip_ptq and args.ptq_only:
@@ -117,6 +147,8 @@ def base_config(args: argparse.Namespace) -> PQCADConfig:
         lr_quant=args.lr_quant,
         ptq_method=args.init_ptq,
         save_every=max(100, args.train_steps // 4),
+        switch_signal=args.switch_signal,
+        switch_probe=args.switch_probe,
     )
 
 
@@ -132,7 +164,7 @@ class Bench:
         args.work.mkdir(parents=True, exist_ok=True)
         self.grids = RESULTS / ("pqcad_grids_quick" if args.quick else "pqcad_grids")
         self.grids.mkdir(parents=True, exist_ok=True)
-        self.fp_images: dict[int, torch.Tensor] = {}
+        self.fp_images: dict[tuple[int, int], torch.Tensor] = {}  # (steps, noise seed) -> FP images
         self.rows: list[dict[str, Any]] = []
         self.n = args.n_samples
         self.skipped: list[str] = []
@@ -172,32 +204,41 @@ class Bench:
         den = TorchDenoiser(fq_model)
         den(x, t)  # warm-up
         per_img_step = time_calls(lambda: den(x, t), 3, self.dev) / 1e3 / a.eval_batch
-        img_steps = 9 * sum(a.eval_steps)  # ~9 models at each step count (upper bound)
+        img_steps = 9 * sum(a.eval_steps) * len(a.noise_seeds)  # ~9 models at each step count (upper bound)
         n = int(a.eval_budget_s / (per_img_step * img_steps))
         self.n = max(500, min(10000, n // 500 * 500))
         log.info("fake-quant: %.3f ms/img/step -> %d samples per row", per_img_step * 1e3, self.n)
 
     def evaluate(self, row: dict[str, Any], model: torch.nn.Module, steps_list: list[int]) -> None:
-        """Sample N images per step count from the shared noise; FD, fidelity to FP, a grid."""
+        """Sample N images per step count and noise seed from the noise every row shares; FD, fidelity to FP from
+        the same noise, a grid (first noise seed)."""
         sched = lambda: make_scheduler("ddim", **self.spec.scheduler)  # noqa: E731
         den, timer = TorchDenoiser(model), DeviceTimer(self.dev)
         shape, batch = self.spec.sample_shape, self.args.eval_batch
         for steps in steps_list:
-            mark = timer.start()
-            imgs = sample_many(den, sched, self.n, shape, steps, batch, seed=0, device=self.dev)
-            secs = timer.stop(mark) / 1e3
-            res = {"steps": steps, "fd": fd_fmnist(imgs, device=self.dev), "sample_s": round(secs, 2)}
-            if row["variant"] == "FP":
-                self.fp_images[steps] = imgs
-            else:
-                ref_steps = steps if steps in self.fp_images else max(self.fp_images)
-                res.update({f"{k}_vs_fp": v for k, v in fidelity(imgs, self.fp_images[ref_steps]).items()})
-                res["fp_ref_steps"] = ref_steps
-            seed = "" if row.get("seed") is None else f"_s{row['seed']}"
-            tag = f"{row['variant']}_{row['bits']}{seed}_{steps}".replace("+", "-")
-            save_grid(imgs[: self.args.grid], self.grids / f"{re.sub(r'[^A-Za-z0-9_-]', '', tag)}.png")
-            row.setdefault("evals", []).append(res)
-            log.info("%s %s @%d steps: FD %.4f", row["variant"], row["bits"], steps, res["fd"])
+            for noise in self.args.noise_seeds:
+                mark = timer.start()
+                imgs = sample_many(den, sched, self.n, shape, steps, batch, seed=noise, device=self.dev)
+                secs = timer.stop(mark) / 1e3
+                res = {"steps": steps, "noise_seed": noise, "fd": fd_fmnist(imgs, device=self.dev)}
+                res["sample_s"] = round(secs, 2)
+                if row["variant"] == "FP":
+                    self.fp_images[steps, noise] = imgs
+                else:
+                    fp_steps = {s for s, n in self.fp_images if n == noise}
+                    ref_steps = steps if steps in fp_steps else max(fp_steps)
+                    ref = self.fp_images[ref_steps, noise]
+                    res.update({f"{k}_vs_fp": v for k, v in fidelity(imgs, ref).items()})
+                    res["fp_ref_steps"] = ref_steps
+                if noise == self.args.noise_seeds[0]:
+                    self.save_row_grid(row, steps, imgs)
+                row.setdefault("evals", []).append(res)
+                log.info("%s %s @%d, noise %d: FD %.4f", row["variant"], row["bits"], steps, noise, res["fd"])
+
+    def save_row_grid(self, row: dict[str, Any], steps: int, imgs: torch.Tensor) -> None:
+        seed = "" if row.get("seed") is None else f"_s{row['seed']}"
+        tag = f"{row['variant']}_{row['bits']}{seed}_{steps}".replace("+", "-")
+        save_grid(imgs[: self.args.grid], self.grids / f"{re.sub(r'[^A-Za-z0-9_-]', '', tag)}.png")
 
     def add(self, variant: str, bits: str, path: Path | None, seed: int | None = None, **extra: Any) -> None:
         row: dict[str, Any] = {"variant": variant, "bits": bits, "seed": seed, **extra}
@@ -238,7 +279,7 @@ class Bench:
                     continue
                 if key == "w8a8":
                     changes = {**changes, "steps": int(safe_torch_load(stage1)["step"])}
-                resume = None if key == "qat" else stage1
+                resume = None if key in FROM_SCRATCH else stage1
                 self.add(variant, bits, self.train(f"{key}_s{seed}", self.cfg(seed, **changes), resume), seed)
 
     def select_ptq(self) -> dict[str, Path]:
@@ -279,7 +320,8 @@ class Bench:
 
 
 def aggregate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and spread over training runs (seeds, and repeats of a seed) per (variant, bits, steps)."""
+    """Mean and spread (half-range) over training runs (seeds, and repeats of a seed) and noise seeds per (variant,
+    bits, steps)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         for e in r.get("evals", []):
@@ -319,6 +361,17 @@ def print_table(summary: list[dict[str, Any]], title: str) -> None:
             f"{f(r.get('rel_l2_vs_fp'), '.4f', 8)}{f(r.get('train_time_s'), '.1f', 9)}"
         )
     print("vs FP: FD change against FP at the same step count (step-halved rows: at twice theirs)")
+
+
+def print_switches(rows: list[dict[str, Any]]) -> None:
+    """Where each progressive run left stage 1, and why: ``plateau`` (the momentum rule fired) or ``cap``."""
+    seen = set()
+    for r in rows:
+        for h in r.get("history") or []:
+            key = (r["variant"], r.get("seed"), h.get("step"))
+            if h.get("event") == "switch" and key not in seen:
+                seen.add(key)
+                print(f"switch: {r['variant']} seed {r.get('seed')}: step {h['step']} ({h['reason']})")
 
 
 def merge_runs(paths: list[Path], out: Path) -> dict[str, Any]:
@@ -386,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nPQCAD table: N={bench.n} per row, teacher {args.teacher}, {time.perf_counter() - t0:.0f}s total"
     )
     print_table(aggregate_rows(bench.rows), title)
+    print_switches(bench.rows)
     if bench.skipped:
         print(f"\nskipped for time (--deadline-s {args.deadline_s:.0f}): {', '.join(bench.skipped)}")
     print(f"\nJSON: {bench.out_path}\ngrids: {bench.grids}")

@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from tests._utils import load_benchmark
 
@@ -116,3 +117,32 @@ def test_lr_sweep_quick_trains_scores_and_picks(tmp_path, capsys):
     assert doc["pick_lr"] == min(trained, key=lambda r: r["eps_mse_heldout"])["lr"]
     assert doc["rows"][0]["eps_mse_heldout"] < 1e-6  # FP against its own targets: the metric is wired right
     assert "pick (lowest held-out eps-MSE)" in capsys.readouterr().out
+
+
+def test_each_noise_seed_is_scored_against_fp_from_the_same_noise(table, tmp_path):
+    args = ["--quick", "--skip-ptq", "--n-samples", "16", "--noise-seeds", "0", "1", "--work", str(tmp_path)]
+    bench = table.Bench(table.parse_args([*args, "--out", str(tmp_path / "t.json")]))
+    bench.calib()
+    bench.add("FP", "fp32", None)
+    bench.add("FP again", "fp32", None)  # the same model from the same noise: identical to its reference
+    fp, again = bench.rows
+    assert [(e["steps"], e["noise_seed"]) for e in fp["evals"]] == [(10, 0), (10, 1), (4, 0), (4, 1)]
+    assert fp["evals"][0]["fd"] != fp["evals"][1]["fd"]  # two noise seeds are two samples
+    assert all(e["rel_l2_vs_fp"] == 0.0 for e in again["evals"])
+    summary = {(s["variant"], s["steps"]): s for s in table.aggregate_rows(bench.rows)}
+    assert summary["FP", 10]["n_runs"] == 2 and summary["FP", 10]["fd_spread"] > 0
+
+
+def test_switch_branches_train_the_recipes_they_name(table, tmp_path, capsys):
+    work, out = tmp_path / "work", tmp_path / "t.json"
+    argv = ["--quick", "--skip-ptq", "--n-samples", "16", "--eval-steps", "4", "--switch-signal", "probe"]
+    argv += ["--branches", "fixed_switch", "pq_c0.1", "--work", str(work), "--out", str(out)]
+    assert table.main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert [r["variant"] for r in doc["rows"]] == ["FP", "PQ+CAD switch at cap", "PQ+CAD lambda_c 0.1"]
+    fixed = torch.load(work / "fixed_switch_s0_train.pt", weights_only=True)["config"]
+    branch = torch.load(work / "pq_c0.1_s0_train.pt", weights_only=True)["config"]
+    assert fixed["eps"] == 0.0 and fixed["switch_signal"] == "probe" and branch["lambda_c"] == 0.1
+    switches = [h for h in doc["rows"][1]["history"] if h["event"] == "switch"]
+    assert [(h["step"], h["reason"]) for h in switches] == [(4, "cap")]  # eps 0: the rule never fires
+    assert "switch: PQ+CAD switch at cap seed 0: step 4 (cap)" in capsys.readouterr().out
