@@ -130,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.eval_steps, args.n_samples, args.eval_batch, args.grid = [10, 4], 16, 16, 16
         args.ptq_methods, args.init_ptq, args.deadline_s = ["maxabs", "mse"], "maxabs", 0.0
         args.work = args.work.with_name(args.work.name + "_quick") if args.work == WORK else args.work
+    if args.switch_probe < 1:
+        p.error(f"--switch-probe must be >= 1 (got {args.switch_probe})")
     if args.skip_ptq and not args.n_samples:
         p.error("--skip-ptq needs --n-samples (the adaptive N is measured on a PTQ model)")
     if args.skip_ptq and args.ptq_only:

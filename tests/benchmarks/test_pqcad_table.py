@@ -146,3 +146,9 @@ def test_switch_branches_train_the_recipes_they_name(table, tmp_path, capsys):
     switches = [h for h in doc["rows"][1]["history"] if h["event"] == "switch"]
     assert [(h["step"], h["reason"]) for h in switches] == [(4, "cap")]  # eps 0: the rule never fires
     assert "switch: PQ+CAD switch at cap seed 0: step 4 (cap)" in capsys.readouterr().out
+
+
+def test_bad_switch_probe_is_refused_at_parse_time(table, capsys):
+    with pytest.raises(SystemExit):
+        table.parse_args(["--switch-probe", "0"])
+    assert "--switch-probe must be >= 1 (got 0)" in capsys.readouterr().err
