@@ -14,6 +14,8 @@ The W4A8 recipe decision (issue 19 item 2: lambda_c, PQ alone, QAT, adaptive vs 
 noise seeds):
     python benchmarks/pqcad_table.py --skip-ptq --n-samples 10000 --seeds 0 1 --noise-seeds 0 1 --deadline-s 0 \
         --switch-signal probe --branches pq pq_alone pq_c0.1 pq_c0.3 qat fixed_switch --eval-steps 100
+(`benchmarks/pqcad_gpu.sh table` runs that per training seed in parallel, beside the halving chain in the ONNX
+Runtime placement.)
 Runs split across machines (``--skip-ptq``, ``--ptq-only``, ``--branches``) are combined by ``--merge a.json b.json --out t.json``.
 Writes benchmarks/results/pqcad_table_<UTC date>.json and sample grids under benchmarks/results/pqcad_grids/.
 """

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Issue 19 on one GPU (RESULTS.md "PQCAD"): the W4A8 recipe decision (benchmarks/pqcad_table.py, one process per
+# training seed: PQ+CAD with lambda_c 1 / 0.3 / 0.1 / 0, fixed-bit QAT and the fixed-switch control, the adaptive
+# switch on the held-out probe) and the halving chain in the ONNX Runtime placement (benchmarks/halving_chain.py
+# --target onnxruntime), as background processes. Stages:
+#   table [ARGS...]  launch them; ARGS go to every pqcad_table.py process (e.g. --train-steps 800 --stage1-cap 400),
+#                    CHAIN_ARGS to halving_chain.py; SEEDS (default "0 1"), BRANCHES, N (images per row and noise
+#                    seed, default 10000); NO_CHAIN=1 skips the chain; QUICK=1 is a CPU smoke run of the stages
+#   wait SECONDS     wait at most SECONDS for every process; print what finished
+#   collect          merge the per-seed tables and copy JSON, logs, training curves and grids to $OUT
+# The shipped teacher is not in the slim tree: run benchmarks/t2i_gpu.sh setup first (it unpacks
+# .devdata*/fmnist_ddpm.safetensors.xz).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage="${1:?stage: table|wait|collect}"; shift || true
+export PQCAD_FMNIST_DIR=${PQCAD_FMNIST_DIR:-/tmp/fmnist} PYTHONUNBUFFERED=1
+P=runs/pg19
+SEEDS="${SEEDS:-0 1}" BRANCHES="${BRANCHES:-pq pq_alone pq_c0.1 pq_c0.3 qat fixed_switch}" N="${N:-10000}"
+QUICK_ARG=${QUICK:+--quick}
+mkdir -p $P
+launch() {  # NAME SCRIPT ARGS...
+  name="$1"; shift
+  setsid nohup python3 "$@" > "$P/$name.log" 2>&1 < /dev/null &
+  echo $! > "$P/$name.pid"
+}
+case "$stage" in
+  table)
+    for s in $SEEDS; do
+      # shellcheck disable=SC2086
+      launch "w4a8_s$s" benchmarks/pqcad_table.py $QUICK_ARG --skip-ptq --n-samples "$N" --seeds "$s" \
+        --noise-seeds 0 1 --deadline-s 0 --switch-signal probe --branches $BRANCHES --eval-steps 100 \
+        --work "$P/work_s$s" --out "$P/w4a8_s$s.json" "$@"
+    done
+    if [ -z "${NO_CHAIN:-}" ]; then
+      # shellcheck disable=SC2086
+      launch chain_ort benchmarks/halving_chain.py $QUICK_ARG --target onnxruntime --n-samples "$N" \
+        --noise-seeds 0 1 --work "$P/chain_ort" --out "$P/chain_ort.json" ${CHAIN_ARGS:-}
+    fi
+    ;;
+  wait)
+    limit="${1:-540}"; t0=$SECONDS
+    for pid_file in "$P"/*.pid; do
+      while kill -0 "$(cat "$pid_file")" 2>/dev/null; do
+        if [ $((SECONDS - t0)) -ge "$limit" ]; then echo "still running after ${limit}s: $pid_file"; break 2; fi
+        sleep 5
+      done
+    done
+    grep -h "switch:\|JSON:" "$P"/*.log || true
+    grep -l "Traceback" "$P"/*.log | while read -r f; do echo "== $f"; tail -5 "$f"; done || true
+    ;;
+  collect)
+    files=$(ls "$P"/w4a8_s*.json 2>/dev/null || true)
+    # shellcheck disable=SC2086
+    [ -n "$files" ] && python3 benchmarks/pqcad_table.py --merge $files --out "$P/w4a8_merged.json" || true
+    tar czf "${OUT:?OUT: where to copy the results}/pqcad_gpu_results.tgz" --ignore-failed-read "$P"/*.json \
+      "$P"/*.log "$P"/work_s*/*_curve.png "$P"/chain_ort/*_curve.png "$P"/chain_ort_grids \
+      benchmarks/results/pqcad_grids 2>/dev/null || true
+    ls -la "$OUT"
+    ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
