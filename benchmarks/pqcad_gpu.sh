@@ -2,39 +2,49 @@
 # Issue 19 on one GPU (RESULTS.md "PQCAD"): the W4A8 recipe decision (benchmarks/pqcad_table.py, one process per
 # training seed: PQ+CAD with lambda_c 1 / 0.3 / 0.1 / 0, fixed-bit QAT and the fixed-switch control, the adaptive
 # switch on the held-out probe) and the halving chain in the ONNX Runtime placement (benchmarks/halving_chain.py
-# --target onnxruntime), as background processes. Stages:
+# --target onnxruntime), as background processes; ORT_FD=1 adds issue 18's FD of the shipped ORT-form student at
+# DDIM 50 beside the teacher at DDIM 50 and 100 (pqcad-eval, noise seeds 0 and 1). Stages:
 #   table [ARGS...]  launch them; ARGS go to every pqcad_table.py process (e.g. --train-steps 800 --stage1-cap 400),
 #                    CHAIN_ARGS to halving_chain.py; SEEDS (default "0 1"), BRANCHES, N (images per row and noise
-#                    seed, default 10000); NO_CHAIN=1 skips the chain; QUICK=1 is a CPU smoke run of the stages
+#                    seed, default 10000; SEEDS="" runs none); NO_CHAIN=1 skips the chain; QUICK=1: CPU smoke run
 #   wait SECONDS     wait at most SECONDS for every process; print what finished
 #   collect          merge the per-seed tables and copy JSON, logs, training curves and grids to $OUT
-# The shipped teacher is not in the slim tree: run benchmarks/t2i_gpu.sh setup first (it unpacks
-# .devdata*/fmnist_ddpm.safetensors.xz).
+# The shipped weights are not in the slim tree: run benchmarks/t2i_gpu.sh setup first (it unpacks
+# .devdata*/fmnist_*.safetensors.xz into pqcad_deploy/assets/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:?stage: table|wait|collect}"; shift || true
 export PQCAD_FMNIST_DIR=${PQCAD_FMNIST_DIR:-/tmp/fmnist} PYTHONUNBUFFERED=1
 P=runs/pg19
-SEEDS="${SEEDS:-0 1}" BRANCHES="${BRANCHES:-pq pq_alone pq_c0.1 pq_c0.3 qat fixed_switch}" N="${N:-10000}"
+SEEDS="${SEEDS-0 1}" BRANCHES="${BRANCHES:-pq pq_alone pq_c0.1 pq_c0.3 qat fixed_switch}" N="${N:-10000}"
 QUICK_ARG=${QUICK:+--quick}
 mkdir -p $P
-launch() {  # NAME SCRIPT ARGS...
+launch() {  # NAME COMMAND...
   name="$1"; shift
-  setsid nohup python3 "$@" > "$P/$name.log" 2>&1 < /dev/null &
+  setsid nohup "$@" > "$P/$name.log" 2>&1 < /dev/null &
   echo $! > "$P/$name.pid"
 }
 case "$stage" in
   table)
     for s in $SEEDS; do
       # shellcheck disable=SC2086
-      launch "w4a8_s$s" benchmarks/pqcad_table.py $QUICK_ARG --skip-ptq --n-samples "$N" --seeds "$s" \
+      launch "w4a8_s$s" python3 benchmarks/pqcad_table.py $QUICK_ARG --skip-ptq --n-samples "$N" --seeds "$s" \
         --noise-seeds 0 1 --deadline-s 0 --switch-signal probe --branches $BRANCHES --eval-steps 100 \
         --work "$P/work_s$s" --out "$P/w4a8_s$s.json" "$@"
     done
     if [ -z "${NO_CHAIN:-}" ]; then
       # shellcheck disable=SC2086
-      launch chain_ort benchmarks/halving_chain.py $QUICK_ARG --target onnxruntime --n-samples "$N" \
+      launch chain_ort python3 benchmarks/halving_chain.py $QUICK_ARG --target onnxruntime --n-samples "$N" \
         --noise-seeds 0 1 --work "$P/chain_ort" --out "$P/chain_ort.json" ${CHAIN_ARGS:-}
+    fi
+    if [ -n "${ORT_FD:-}" ]; then
+      T=pqcad_deploy/assets/fmnist_ddpm.safetensors S=pqcad_deploy/assets/fmnist_pqcad_w8a8_ort.safetensors
+      launch ort_fd bash -c "set -e; for s in 0 1; do
+        pqcad-eval --checkpoint $T --steps 100 --num-samples $N --seed \$s --json $P/fd_fp100_s\$s.json
+        pqcad-eval --checkpoint $T --steps 50 --num-samples $N --seed \$s --json $P/fd_fp50_s\$s.json
+        pqcad-eval --checkpoint $S --steps 50 --reference $T --reference-steps 100 --num-samples $N --seed \$s \\
+          --json $P/fd_ort50_s\$s.json
+      done"
     fi
     ;;
   wait)
