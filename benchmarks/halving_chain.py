@@ -32,6 +32,7 @@ from pqcad_deploy.images import save_grid
 from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.metrics import fd_fmnist, fidelity, over_seeds
+from pqcad_deploy.quant.config import TARGETS
 from pqcad_deploy.sampling import make_scheduler, sample_many
 from pqcad_deploy.timing import environment_info
 from pqcad_deploy.train.calib import load_or_collect_calib
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--bits", default="w8a8")
     add(
         "--target",
-        choices=("tensorrt", "onnxruntime"),
+        choices=TARGETS,
         default="tensorrt",
         help="quantizer placement the students train in (onnxruntime: the fast CPU INT8 form)",
     )

@@ -22,6 +22,7 @@ cd "$(dirname "$0")/.."
 stage="${1:?stage: uncond|t2i|wait|collect}"; shift || true
 export PQCAD_FMNIST_DIR=/tmp/fmnist PYTHONUNBUFFERED=1
 mkdir -p runs/ip
+source benchmarks/gpu_jobs.sh
 A=/tmp/assets
 U=(--teacher $A/fmnist_ddpm.safetensors --n 10000 --batch-size 1000 --trajectories 64 --noise-seeds 0 1 --fp-cache runs/ip/fp_uncond.safetensors)
 T=(--teacher fmnist-t2i --embeddings runs/t2i_embeddings.safetensors --n 2000 --held-out 1000 --batch-size 1000
@@ -75,15 +76,7 @@ case "$stage" in
     launch t_w4 "${T[@]}" --bits w4a8 --rows k1 k4p k4p+r0.1 "$@"
     ;;
   wait)
-    limit="${1:-540}"; t0=$SECONDS
-    for pid_file in runs/ip/*.pid; do
-      while kill -0 "$(cat "$pid_file")" 2>/dev/null; do
-        if [ $((SECONDS - t0)) -ge "$limit" ]; then echo "still running after ${limit}s: $pid_file"; break 2; fi
-        sleep 5
-      done
-    done
-    grep -h "INFO interval_ptq:" runs/ip/*.log | cut -c1-400 || true
-    grep -l "Traceback" runs/ip/*.log | while read -r f; do echo "== $f"; tail -5 "$f"; done || true
+    jobs_wait runs/ip "${1:-540}" "INFO interval_ptq:" 400
     ;;
   collect)
     for t in u t; do

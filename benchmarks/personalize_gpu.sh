@@ -23,10 +23,10 @@ mkdir -p $P
 SUBJECTS=(Bag:red:0 Sneaker:blue:0)
 FP_ROWS="${FP_ROWS-base-fp fp}"  # e.g. FP_ROWS= STUDENT_ROWS="s2k2 s2k4 mcsu": only the rows a run left
 STUDENT_ROWS="${STUDENT_ROWS:-base-student peqa s1 s2k2 s2k4 mcsu}"
+source benchmarks/gpu_jobs.sh
 launch() {  # NAME ARGS...
   name="$1"; shift
-  setsid nohup python3 benchmarks/personalize_table.py "$@" --out "$P/$name.json" > "$P/$name.log" 2>&1 < /dev/null &
-  echo $! > "$P/$name.pid"
+  job_start $P "$name" python3 benchmarks/personalize_table.py "$@" --out "$P/$name.json"
 }
 case "$stage" in
   setup)
@@ -48,15 +48,7 @@ case "$stage" in
     done
     ;;
   wait)
-    limit="${1:-540}"; t0=$SECONDS
-    for pid_file in $P/*.pid; do
-      while kill -0 "$(cat "$pid_file")" 2>/dev/null; do
-        if [ $((SECONDS - t0)) -ge "$limit" ]; then echo "still running after ${limit}s: $pid_file"; break 2; fi
-        sleep 5
-      done
-    done
-    grep -h "INFO personalize_table:" $P/*.log | cut -c1-300 || true
-    grep -l "Traceback" $P/*.log | while read -r f; do echo "== $f"; tail -5 "$f"; done || true
+    jobs_wait $P "${1:-540}" "INFO personalize_table:" 300
     ;;
   collect)
     files=$(ls $P/*_*.json 2>/dev/null | grep -v pers_prompts || true)

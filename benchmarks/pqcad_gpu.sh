@@ -19,11 +19,8 @@ P=runs/pg19
 SEEDS="${SEEDS-0 1}" BRANCHES="${BRANCHES:-pq pq_alone pq_c0.1 pq_c0.3 qat fixed_switch}" N="${N:-10000}"
 QUICK_ARG=${QUICK:+--quick}
 mkdir -p $P
-launch() {  # NAME COMMAND...
-  name="$1"; shift
-  setsid nohup "$@" > "$P/$name.log" 2>&1 < /dev/null &
-  echo $! > "$P/$name.pid"
-}
+source benchmarks/gpu_jobs.sh
+launch() { job_start $P "$@"; }  # NAME COMMAND...
 case "$stage" in
   table)
     for s in $SEEDS; do
@@ -48,15 +45,7 @@ case "$stage" in
     fi
     ;;
   wait)
-    limit="${1:-540}"; t0=$SECONDS
-    for pid_file in "$P"/*.pid; do
-      while kill -0 "$(cat "$pid_file")" 2>/dev/null; do
-        if [ $((SECONDS - t0)) -ge "$limit" ]; then echo "still running after ${limit}s: $pid_file"; break 2; fi
-        sleep 5
-      done
-    done
-    grep -h "switch:\|JSON:" "$P"/*.log || true
-    grep -l "Traceback" "$P"/*.log | while read -r f; do echo "== $f"; tail -5 "$f"; done || true
+    jobs_wait $P "${1:-540}" "switch:\|JSON:"
     ;;
   collect)
     files=$(ls "$P"/w4a8_s*.json 2>/dev/null || true)

@@ -49,7 +49,7 @@ from pqcad_deploy.student import save_student
 from pqcad_deploy.timing import DeviceTimer, environment_info, time_calls
 from pqcad_deploy.train.calib import load_or_collect_calib
 from pqcad_deploy.train.pqcad import train_pqcad
-from pqcad_deploy.train.pqcad_config import PQCADConfig
+from pqcad_deploy.train.pqcad_config import SWITCH_SIGNALS, PQCADConfig
 from pqcad_deploy.train.ptq import probe_indices, select_ptq_method
 from pqcad_deploy.zoo import TEACHER_PATH
 
@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add(
         "--switch-signal",
-        choices=("train", "probe"),
+        choices=SWITCH_SIGNALS,
         default=PQCADConfig.switch_signal,
         help="what the momentum rule watches: the smoothed training loss or the eps-error on held-out points",
     )

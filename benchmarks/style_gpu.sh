@@ -25,11 +25,10 @@ STYLES="${STYLES:-outline halftone stripes}"
 LR_A="${LR_A:-5e-5}" LR_B="${LR_B:-1e-4}" STEPS_B="${STEPS_B:-}"
 ROWS_A="${ROWS_A:-teacher dreambooth}" ROWS_B="${ROWS_B-dreambooth single multi}" BITS="${BITS-w8a8 w4a8}"
 PQCAD_STEPS="${PQCAD_STEPS:-400}"
+source benchmarks/gpu_jobs.sh
 launch() {  # NAME ARGS...
   name="$1"; shift
-  setsid nohup python3 benchmarks/style_table.py "$@" --work "$P/work_$name" --out "$P/$name.json" \
-    > "$P/$name.log" 2>&1 < /dev/null &
-  echo $! > "$P/$name.pid"
+  job_start $P "$name" python3 benchmarks/style_table.py "$@" --work "$P/work_$name" --out "$P/$name.json"
 }
 case "$stage" in
   setup)
@@ -49,15 +48,7 @@ case "$stage" in
     done
     ;;
   wait)
-    limit="${1:-540}"; t0=$SECONDS
-    for pid_file in $P/*.pid; do
-      while kill -0 "$(cat "$pid_file")" 2>/dev/null; do
-        if [ $((SECONDS - t0)) -ge "$limit" ]; then echo "still running after ${limit}s: $pid_file"; break 2; fi
-        sleep 5
-      done
-    done
-    grep -h "INFO style_table:" $P/*.log | cut -c1-300 || true
-    grep -l "Traceback" $P/*.log | while read -r f; do echo "== $f"; tail -5 "$f"; done || true
+    jobs_wait $P "${1:-540}" "INFO style_table:" 300
     ;;
   collect)
     files=$(ls $P/*_[absm].json 2>/dev/null || true)

@@ -43,7 +43,7 @@ from pqcad_deploy.zoo import TEACHER_PATH, ModelSpec
 
 from . import distributed
 from .calib import load_or_collect_calib, open_prompts
-from .pqcad_config import PQCADConfig, PQCADConfigError
+from .pqcad_config import SWITCH_SIGNALS, PQCADConfig, PQCADConfigError
 from .pqcad_trainer import PQCADTrainer
 from .ptq import add_quant_args, quant_kwargs
 
@@ -297,7 +297,7 @@ def register(sub: Any) -> None:
         "--smoothing", type=float_range(0.0, 1.0), default=d.smoothing, help="EMA of the per-step loss"
     )
     g.add_argument(
-        "--switch-signal", choices=["train", "probe"], default=d.switch_signal, help="what the rule watches: the "
+        "--switch-signal", choices=SWITCH_SIGNALS, default=d.switch_signal, help="what the rule watches: the "
         "smoothed training loss, or the eps-error on --switch-probe calibration points held out of training "
         "(evaluated at every check; low variance)",
     )  # fmt: skip

@@ -10,6 +10,8 @@ from typing import Any
 from pqcad_deploy.errors import PQCADError
 from pqcad_deploy.quant.config import QuantConfig, QuantConfigError, parse_bits
 
+SWITCH_SIGNALS = ("train", "probe")  # what the momentum rule watches (PQCADConfig.switch_signal)
+
 CONFIG_VERSION = 1
 
 
@@ -105,7 +107,7 @@ class PQCADConfig:
                 "between stages (set_weight_bits). Use e.g. w8a8:w4a8.",
                 ("bits",),
             )
-        if self.switch_signal not in ("train", "probe") or self.switch_probe < 1:
+        if self.switch_signal not in SWITCH_SIGNALS or self.switch_probe < 1:
             raise PQCADConfigError(
                 f"switch_signal must be 'train' or 'probe' and switch_probe >= 1, got {self.switch_signal!r} / "
                 f"{self.switch_probe}.",
