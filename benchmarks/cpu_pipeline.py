@@ -42,8 +42,9 @@ log = logging.getLogger("cpu_pipeline")
 
 # The CPU deployment goals for the INT8 form built for ONNX Runtime (engine label "ort-int8-ortq"): the minimum
 # end-to-end speed-up over each baseline, at batch 1 and at larger batches. Matching ORT's own quantize_static
-# (1.0x) is the floor: below it, the stock tool would deploy faster.
-SPEEDUP_GOALS = {"torch-fp32": (2.5, 2.0), "ort-fp32": (1.5, 1.5), "ort-ptq-u8s8": (1.0, 1.0)}
+# (1.0x) is the floor: below it, the stock tool would deploy faster. Against ORT FP32 at batch 8, issue 18 raised
+# issue 5's 1.5x to 1.9x.
+SPEEDUP_GOALS = {"torch-fp32": (2.5, 2.0), "ort-fp32": (1.5, 1.9), "ort-ptq-u8s8": (1.0, 1.0)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -24,7 +24,8 @@ def test_speedups_are_checked_against_every_goal(cp):
     assert "torch-fp32 3.00x (goal >= 2.5x: met)" in lines[0]
     assert "ort-fp32 1.20x (goal >= 1.5x: MISSED)" in lines[1]
     assert "ort-ptq-u8s8 nanx" in lines[2] and "MISSED" in lines[2]  # a failed baseline is never "met"
-    assert "goal >= 2.0x" in cp.check_speedups(rows, batch=8)[0]  # larger batches have their own goal
+    lines8 = cp.check_speedups(rows, batch=8)  # larger batches have their own goals
+    assert "goal >= 2.0x" in lines8[0] and "ort-fp32 1.20x (goal >= 1.9x: MISSED)" in lines8[1]
 
 
 def test_without_the_int8_row_nothing_is_claimed(cp):
