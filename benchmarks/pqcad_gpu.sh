@@ -3,7 +3,7 @@
 # training seed: PQ+CAD with lambda_c 1 / 0.3 / 0.1 / 0, fixed-bit QAT and the fixed-switch control, the adaptive
 # switch on the held-out probe) and the halving chain in the ONNX Runtime placement (benchmarks/halving_chain.py
 # --target onnxruntime), as background processes; ORT_FD=1 adds issue 18's FD of the shipped ORT-form student at
-# DDIM 50 beside the teacher at DDIM 50 and 100 (pqcad-eval, noise seeds 0 and 1). Stages:
+# DDIM 50 beside the teacher at DDIM 50 (pqcad-eval, noise seeds 0 and 1). Stages:
 #   table [ARGS...]  launch them; ARGS go to every pqcad_table.py process (e.g. --train-steps 800 --stage1-cap 400),
 #                    CHAIN_ARGS to halving_chain.py; SEEDS (default "0 1"), BRANCHES, N (images per row and noise
 #                    seed, default 10000; SEEDS="" runs none); NO_CHAIN=1 skips the chain; QUICK=1: CPU smoke run
@@ -36,11 +36,10 @@ case "$stage" in
     fi
     if [ -n "${ORT_FD:-}" ]; then
       T=pqcad_deploy/assets/fmnist_ddpm.safetensors S=pqcad_deploy/assets/fmnist_pqcad_w8a8_ort.safetensors
+      # FD only (fidelity to FP is measured on the CPU); ORT_FD_N images per noise seed (default 10000)
       launch ort_fd bash -c "set -e; for s in 0 1; do
-        pqcad-eval --checkpoint $T --steps 100 --num-samples $N --seed \$s --json $P/fd_fp100_s\$s.json
-        pqcad-eval --checkpoint $T --steps 50 --num-samples $N --seed \$s --json $P/fd_fp50_s\$s.json
-        pqcad-eval --checkpoint $S --steps 50 --reference $T --reference-steps 100 --num-samples $N --seed \$s \\
-          --json $P/fd_ort50_s\$s.json
+        pqcad-eval --checkpoint $T --steps 50 --num-samples ${ORT_FD_N:-10000} --seed \$s --json $P/fd_fp50_s\$s.json
+        pqcad-eval --checkpoint $S --steps 50 --num-samples ${ORT_FD_N:-10000} --seed \$s --json $P/fd_ort50_s\$s.json
       done"
     fi
     ;;
