@@ -1,17 +1,19 @@
-"""pqcad-debug: a layer given a wrong scale is ranked first, on our exports, on ORT quantize_static output and in
-the torch sweep; bad input is one line and exit 2."""
+"""pqcad-debug: a layer given a wrong scale is ranked first, on our exports, on ORT quantize_static output, on a
+modelopt file and in the torch sweep; bad input is one line and exit 2."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 import torch
 
 from pqcad_deploy.export import ExportOptions, export, ort_quantize_static
 from pqcad_deploy.export.debug_cli import main
+from pqcad_deploy.export.fault import scale_quantizer
 from pqcad_deploy.export.layer_debug import DebugError, debug_onnx, find_layers
 from pqcad_deploy.export.layer_sweep import quant_layers, sensitivity_sweep
 from pqcad_deploy.export.spec import export_spec_for
@@ -45,27 +47,10 @@ def models(tmp_path_factory):
     }
 
 
-def _break_scale(src, dst, node_name: str, which: str) -> None:
-    """Multiply the activation (input 0) or weight (input 1) scale of one node's DequantizeLinear by BROKEN, and
-    the scale of the QuantizeLinear before an activation DQ too (a wrong calibrated range)."""
-    model = ir.load(src)
-    node = next(n for n in model.graph if n.name == node_name)
-    v = node.inputs[0 if which == "act" else 1]
-    while v.producer().op_type != "DequantizeLinear":  # a MatMul weight comes through a Transpose
-        v = v.producer().inputs[0]
-    dq = v.producer()
-    scales = [dq.inputs[1]]
-    if which == "act":
-        scales.append(dq.inputs[0].producer().inputs[1])
-    for s in {id(s): s for s in scales}.values():
-        s.const_value = ir.tensor(s.const_value.numpy() * np.float32(BROKEN))
-    ir.save(model, dst)
-
-
 def test_broken_activation_scale_is_rank_one_on_our_export(models, tmp_path):
     layer = "/unet/mid_block/resnets.0/conv1/Conv"
     broken = tmp_path / "broken.onnx"
-    _break_scale(models["q"], broken, layer, "act")
+    scale_quantizer(models["q"], broken, layer, "act", BROKEN)
     rep = debug_onnx(broken, models["fp"], **FAST)
     top = rep["layers"][0]
     assert top["name"] == layer and top["module"] == "mid_block.resnets.0.conv1"
@@ -84,12 +69,40 @@ def test_broken_weight_scale_is_rank_one_in_quantize_static_output(models, tmp_p
     qs = ort_quantize_static(models["fp"], tmp_path / "qs.onnx", feeds)
     layer = "/unet/up_blocks.0/resnets.0/conv2/Conv"
     broken = tmp_path / "qs_broken.onnx"
-    _break_scale(qs, broken, layer, "weight")
+    scale_quantizer(qs, broken, layer, "weight", BROKEN)
     rep = debug_onnx(broken, models["fp"], **FAST)
     assert rep["layers"][0]["name"] == layer
     assert rep["layers"][0]["match"].startswith("weights")
     # quantize_static also quantizes the attention BMMs (no weights): matched to the FP graph by node name
     assert any(r["match"] == "node name" and r["op_type"] == "MatMul" for r in rep["layers"])
+
+
+# Made by NVIDIA Model Optimizer from tiny-unet's seeded random weights (benchmarks/debug_faults.py --model tiny-unet
+# --sources modelopt --save-modelopt ...): float weights behind Q/DQ, scales in Constant nodes, its own names.
+MODELOPT = Path(__file__).resolve().parents[1] / "data" / "modelopt_tiny_unet_int8.onnx"
+
+
+@pytest.mark.parametrize(
+    ("layer", "which"),
+    [("/unet/up_blocks.0/resnets.0/conv2/Conv", "weight"), ("/unet/mid_block/resnets.0/conv1/Conv", "act")],
+)
+def test_broken_scale_is_rank_one_in_a_modelopt_file(models, tmp_path, layer, which):
+    assert "modelopt" in onnx.load(MODELOPT, load_external_data=False).doc_string
+    broken = tmp_path / "mo_broken.onnx"
+    scale_quantizer(MODELOPT, broken, layer, which, BROKEN)
+    rep = debug_onnx(broken, models["fp"], **FAST)
+    assert rep["layers"][0]["name"] == layer
+    assert all(r["match"].startswith("weights") for r in rep["layers"])  # float weights behind Q/DQ match FP
+    healthy = debug_onnx(MODELOPT, models["fp"], **FAST)
+    assert healthy["final_rel_l2"] < rep["final_rel_l2"]
+
+
+def test_scale_quantizer_refuses_what_it_cannot_break(tmp_path):
+    with pytest.raises(DebugError, match="no node named"):
+        scale_quantizer(MODELOPT, tmp_path / "x.onnx", "/unet/nope", "weight")
+    with pytest.raises(DebugError, match="which must be one of"):
+        scale_quantizer(MODELOPT, tmp_path / "x.onnx", "/unet/conv_in/Conv", "bias")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_torch_sweep_finds_a_broken_quantizer(tmp_path):
