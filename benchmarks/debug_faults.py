@@ -6,7 +6,7 @@ TorchScript exporter; needs ``pip install nvidia-modelopt``, skipped with the re
 calibrates on the same sampler-like feeds (``denoiser.sampler_feed``: unit-variance latents, timesteps across the
 schedule), the distribution the debugger feeds too; a random-weight model's own trajectories are no calibration set.
 
-    python benchmarks/debug_faults.py                                 # shipped teacher, CPU, about 15 minutes
+    python benchmarks/debug_faults.py                                 # shipped teacher, 2-core CPU, about 5 minutes
     python benchmarks/debug_faults.py --model tiny-unet --quick       # smoke run
     python benchmarks/debug_faults.py --model tiny-unet --sources modelopt \\
         --save-modelopt tests/data/modelopt_tiny_unet_int8.onnx   # the tests' modelopt file (seeded random weights)
