@@ -5,9 +5,9 @@
         --maxShapes sample:16x1x32x32,timestep:16 --timingCacheFile tc.bin --exportLayerInfo layers.json
     pqcad-build --backend onnxruntime --onnx unet_int8.onnx --saveEngine unet_int8.ort.json --ortThreads 2
 
-Flags follow trtexec's names (camelCase); --ortThreads/--ortOptimization/--ortProviders are this tool's own for
-the ONNX Runtime backend. Unless --skipInference is given, the engine is loaded back and timed on random inputs at
-the opt shapes (--warmUp untimed calls first).
+Flags follow trtexec's names (camelCase); --ortThreads/--ortOptimization/--ortProviders/--ortLayout are this tool's
+own for the ONNX Runtime backend. Unless --skipInference is given, the engine is loaded back and timed on random
+inputs at the opt shapes (--warmUp untimed calls first).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pqcad_deploy.timing import summarize, time_calls
 
 from .audit import LayerAuditReport, format_onnx_audit
 from .backends.base import Runner
+from .backends.ort_backend import LAYOUTS
 from .build_config import (
     BuildConfigError,
     BuildPlan,
@@ -81,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ortOptimization", default="all", choices=["disable", "basic", "extended", "all"])
     p.add_argument("--ortProviders", default="cpu", help="comma list: cpu, cuda, tensorrt")
+    p.add_argument(
+        "--ortLayout",
+        default="nhwc",
+        choices=list(LAYOUTS),
+        help="where INT8 convolutions run on the CPU: nhwc (ORT's default, layout Transposes around float ops) "
+        "or nchw (no Transposes, slower conv kernels; time both on the target, e.g. nchw at batch 1)",
+    )
     add_verbose(p)
     return p
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from pqcad_deploy.errors import PQCADError
 
+from .backends.ort_backend import LAYOUTS
+
 Shape = tuple[int, ...]
 ShapeMap = dict[str, Shape]
 
@@ -144,6 +146,7 @@ class BuildPlan:
     ort_threads: int | None = None
     ort_optimization: str = "all"
     ort_providers: tuple[str, ...] = ("cpu",)
+    ort_layout: str = "nhwc"  # a key of LAYOUTS
     # a relaxed interval's weight-only graph: fold weight DQ into float weights (pqcad-build of a manifest)
     ort_fold_weight_dq: bool = False
     notes: tuple[str, ...] = ()
@@ -213,6 +216,8 @@ def plan_from_args(args: Any) -> BuildPlan:
     profile = ShapeProfile.from_flags(get("minShapes"), get("optShapes"), get("maxShapes"))
     mem_pool = parse_mem_pool(get("memPoolSize")) if get("memPoolSize") else {}
     threads = get("ortThreads")
+    if (get("ortLayout") or "nhwc") not in LAYOUTS:
+        raise BuildConfigError(f"--ortLayout must be one of {', '.join(LAYOUTS)}, got {get('ortLayout')!r}.")
     providers = tuple(p.strip() for p in (get("ortProviders") or "cpu").split(",") if p.strip())
     plan = BuildPlan(
         onnx=Path(get("onnx")),
@@ -231,6 +236,7 @@ def plan_from_args(args: Any) -> BuildPlan:
         ort_threads=int(threads) if threads else None,
         ort_optimization=get("ortOptimization") or "all",
         ort_providers=providers,
+        ort_layout=get("ortLayout") or "nhwc",
         notes=(),
     )
     if backend == "onnxruntime":
@@ -246,6 +252,7 @@ def plan_from_args(args: Any) -> BuildPlan:
                 ("--ortThreads", threads),
                 ("--ortOptimization", plan.ort_optimization != "all"),
                 ("--ortProviders", providers != ("cpu",)),
+                ("--ortLayout", plan.ort_layout != "nhwc"),
             )
             if used
         ]

@@ -29,7 +29,14 @@ from pqcad_deploy.io import (
 
 from .audit import audit_onnx_ops
 from .backends.base import RunnerError, require
-from .backends.ort_backend import ENGINE_FORMAT, ENGINE_VERSION, OrtRunner, read_engine_json, session_settings
+from .backends.ort_backend import (
+    ENGINE_FORMAT,
+    ENGINE_VERSION,
+    LAYOUTS,
+    OrtRunner,
+    read_engine_json,
+    session_settings,
+)
 from .build_config import BuildConfigError, BuildPlan
 
 log = logging.getLogger(__name__)
@@ -47,7 +54,10 @@ def build_ort_engine(plan: BuildPlan) -> dict[str, Any]:
     require_file(plan.onnx, "--onnx", BuildConfigError)
     out_dir = writable_parent(plan.save_engine, BuildConfigError, "choose another --saveEngine")
     previous = _previous_model(plan.save_engine)
-    settings = session_settings(plan.ort_threads, 1, plan.ort_optimization, list(plan.ort_providers))
+    disabled = LAYOUTS[plan.ort_layout]
+    settings = session_settings(
+        plan.ort_threads, 1, plan.ort_optimization, list(plan.ort_providers), disabled
+    )
     fd, tmp_name = tempfile.mkstemp(prefix=f".{_stem(plan.save_engine)}.", suffix=".opt.onnx", dir=out_dir)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -66,6 +76,7 @@ def build_ort_engine(plan: BuildPlan) -> dict[str, Any]:
         session_config_entries=entries,
         log_severity=3,  # the NCHWc "hardware specific" warning is expected; it is in the notes
         fold_weight_dq=plan.ort_fold_weight_dq,  # the saved model then holds float weights
+        disabled_optimizers=disabled,
     )
     try:
         t0 = time.perf_counter()

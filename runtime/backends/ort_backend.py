@@ -31,6 +31,10 @@ PROVIDERS = {
 }
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
 OPT_LEVELS["all"] = "ORT_ENABLE_ALL"
+# Where ORT's quantized convolutions run on the CPU: NHWC (ORT's default: its NhwcTransformer, with layout
+# Transposes around the float ops between them) or NCHW (that transformer off: no Transposes, slower QLinearConv
+# kernels; RESULTS "Per-op profile" has both on the 2-core Xeon). Value: the transformers the layout turns off.
+LAYOUTS = {"nhwc": [], "nchw": ["NhwcTransformer"]}
 ENGINE_FORMAT = "pqcad-ort-engine"
 ENGINE_VERSION = 1
 MAX_THREADS = 1024
@@ -74,8 +78,11 @@ def session_settings(
     inter_op_threads: int | None = 1,
     optimization: str = "all",
     providers: list[str] | str | None = None,
+    disabled_optimizers: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The JSON-able session settings an ORT engine records (validated here, applied in ``activate``)."""
+    """The JSON-able session settings an ORT engine records (validated here, applied in ``activate``).
+    ``disabled_optimizers``: ORT graph transformers to skip (e.g. ``NhwcTransformer``, see LAYOUTS); they stay off
+    when the engine is reopened, or ORT would apply them again to the saved model."""
     if optimization not in OPT_LEVELS:
         raise UsageError(
             f"Unknown ORT optimization level {optimization!r}; choose one of {sorted(OPT_LEVELS)}."
@@ -87,6 +94,7 @@ def session_settings(
         "inter_op_num_threads": inter_op_threads,
         "graph_optimization_level": optimization,
         "providers": list(providers or ["cpu"]),
+        "disabled_optimizers": sorted(disabled_optimizers or []),
     }
 
 
@@ -122,6 +130,9 @@ def read_engine_json(path: Path) -> dict[str, Any]:
         raise RunnerError(
             f"{path}: graph_optimization_level must be one of {sorted(OPT_LEVELS)}, got {level!r:.40}."
         )
+    disabled = session.get("disabled_optimizers", [])
+    if not (isinstance(disabled, list) and all(isinstance(d, str) for d in disabled)):
+        raise RunnerError(f"{path}: 'disabled_optimizers' must be a list of names, got {disabled!r:.60}.")
     providers = session.get("providers", ["cpu"])
     if not (isinstance(providers, list) and providers and all(isinstance(p, str) for p in providers)):
         raise RunnerError(f"{path}: 'providers' must be a non-empty list of names, got {providers!r:.60}.")
@@ -150,6 +161,7 @@ class OrtRunner(Runner):
         profile_prefix: str | os.PathLike | None = None,
         shared_arena: bool = False,
         fold_weight_dq: bool = False,
+        disabled_optimizers: list[str] | None = None,
     ):
         """``profile_prefix``: turn on ORT's profiler (per-node timings); :meth:`end_profiling` writes the JSON.
         ``shared_arena``: on the CPU, allocate activations from one process-wide arena (ORT's environment
@@ -162,7 +174,9 @@ class OrtRunner(Runner):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise RunnerError(f"ONNX model {self.model_path} does not exist; export one with pqcad-export.")
-        self.settings = session_settings(intra_op_threads, inter_op_threads, optimization, providers)
+        self.settings = session_settings(
+            intra_op_threads, inter_op_threads, optimization, providers, disabled_optimizers
+        )
         self.optimized_model_filepath = optimized_model_filepath
         self.io_binding = io_binding
         self.provider_options = provider_options or {}
@@ -187,6 +201,7 @@ class OrtRunner(Runner):
             inter_op_threads=s.get("inter_op_num_threads"),
             # The saved model is already optimized for this machine; re-running the optimizers is harmless.
             optimization=s.get("graph_optimization_level", "all"),
+            disabled_optimizers=s.get("disabled_optimizers"),
             name=f"ort:{path.name}",
         )
         kwargs.update(overrides)
@@ -220,9 +235,10 @@ class OrtRunner(Runner):
             register_shared_cpu_arena(ort)
             so.add_session_config_entry("session.use_env_allocators", "1")
         opts = [self.provider_options.get(p, {}) for p in providers]
+        extra = {"disabled_optimizers": s["disabled_optimizers"]} if s["disabled_optimizers"] else {}
         try:
             self.session = ort.InferenceSession(
-                str(self.model_path), sess_options=so, providers=providers, provider_options=opts
+                str(self.model_path), sess_options=so, providers=providers, provider_options=opts, **extra
             )
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types, all with a message
             raise RunnerError(

@@ -139,3 +139,12 @@ def test_profile_is_checked_against_the_network_inputs():
     ]:
         with pytest.raises(BuildConfigError, match=message):
             check_profile_fits_network(profile, inputs)
+
+
+def test_ort_layout_is_checked_and_noted_when_ignored():
+    assert plan("--backend", "onnxruntime", "--ortLayout", "nchw").ort_layout == "nchw"
+    assert any(
+        "--ortLayout" in n for n in plan("--ortLayout", "nchw").notes
+    )  # TensorRT picks its own formats
+    with pytest.raises(BuildConfigError, match="--ortLayout must be one of nhwc, nchw"):
+        plan_from_args(SimpleNamespace(backend="onnxruntime", onnx="m", saveEngine="e", ortLayout="nc"))
