@@ -33,7 +33,7 @@ from pqcad_deploy import quant
 from pqcad_deploy.denoiser import UNetWrapper
 from pqcad_deploy.export import ExportOptions, export, ort_quantize_static
 from pqcad_deploy.export.fault import scale_quantizer
-from pqcad_deploy.export.layer_debug import debug_onnx
+from pqcad_deploy.export.layer_debug import debug_onnx, final_error
 from pqcad_deploy.export.onnx_export import torch_to_onnx
 from pqcad_deploy.export.spec import ExportSpec, export_spec_for
 from pqcad_deploy.io import atomic_json_save
@@ -72,13 +72,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def calib_feeds(espec: ExportSpec, n: int) -> list[dict[str, torch.Tensor]]:
+    """The ``n`` sampler-like feeds of 8 every tool calibrates on."""
+    return [espec.sampler_inputs(8, seed=seed) for seed in range(n)]
+
+
 def calib_loop(espec: ExportSpec, n: int):
-    """forward_loop(UNetWrapper) over ``n`` sampler-like feeds of 8, for our PTQ and for modelopt alike."""
+    """forward_loop(UNetWrapper) over :func:`calib_feeds`, for our PTQ and for modelopt alike."""
 
     @torch.no_grad()
     def loop(wrapper: torch.nn.Module) -> None:
-        for seed in range(n):
-            f = espec.sampler_inputs(8, seed=seed)
+        for f in calib_feeds(espec, n):
             wrapper(*[f[name] for name in espec.input_names])
 
     return loop
@@ -117,7 +121,9 @@ def run_source(
 ) -> list[dict[str, Any]]:
     rows = []
     kw = {"timesteps": args.timesteps, "batch": args.batch, "threads": args.threads, "max_exclude": 1}
-    healthy = debug_onnx(qdq, fp_onnx, **kw)["final_rel_l2"]  # what each fault adds to
+    healthy = final_error(
+        qdq, fp_onnx, args.timesteps, args.batch, threads=args.threads
+    )  # what faults add to
     for layer, which in CASES:
         broken = work / f"{name}_{which}_broken.onnx"
         scale_quantizer(qdq, broken, layer, which)
@@ -160,10 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "pqcad":
                 make_pqcad(fp, espec, args.calib_batches, qdq)
             elif name == "quantize_static":
-                feeds = [
-                    {k: v.numpy() for k, v in espec.sampler_inputs(8, seed=s).items()}
-                    for s in range(args.calib_batches)
-                ]
+                feeds = [{k: v.numpy() for k, v in f.items()} for f in calib_feeds(espec, args.calib_batches)]
                 ort_quantize_static(fp_onnx, qdq, feeds)
             else:
                 make_modelopt(fp, espec, args.calib_batches, qdq)
@@ -186,18 +189,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['source']:<16} {r['broken']:<62} {r['rank'] or '-':>4} {r['error_removed_top']:>10.1%} "
             f"{r['final_rel_l2']:>7.4f} {r['x_healthy']:>9.2f} {r['debug_s']:>6.1f}"
         )
-    versions = {}
-    for pkg in ("nvidia-modelopt", "onnxruntime", "onnx", "torch"):
-        try:
-            versions[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            versions[pkg] = None
+    env = (
+        environment_info()
+    )  # torch / onnx / onnxruntime versions; modelopt is not one of the project's packages
+    try:
+        env["versions"]["nvidia-modelopt"] = importlib.metadata.version("nvidia-modelopt")
+    except importlib.metadata.PackageNotFoundError:
+        pass
     out = args.out or RESULTS / f"debug_faults{'' if args.model == 'fmnist-ddpm' else '_' + args.model}.json"
     doc = {
         "rows": rows,
         "skipped": skipped,
-        "versions": versions,
-        "environment": environment_info(),
+        "environment": env,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     atomic_json_save(doc, out)

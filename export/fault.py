@@ -8,19 +8,17 @@ import os
 import numpy as np
 import onnx_ir as ir
 
-from pqcad_deploy.export.layer_debug import DebugError, load_model
+from pqcad_deploy.export.layer_debug import DebugError, _const, load_model
 
 WHICH = ("weight", "act")
 
 
 def _scale_value(v: ir.Value) -> np.ndarray:
     """A constant scale: an initializer or the output of a Constant node (modelopt's form)."""
-    if v.const_value is not None:
-        return v.const_value.numpy()
-    node = v.producer()
-    if node is None or node.op_type != "Constant" or "value" not in node.attributes:
-        raise DebugError(f"scale {v.name!r} is neither an initializer nor a Constant node's value")
-    return node.attributes["value"].as_tensor().numpy()
+    const = _const(v)
+    if const is None:
+        raise DebugError(f"scale {v.name!r} is not a constant")
+    return const[0]
 
 
 def scale_quantizer(

@@ -435,6 +435,25 @@ def greedy_exclude(
     return {"layers": kept, "rel_l2_after": err, "target": target, "max_layers": max_layers}
 
 
+def final_error(
+    quant_onnx: str | os.PathLike,
+    fp_onnx: str | os.PathLike,
+    timesteps: Sequence[int] = (999, 500, 50),
+    batch: int = 2,
+    seed: int = 0,
+    threads: int = 2,
+    fused: bool = False,
+) -> float:
+    """The final output's rel-L2 against the FP graph on :func:`debug_onnx`'s feeds, without the layer sweep (the
+    ``final_rel_l2`` of its report)."""
+    qpath = Path(quant_onnx)
+    qmodel = load_model(qpath, "quantized model")
+    out_name = qmodel.graph.outputs[0].name
+    feeds = timestep_feeds(graph_input_shapes(qmodel, batch, qpath), timesteps, seed)
+    q, f = (run_feeds(Path(p), feeds, threads, [out_name], fused) for p in (qpath, fp_onnx))
+    return rel_l2([r[out_name] for r in q], [r[out_name] for r in f])
+
+
 def debug_onnx(
     quant_onnx: str | os.PathLike,
     fp_onnx: str | os.PathLike,
