@@ -6,7 +6,9 @@
 # DDIM 50 beside the teacher at DDIM 50 (pqcad-eval, noise seeds 0 and 1). Stages:
 #   table [ARGS...]  launch them; ARGS go to every pqcad_table.py process (e.g. --train-steps 800 --stage1-cap 400),
 #                    CHAIN_ARGS to halving_chain.py; SEEDS (default "0 1"), BRANCHES, N (images per row and noise
-#                    seed, default 10000; SEEDS="" runs none); NO_CHAIN=1 skips the chain; QUICK=1: CPU smoke run
+#                    seed, default 10000; SEEDS="" runs none); NO_CHAIN=1 skips the chain; QUICK=1: CPU smoke run;
+#                    SPLIT="pq,pq_alone qat fixed_switch" splits each seed's branches over parallel processes (a
+#                    group without pq or a branch of it does not train pq; the GPU is shared, the Python is not)
 #   wait SECONDS     wait at most SECONDS for every process; print what finished
 #   collect          merge the per-seed tables and copy JSON, logs, training curves and grids to $OUT
 # The shipped weights are not in the slim tree: run benchmarks/t2i_gpu.sh setup first (it unpacks
@@ -24,10 +26,15 @@ launch() { job_start $P "$@"; }  # NAME COMMAND...
 case "$stage" in
   table)
     for s in $SEEDS; do
-      # shellcheck disable=SC2086
-      launch "w4a8_s$s" python3 benchmarks/pqcad_table.py $QUICK_ARG --skip-ptq --n-samples "$N" --seeds "$s" \
-        --noise-seeds 0 1 --deadline-s 0 --switch-signal probe --branches $BRANCHES --eval-steps 100 \
-        --work "$P/work_s$s" --out "$P/w4a8_s$s.json" "$@"
+      g=0
+      for group in ${SPLIT:-${BRANCHES// /,}}; do
+        name="w4a8_s$s"; [ -n "${SPLIT:-}" ] && name="w4a8_s${s}_g$g"
+        # shellcheck disable=SC2086
+        launch "$name" python3 benchmarks/pqcad_table.py $QUICK_ARG --skip-ptq --n-samples "$N" --seeds "$s" \
+          --noise-seeds 0 1 --deadline-s 0 --switch-signal probe --branches ${group//,/ } --eval-steps 100 \
+          --work "$P/work_${name#w4a8_}" --out "$P/$name.json" "$@"
+        g=$((g + 1))
+      done
     done
     if [ -z "${NO_CHAIN:-}" ]; then
       # shellcheck disable=SC2086

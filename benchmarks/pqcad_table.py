@@ -57,7 +57,7 @@ log = logging.getLogger("pqcad_table")
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path("runs/pqcad_table")
 METRICS = ("fd", "psnr_db_vs_fp", "rel_l2_vs_fp", "train_time_s")
-# Rows trained per seed besides pq (PQ+CAD W4A8, always trained): key -> (row variant, bits, PQCADConfig changes).
+# Rows trained per seed besides pq (PQ+CAD W4A8, trained whenever a row needs it): key -> (variant, bits, changes).
 # Every one but FROM_SCRATCH branches from pq's end-of-stage-1 checkpoint; w8a8 is that stage 1 itself.
 BRANCH_RUNS = {
     "qat": ("fixed-bit QAT", "w4a8", {"bits": ("w4a8",), "schedule": "fixed"}),
@@ -100,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=SWITCH_SIGNALS,
         default=PQCADConfig.switch_signal,
         help="what the momentum rule watches: the smoothed training loss or the eps-error on held-out points",
+    )
+    add(
+        "--eps",
+        type=float,
+        default=PQCADConfig.eps,
+        help="the momentum rule's plateau threshold, a fraction of the signal's first value per check",
     )
     add(
         "--switch-probe",
@@ -153,6 +159,7 @@ def base_config(args: argparse.Namespace) -> PQCADConfig:
         save_every=max(100, args.train_steps // 4),
         switch_signal=args.switch_signal,
         switch_probe=args.switch_probe,
+        eps=args.eps,
     )
 
 
@@ -257,6 +264,7 @@ class Bench:
             halved = (meta.get("pqcad") or {}).get("halve_steps") and sampling.get("steps")
             steps = [sampling["steps"]] if halved else self.args.eval_steps
             row["eps_mse"] = eps_mse(model, self.cs, self.probe_idx, self.dev)
+            row.update(switch_curves(path))
         self.evaluate(row, model, steps)
         self.rows.append(row)
         self.save()
@@ -271,8 +279,11 @@ class Bench:
         self.add("FP", "fp32", None)
         for bits, path in ptq.items():
             self.add("PTQ", bits, path, method=self.ptq_choice[bits]["best"])
+        # pq is trained when a row needs it: its own, or a branch resuming from its end-of-stage-1 checkpoint
+        needs_pq = any(k == "pq" or k not in FROM_SCRATCH for k in a.branches)
         for seed in [] if a.ptq_only else a.seeds:
-            pq = self.train(f"pq_s{seed}", self.cfg(seed))  # stage 1 + PQ+CAD stage 2, the default recipe
+            if needs_pq:
+                pq = self.train(f"pq_s{seed}", self.cfg(seed))  # stage 1 + PQ+CAD stage 2, the default recipe
             if "pq" in a.branches:
                 self.add("PQ+CAD", "w4a8", pq, seed)
             stage1 = a.work / f"pq_s{seed}_train_stage1.pt"
@@ -321,6 +332,16 @@ class Bench:
             "Fidelity: against FP images from the same noise at the same step count (else FP's largest count).",
         }
         atomic_json_save(doc, self.out_path)
+
+
+def switch_curves(student: Path) -> dict[str, Any]:
+    """The held-out probe curve and the momentum rule's trace from a student's training checkpoint (beside it, as
+    written by train_pqcad), so that the table shows where and why each run switched."""
+    ck = student.with_name(f"{student.stem}_train.pt")
+    if not ck.exists():
+        return {}
+    state = safe_torch_load(ck)
+    return {"probe_curve": state.get("probe_curve"), "switch_trace": (state.get("switch") or {}).get("trace")}
 
 
 def aggregate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -145,7 +145,19 @@ def test_switch_branches_train_the_recipes_they_name(table, tmp_path, capsys):
     assert fixed["eps"] == 0.0 and fixed["switch_signal"] == "probe" and branch["lambda_c"] == 0.1
     switches = [h for h in doc["rows"][1]["history"] if h["event"] == "switch"]
     assert [(h["step"], h["reason"]) for h in switches] == [(4, "cap")]  # eps 0: the rule never fires
+    saved = torch.load(work / "pq_c0.1_s0_train.pt", weights_only=True)
+    assert doc["rows"][2]["probe_curve"] == saved["probe_curve"]  # each row carries its run's switch curves
+    assert doc["rows"][2]["switch_trace"] == saved["switch"]["trace"]
     assert "switch: PQ+CAD switch at cap seed 0: step 4 (cap)" in capsys.readouterr().out
+
+
+def test_from_scratch_branches_alone_do_not_train_pq(table, tmp_path):
+    """A process given only qat / fixed_switch (a split GPU run) trains neither pq nor its stage 1."""
+    work, out = tmp_path / "work", tmp_path / "t.json"
+    argv = ["--quick", "--skip-ptq", "--n-samples", "16", "--eval-steps", "4", "--branches", "qat"]
+    assert table.main([*argv, "--work", str(work), "--out", str(out)]) == 0
+    assert [r["variant"] for r in json.loads(out.read_text())["rows"]] == ["FP", "fixed-bit QAT"]
+    assert (work / "qat_s0.pt").exists() and not list(work.glob("pq_s0*"))
 
 
 def test_bad_switch_probe_is_refused_at_parse_time(table, capsys):
