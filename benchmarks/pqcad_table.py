@@ -264,7 +264,7 @@ class Bench:
             halved = (meta.get("pqcad") or {}).get("halve_steps") and sampling.get("steps")
             steps = [sampling["steps"]] if halved else self.args.eval_steps
             row["eps_mse"] = eps_mse(model, self.cs, self.probe_idx, self.dev)
-            row.update(switch_curves(path))
+            row["probe_curve"], row["switch_trace"] = meta.get("probe_curve"), meta.get("switch_trace")
         self.evaluate(row, model, steps)
         self.rows.append(row)
         self.save()
@@ -332,16 +332,6 @@ class Bench:
             "Fidelity: against FP images from the same noise at the same step count (else FP's largest count).",
         }
         atomic_json_save(doc, self.out_path)
-
-
-def switch_curves(student: Path) -> dict[str, Any]:
-    """The held-out probe curve and the momentum rule's trace from a student's training checkpoint (beside it, as
-    written by train_pqcad), so that the table shows where and why each run switched."""
-    ck = student.with_name(f"{student.stem}_train.pt")
-    if not ck.exists():
-        return {}
-    state = safe_torch_load(ck)
-    return {"probe_curve": state.get("probe_curve"), "switch_trace": (state.get("switch") or {}).get("trace")}
 
 
 def aggregate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -117,6 +117,7 @@ def train_pqcad(
         "loss_summary": trainer.summary(),
         "loss_curve": trainer.curve,
         "probe_curve": trainer.probe_curve,
+        "switch_trace": [list(x) for x in trainer.switch.trace],  # (step, signal, momentum) at every check
         "train_time_s": round(trainer.elapsed, 2),
         "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
         "world_size": ctx.world_size,

@@ -232,6 +232,7 @@ def test_probe_signal_holds_its_points_out_records_its_curve_and_plots_it(tiny, 
     switch = [h for h in meta["history"] if h["event"] == "switch"]
     assert switch[0]["reason"] == "plateau" and switch[0]["step"] == 10
     assert [p[0] for p in meta["probe_curve"]] == [5, 10] and all(p[1] > 0 for p in meta["probe_curve"])
+    assert [t[:2] for t in meta["switch_trace"]] == [meta["probe_curve"][1]]  # the rule's check at step 10
     from PIL import Image
 
     png = Image.open(tmp_path / "p_curve.png")
