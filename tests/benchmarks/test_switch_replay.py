@@ -1,0 +1,46 @@
+"""benchmarks/switch_replay.py on the probe curves recorded on the H100 (tests/data/probe_curves_h100.json): the
+replay reproduces the switches the runs made, and the momentum rule fires before the cap on real curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests._utils import load_benchmark
+
+CURVES = Path(__file__).resolve().parents[1] / "data" / "probe_curves_h100.json"
+
+
+@pytest.fixture(scope="module")
+def replay():
+    return load_benchmark("switch_replay")
+
+
+def test_replay_reproduces_the_recorded_switches(replay):
+    runs = replay.load_curves([CURVES])
+    for name in ("pq_s0 (adaptive)", "pq_s1 (adaptive, stopped in stage 2)"):
+        curve, recorded = runs[name]
+        assert replay.replay(curve, 0.015, 5, 400) == (recorded, "plateau") and recorded < 400
+
+
+def test_rule_fires_before_the_cap_on_real_curves_only_with_a_looser_eps(replay):
+    """The control runs recorded their curve to the cap: eps 0.015 and 0.01 fire on both, the old 5e-3 never does."""
+    runs = replay.load_curves([CURVES])
+    for name in ("fixed_switch_s0", "fixed_switch_s1 (stopped at 400)"):
+        curve, recorded = runs[name]
+        assert recorded == 400 and replay.replay(curve, 0.005, 5, 400) == (400, "cap")
+        assert all(replay.replay(curve, eps, 5, 400)[1] == "plateau" for eps in (0.01, 0.015))
+        assert replay.replay(curve, 0.01, 5, 400)[0] > replay.replay(curve, 0.015, 5, 400)[0]
+
+
+def test_main_writes_table_png_and_refuses_files_without_curves(replay, tmp_path, capsys):
+    png, out = tmp_path / "c.png", tmp_path / "r.json"
+    assert replay.main([str(CURVES), "--eps", "0.005", "0.015", "--png", str(png), "--json", str(out)]) == 0
+    assert png.stat().st_size > 0 and "260 (plateau)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["runs"]["pq_s0 (adaptive)"]["replay"]["0.015"] == [260, "plateau"]
+    empty = tmp_path / "e.json"
+    empty.write_text(json.dumps({"rows": [{"variant": "FP", "seed": None}]}))
+    with pytest.raises(SystemExit, match="no probe curve"):
+        replay.main([str(empty)])
