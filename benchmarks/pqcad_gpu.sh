@@ -25,6 +25,11 @@ source benchmarks/gpu_jobs.sh
 launch() { job_start $P "$@"; }  # NAME COMMAND...
 case "$stage" in
   table)
+    # fail here, not in every background process: a missing wheel or teacher cost a whole device call once
+    python3 -c "import diffusers, pqcad_deploy" 2>/dev/null \
+      || { echo "diffusers or pqcad_deploy missing: carry .whl/ and run benchmarks/t2i_gpu.sh setup" >&2; exit 1; }
+    [ -n "${QUICK:-}" ] || [ -f pqcad_deploy/assets/fmnist_ddpm.safetensors ] \
+      || { echo "no teacher weights: carry .devdata*/fmnist_ddpm.safetensors.xz and run t2i_gpu.sh setup" >&2; exit 1; }
     for s in $SEEDS; do
       g=0
       for group in ${SPLIT:-${BRANCHES// /,}}; do
