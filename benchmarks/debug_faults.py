@@ -33,7 +33,7 @@ from pqcad_deploy import quant
 from pqcad_deploy.denoiser import UNetWrapper
 from pqcad_deploy.export import ExportOptions, export, ort_quantize_static
 from pqcad_deploy.export.fault import scale_quantizer
-from pqcad_deploy.export.layer_debug import debug_onnx, final_error
+from pqcad_deploy.export.layer_debug import DEBUG_TIMESTEPS, debug_onnx, final_error
 from pqcad_deploy.export.onnx_export import torch_to_onnx
 from pqcad_deploy.export.spec import ExportSpec, export_spec_for
 from pqcad_deploy.io import atomic_json_save
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="fmnist-ddpm", help="zoo name (shipped weights, else seeded random)")
     p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
-    p.add_argument("--timesteps", type=int, nargs="+", default=[999, 500, 50])
+    p.add_argument("--timesteps", type=int, nargs="+", default=list(DEBUG_TIMESTEPS))
     p.add_argument("--batch", type=int, default=2, help="debugger feed batch")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, help="keep the ONNX files here (default: a temporary folder)")

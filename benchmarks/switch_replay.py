@@ -3,7 +3,8 @@ PNG with every curve and its recorded switch marked.
 
 Tuning the momentum rule needs no GPU once the held-out probe curves of real runs are recorded: the rule is a
 function of the curve alone (``MomentumSwitch.observe``). Inputs are pqcad_table JSONs (rows carry ``probe_curve``)
-or a ``{name: {"probe_curve": ..., "switch": ...}}`` extract of training checkpoints.
+or an extract of training checkpoints, ``{"runs": {name: {"probe_curve": ..., "switch": {"decided": ...}}}}``
+(as in results/pqcad_switch/h100_2026-12-07/train_curves.json).
 
     python benchmarks/switch_replay.py benchmarks/results/pqcad_switch/h100_2026-12-07/train_curves.json \\
         --eps 0.005 0.01 0.015 0.02 --png benchmarks/results/pqcad_switch/h100_2026-12-07/probe_curves.png

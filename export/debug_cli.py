@@ -32,7 +32,7 @@ from pqcad_deploy.cli.common import (
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.io import atomic_json_save
 
-from .layer_debug import debug_onnx, format_table, save_bar_chart
+from .layer_debug import DEBUG_TIMESTEPS, debug_onnx, format_table, save_bar_chart
 
 MAX_TIMESTEP = 100_000
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", help="quantized student (.pt / .safetensors) for the torch sweep")
     p.add_argument("--fp", type=Path, help="with --onnx (required): the FP ONNX export of the same network")
     p.add_argument(
-        "--timesteps", type=timestep_list, default=[999, 500, 50], help="comma-separated timesteps"
+        "--timesteps", type=timestep_list, default=list(DEBUG_TIMESTEPS), help="comma-separated timesteps"
     )
     p.add_argument("--batch-size", type=batch_int, default=2, help="samples per timestep")
     p.add_argument("--seed", type=seed_int, default=0, help="noise seed of the inputs")

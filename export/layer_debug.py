@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _PASS_THROUGH = ("Identity", "Cast")
+DEBUG_TIMESTEPS = (999, 500, 50)  # the feeds every debugger run compares on: early, middle and late denoising
 MATCH_MIN_COSINE = 0.9  # a dequantized weight and its FP original are near-parallel even with a wrong scale
 
 
@@ -438,7 +439,7 @@ def greedy_exclude(
 def final_error(
     quant_onnx: str | os.PathLike,
     fp_onnx: str | os.PathLike,
-    timesteps: Sequence[int] = (999, 500, 50),
+    timesteps: Sequence[int] = DEBUG_TIMESTEPS,
     batch: int = 2,
     seed: int = 0,
     threads: int = 2,
@@ -457,7 +458,7 @@ def final_error(
 def debug_onnx(
     quant_onnx: str | os.PathLike,
     fp_onnx: str | os.PathLike,
-    timesteps: Sequence[int] = (999, 500, 50),
+    timesteps: Sequence[int] = DEBUG_TIMESTEPS,
     batch: int = 2,
     seed: int = 0,
     threads: int = 2,

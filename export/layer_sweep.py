@@ -22,7 +22,7 @@ from torch import nn
 from pqcad_deploy.denoiser import UNetWrapper
 from pqcad_deploy.quant import QuantConv2d, QuantLinear, TensorQuantizer, check_calibrated, iter_quantizers
 
-from .layer_debug import DebugError, error_removed, greedy_exclude, rel_l2, timestep_feeds
+from .layer_debug import DEBUG_TIMESTEPS, DebugError, error_removed, greedy_exclude, rel_l2, timestep_feeds
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def quantizers_disabled(quantizers: Sequence[TensorQuantizer]) -> Iterator[None]
 def sensitivity_sweep(
     model: nn.Module,
     shapes: dict[str, tuple[int, ...]],
-    timesteps: Sequence[int] = (999, 500, 50),
+    timesteps: Sequence[int] = DEBUG_TIMESTEPS,
     seed: int = 0,
     max_exclude: int = 5,
     target: float | None = None,
