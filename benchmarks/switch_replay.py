@@ -29,7 +29,16 @@ def load_curves(paths: list[Path]) -> dict[str, tuple[Curve, int | None]]:
     """name -> (probe curve, recorded switch step or None); runs without a probe curve are left out."""
     out: dict[str, tuple[Curve, int | None]] = {}
     for path in paths:
-        doc = json.loads(path.read_text())
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SystemExit(
+                f"cannot read {path} as JSON ({e}); give a pqcad_table JSON or a curves extract"
+            ) from e
+        if not isinstance(doc, dict):
+            raise SystemExit(
+                f"{path} holds a JSON {type(doc).__name__}, not a pqcad_table JSON or a curves extract"
+            )
         if "rows" in doc:  # a pqcad_table JSON
             items = {f"{r['variant']} s{r.get('seed')}": r for r in doc["rows"]}
         else:

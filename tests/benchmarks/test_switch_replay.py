@@ -44,3 +44,5 @@ def test_main_writes_table_png_and_refuses_files_without_curves(replay, tmp_path
     empty.write_text(json.dumps({"rows": [{"variant": "FP", "seed": None}]}))
     with pytest.raises(SystemExit, match="no probe curve"):
         replay.main([str(empty)])
+    with pytest.raises(SystemExit, match="cannot read .* as JSON"):
+        replay.main([str(tmp_path / "missing.json")])
