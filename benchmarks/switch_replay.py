@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.plots import save_curves
 from pqcad_deploy.train.pqcad_config import PQCADConfig
 from pqcad_deploy.train.pqcad_momentum import MomentumSwitch
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = "".join(f"{f'{s} ({r})':>16}" for s, r in cells.values())
         print(f"{name:<{width}}{recorded if recorded is not None else '-':>10}{shown}")
     if a.json:
-        a.json.write_text(json.dumps({"args": sys.argv[1:], "runs": table}, indent=1))
+        atomic_json_save({"args": sys.argv[1:], "runs": table}, a.json)
     if a.png:
         marks = [(s, f"step {s}") for s in sorted({s for _, s in runs.values() if s is not None})]
         panels = {f"{name}: probe eps-error to FP, switched at {s}": c for name, (c, s) in runs.items()}
