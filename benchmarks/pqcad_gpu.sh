@@ -8,7 +8,8 @@
 #                    CHAIN_ARGS to halving_chain.py; SEEDS (default "0 1"), BRANCHES, N (images per row and noise
 #                    seed, default 10000; SEEDS="" runs none); NO_CHAIN=1 skips the chain; QUICK=1: CPU smoke run;
 #                    SPLIT="pq,pq_alone qat fixed_switch" splits each seed's branches over parallel processes (a
-#                    group without pq or a branch of it does not train pq; the GPU is shared, the Python is not)
+#                    group without pq or a branch of it does not train pq; the GPU is shared, the Python is not;
+#                    TAG names a second launch's groups, w4a8_s<seed>_<TAG><n>, so they do not collide)
 #   wait SECONDS     wait at most SECONDS for every process; print what finished
 #   collect          merge the per-seed tables and copy JSON, logs, training curves and grids to $OUT
 # The shipped weights are not in the slim tree: run benchmarks/t2i_gpu.sh setup first (it unpacks
@@ -33,7 +34,7 @@ case "$stage" in
     for s in $SEEDS; do
       g=0
       for group in ${SPLIT:-${BRANCHES// /,}}; do
-        name="w4a8_s$s"; [ -n "${SPLIT:-}" ] && name="w4a8_s${s}_g$g"
+        name="w4a8_s$s"; [ -n "${SPLIT:-}" ] && name="w4a8_s${s}_${TAG:-g}$g"
         # shellcheck disable=SC2086
         launch "$name" python3 benchmarks/pqcad_table.py $QUICK_ARG --skip-ptq --n-samples "$N" --seeds "$s" \
           --noise-seeds 0 1 --deadline-s 0 --switch-signal probe --branches ${group//,/ } --eval-steps 100 \
