@@ -284,8 +284,10 @@ class Bench:
         for seed in [] if a.ptq_only else a.seeds:
             if needs_pq:
                 pq = self.train(f"pq_s{seed}", self.cfg(seed))  # stage 1 + PQ+CAD stage 2, the default recipe
-            if "pq" in a.branches:  # with eps 0 pq is the fixed_switch recipe: one label, so merged tables agree
-                self.add(BRANCH_RUNS["fixed_switch"][0] if self.base_cfg.eps == 0 else "PQ+CAD", "w4a8", pq, seed)
+            if "pq" in a.branches:
+                # with eps 0 pq is the fixed_switch recipe: one label, so merged tables put them in one row
+                label = BRANCH_RUNS["fixed_switch"][0] if self.base_cfg.eps == 0 else "PQ+CAD"
+                self.add(label, "w4a8", pq, seed)
             stage1 = a.work / f"pq_s{seed}_train_stage1.pt"
             for key in (k for k in a.branches if k in BRANCH_RUNS):  # in the order given, most telling first
                 variant, bits, changes = BRANCH_RUNS[key]

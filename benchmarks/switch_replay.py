@@ -51,7 +51,13 @@ def load_curves(paths: list[Path]) -> dict[str, tuple[Curve, int | None]]:
             switch = (run.get("switch") or {}).get("decided") or next(
                 (h for h in run.get("history") or [] if h.get("event") == "switch"), None
             )
-            out[name] = (curve, int(switch["step"]) if switch else None)
+            step = int(switch["step"]) if switch else None
+            # branches resumed from one stage-1 checkpoint share its curve: one entry, every name
+            same = next((k for k, v in out.items() if v == (curve, step)), None)
+            if same is not None:
+                out[f"{same} = {name}"] = out.pop(same)
+            else:
+                out[name] = (curve, step)
     if not out:
         raise SystemExit(f"no probe curve in {', '.join(map(str, paths))}: train with --switch-signal probe")
     return out
@@ -91,9 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         atomic_json_save({"args": sys.argv[1:], "runs": table}, a.json)
     if a.png:
-        marks = [(s, f"step {s}") for s in sorted({s for _, s in runs.values() if s is not None})]
-        panels = {f"{name}: probe eps-error to FP, switched at {s}": c for name, (c, s) in runs.items()}
-        save_curves(a.png, panels, marks, "held-out probe curves of recorded PQCAD runs", log_y=False)
+        panels, own = {}, {}  # each run's panel, and its own switch marked on it only
+        for name, (curve, switched) in runs.items():
+            panel = f"{name}: probe eps-error to FP, switched at {switched}"
+            panels[panel] = curve
+            if switched is not None:
+                own[panel] = [(switched, f"switch {switched}")]
+        title = "held-out probe curves of recorded PQCAD runs"
+        save_curves(a.png, panels, title=title, log_y=False, panel_marks=own)
         print(f"PNG: {a.png}")
     return 0
 

@@ -1,5 +1,5 @@
 """Training curves as PNG (PIL only: matplotlib is not a dependency): one panel per series, a shared step axis, and
-vertical marks (the PQ switch) across every panel. People would rather look at a curve than read a loss list."""
+vertical marks (the PQ switch) across every panel or on one. People would rather look at a curve than read a loss list."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ def save_curves(
     marks: Sequence[tuple[float, str]] = (),
     title: str = "",
     log_y: bool = True,
+    panel_marks: dict[str, Sequence[tuple[float, str]]] | None = None,
 ) -> Path:
-    """Write one panel per non-empty series of ``panels`` (name -> points); ``marks`` are (step, label) lines."""
+    """Write one panel per non-empty series of ``panels`` (name -> points); ``marks`` are (step, label) lines on
+    every panel, ``panel_marks`` (panel name -> marks) lines on that panel only (each run's own switch)."""
     from PIL import Image, ImageDraw, ImageFont
 
     panels = {k: [(float(x), float(y)) for x, y in v] for k, v in panels.items() if len(v)}
@@ -33,7 +35,8 @@ def save_curves(
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
     d.text((8, 8), title, fill="black", font=font)
-    xs = [x for pts in panels.values() for x, _ in pts] + [m for m, _ in marks]
+    own = panel_marks or {}
+    xs = [x for pts in panels.values() for x, _ in pts] + [m for ms in (marks, *own.values()) for m, _ in ms]
     x0, x1 = min(xs), max(xs)
     sx = lambda x: left + (x - x0) / ((x1 - x0) or 1.0) * (width - left - right)  # noqa: E731
     for i, (name, pts) in enumerate(panels.items()):
@@ -53,9 +56,13 @@ def save_curves(
             d.line(xy, fill=color, width=2)
         else:
             d.ellipse([xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=color)
-        for m, label in marks:
+        for m, label in [*marks, *own.get(name, ())]:
             d.line([(sx(m), y_top), (sx(m), y_top + panel_h)], fill=(120, 120, 120), width=1)
-            d.text((sx(m) + 3, y_top + 2), label, fill=(90, 90, 90), font=font)
+            text_w = d.textlength(label, font=font)
+            x_text = (
+                sx(m) + 3 if sx(m) + 3 + text_w <= width - right else sx(m) - 3 - text_w
+            )  # inside the frame
+            d.text((x_text, y_top + 2), label, fill=(90, 90, 90), font=font)
         d.text((left, y_top + panel_h + 2), f"{x0:g}", fill="black", font=font)
         d.text((width - right - 40, y_top + panel_h + 2), f"step {x1:g}", fill="black", font=font)
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))

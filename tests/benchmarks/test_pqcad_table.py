@@ -160,15 +160,16 @@ def test_from_scratch_branches_alone_do_not_train_pq(table, tmp_path):
     assert (work / "qat_s0.pt").exists() and not list(work.glob("pq_s0*"))
 
 
-
 def test_pq_with_eps_zero_is_labelled_as_the_switch_at_cap(table, tmp_path):
     """eps 0 makes pq the fixed_switch recipe; its row must merge with fixed_switch rows, not adaptive PQ+CAD ones."""
     work, out = tmp_path / "work", tmp_path / "t.json"
-    argv = ["--quick", "--skip-ptq", "--n-samples", "16", "--eval-steps", "4", "--eps", "0", "--branches", "pq"]
+    argv = ["--quick", "--skip-ptq", "--n-samples", "16", "--eval-steps", "4", "--eps", "0"]
+    argv += ["--branches", "pq"]
     assert table.main([*argv, "--work", str(work), "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["variant"] for r in rows] == ["FP", "PQ+CAD switch at cap"]
     assert [h["reason"] for h in rows[1]["history"] if h["event"] == "switch"] == ["cap"]
+
 
 def test_bad_switch_probe_is_refused_at_parse_time(table, capsys):
     with pytest.raises(SystemExit):

@@ -46,3 +46,17 @@ def test_main_writes_table_png_and_refuses_files_without_curves(replay, tmp_path
         replay.main([str(empty)])
     with pytest.raises(SystemExit, match="cannot read .* as JSON"):
         replay.main([str(tmp_path / "missing.json")])
+
+
+def test_branches_sharing_one_stage_1_are_one_curve(replay, tmp_path):
+    """Branches resumed from one end-of-stage-1 checkpoint carry the same probe curve: listed (and drawn) once."""
+    curve, switch = [[20, 7e-5], [40, 6.8e-5]], [{"event": "switch", "step": 400, "reason": "cap"}]
+    rows = [
+        {"variant": v, "seed": 0, "probe_curve": curve, "history": switch} for v in ("PQ alone", "PQ+CAD")
+    ]
+    rows.append(
+        {"variant": "PQ+CAD", "seed": 1, "probe_curve": [[20, 7e-5], [40, 6.9e-5]], "history": switch}
+    )
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"rows": rows}))
+    assert sorted(replay.load_curves([table])) == ["PQ alone s0 = PQ+CAD s0", "PQ+CAD s1"]
