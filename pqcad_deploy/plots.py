@@ -1,5 +1,6 @@
 """Training curves as PNG (PIL only: matplotlib is not a dependency): one panel per series, a shared step axis, and
-vertical marks (the PQ switch) across every panel or on one. People would rather look at a curve than read a loss list."""
+vertical marks (the PQ switch) across every panel or on one. People would rather look at a curve than read a loss
+list."""
 
 from __future__ import annotations
 
@@ -59,10 +60,13 @@ def save_curves(
         for m, label in [*marks, *own.get(name, ())]:
             d.line([(sx(m), y_top), (sx(m), y_top + panel_h)], fill=(120, 120, 120), width=1)
             text_w = d.textlength(label, font=font)
-            x_text = (
-                sx(m) + 3 if sx(m) + 3 + text_w <= width - right else sx(m) - 3 - text_w
-            )  # inside the frame
-            d.text((x_text, y_top + 2), label, fill=(90, 90, 90), font=font)
+            fits_right = sx(m) + 3 + text_w <= width - right  # else left of the line, inside the frame
+            d.text(
+                (sx(m) + 3 if fits_right else sx(m) - 3 - text_w, y_top + 2),
+                label,
+                fill=(90, 90, 90),
+                font=font,
+            )
         d.text((left, y_top + panel_h + 2), f"{x0:g}", fill="black", font=font)
         d.text((width - right - 40, y_top + panel_h + 2), f"step {x1:g}", fill="black", font=font)
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
