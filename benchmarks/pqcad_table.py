@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import logging
 import re
 import sys
@@ -39,7 +38,7 @@ from pqcad_deploy.calibset import eps_mse
 from pqcad_deploy.cli.common import add_calib_args, add_device, calib_collect_kwargs, resolve_device
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.images import save_grid
-from pqcad_deploy.io import atomic_json_save, safe_torch_load
+from pqcad_deploy.io import atomic_json_save, read_json_object, safe_torch_load, writable_parent
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.metrics import fd_fmnist, fidelity
 from pqcad_deploy.quant import parse_bits
@@ -138,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.eval_steps, args.n_samples, args.eval_batch, args.grid = [10, 4], 16, 16, 16
         args.ptq_methods, args.init_ptq, args.deadline_s = ["maxabs", "mse"], "maxabs", 0.0
         args.work = args.work.with_name(args.work.name + "_quick") if args.work == WORK else args.work
+    if args.out is not None:  # refused now, not after the training it would hold
+        writable_parent(args.out, p.error, "choose another --out")
     if args.switch_probe < 1:
         p.error(f"--switch-probe must be >= 1 (got {args.switch_probe})")
     if args.skip_ptq and not args.n_samples:
@@ -391,6 +392,18 @@ def print_switches(rows: list[dict[str, Any]]) -> None:
                 print(f"switch: {r['variant']} seed {r.get('seed')}: step {h['step']} ({h['reason']})")
 
 
+def read_table(path: Path) -> dict[str, Any]:
+    """A pqcad_table.py JSON; anything else ends the run with a message naming the file."""
+    what = "the --out JSON of a pqcad_table.py run"
+    try:
+        doc = read_json_object(path, what)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
+    if not isinstance(doc.get("rows"), list) or "n_samples" not in doc:
+        raise SystemExit(f"{path} has no table rows or sample count; give {what}")
+    return doc
+
+
 def merge_runs(paths: list[Path], out: Path) -> dict[str, Any]:
     """One table from runs split across machines (same protocol and sample count).
 
@@ -398,7 +411,7 @@ def merge_runs(paths: list[Path], out: Path) -> dict[str, Any]:
     ``fp_repeats`` as a reproducibility check. A trained row whose (variant, bits, seed) was already seen is a
     second training run of that seed (GPU training is not bit-reproducible): kept, marked ``repeat``, and counted.
     """
-    docs = [json.loads(Path(p).read_text()) for p in paths]
+    docs = [read_table(p) for p in paths]
     n = {d["n_samples"] for d in docs}
     if len(n) != 1:
         raise SystemExit(f"cannot merge runs with different sample counts {sorted(n)}; use --n-samples")

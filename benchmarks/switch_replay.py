@@ -13,12 +13,11 @@ or an extract of training checkpoints, ``{"runs": {name: {"probe_curve": ..., "s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from pqcad_deploy.io import atomic_json_save
+from pqcad_deploy.io import atomic_json_save, read_json_object, writable_parent
 from pqcad_deploy.plots import save_curves
 from pqcad_deploy.train.pqcad_config import PQCADConfig
 from pqcad_deploy.train.pqcad_momentum import MomentumSwitch
@@ -31,15 +30,9 @@ def load_curves(paths: list[Path]) -> dict[str, tuple[Curve, int | None]]:
     out: dict[str, tuple[Curve, int | None]] = {}
     for path in paths:
         try:
-            doc = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise SystemExit(
-                f"cannot read {path} as JSON ({e}); give a pqcad_table JSON or a curves extract"
-            ) from e
-        if not isinstance(doc, dict):
-            raise SystemExit(
-                f"{path} holds a JSON {type(doc).__name__}, not a pqcad_table JSON or a curves extract"
-            )
+            doc = read_json_object(path, "a pqcad_table JSON or a curves extract")
+        except ValueError as e:
+            raise SystemExit(str(e)) from e
         if "rows" in doc:  # a pqcad_table JSON
             items = {f"{r['variant']} s{r.get('seed')}": r for r in doc["rows"]}
         else:
@@ -85,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", type=Path, help="one panel per curve, recorded switches marked")
     p.add_argument("--json", type=Path, help="the replay table as JSON")
     a = p.parse_args(argv)
+    for out in (a.png, a.json):
+        if out is not None:  # refused before any work, not after
+            writable_parent(out, p.error, "choose another path")
     runs = load_curves(a.curves)
     table: dict[str, Any] = {}
     width = max(len(n) for n in runs) + 2

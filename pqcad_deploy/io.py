@@ -56,6 +56,18 @@ def writable_parent(path: Path, error: type[Exception], hint: str) -> Path:
     return parent
 
 
+def read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a missing, unreadable or non-object file raises ValueError naming the file and
+    ``what`` to give instead (a results file handed to a script, not a checkpoint sidecar)."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path} as JSON ({e}); give {what}") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a JSON {type(obj).__name__}, not {what}")
+    return obj
+
+
 def require_file(path: str | os.PathLike, what: str, error: type[Exception] = CheckpointError) -> Path:
     """``path`` as a Path if it is a regular file; else ``error`` saying whether it is a folder or missing."""
     path = Path(path)

@@ -175,3 +175,23 @@ def test_bad_switch_probe_is_refused_at_parse_time(table, capsys):
     with pytest.raises(SystemExit):
         table.parse_args(["--switch-probe", "0"])
     assert "--switch-probe must be >= 1 (got 0)" in capsys.readouterr().err
+
+
+def test_merge_refuses_files_that_are_not_tables_with_the_file_named(table, tmp_path):
+    listing, other = tmp_path / "list.json", tmp_path / "other.json"
+    listing.write_text("[]")
+    other.write_text('{"rows": "none"}')
+    for path, said in [
+        (tmp_path / "missing.json", "cannot read .*missing.json as JSON"),
+        (listing, "list.json holds a JSON list, not the --out JSON of a pqcad_table.py run"),
+        (other, "other.json has no table rows or sample count"),
+    ]:
+        with pytest.raises(SystemExit, match=said):
+            table.main(["--merge", str(path), "--out", str(tmp_path / "m.json")])
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_out_in_a_missing_folder_is_refused_before_any_training(table, capsys):
+    with pytest.raises(SystemExit):
+        table.parse_args(["--quick", "--out", "/nonexistent/folder/t.json"])
+    assert "Output folder /nonexistent/folder does not exist" in capsys.readouterr().err

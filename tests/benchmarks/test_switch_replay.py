@@ -60,3 +60,9 @@ def test_branches_sharing_one_stage_1_are_one_curve(replay, tmp_path):
     table = tmp_path / "t.json"
     table.write_text(json.dumps({"rows": rows}))
     assert sorted(replay.load_curves([table])) == ["PQ alone s0 = PQ+CAD s0", "PQ+CAD s1"]
+
+
+def test_outputs_in_a_missing_folder_are_refused_before_reading(replay, capsys):
+    with pytest.raises(SystemExit):
+        replay.main([str(CURVES), "--png", "/nonexistent/folder/c.png"])
+    assert "Output folder /nonexistent/folder does not exist" in capsys.readouterr().err
