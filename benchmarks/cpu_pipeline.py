@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from pqcad_deploy import metrics
-from pqcad_deploy.cli.common import add_calib_args, calib_collect_kwargs
+from pqcad_deploy.cli.common import add_calib_args, calib_collect_kwargs, refuse_bad_outputs
 from pqcad_deploy.export import ExportOptions, export, ort_quantize_static
 from pqcad_deploy.export.ort_static import calib_feeds
 from pqcad_deploy.io import atomic_json_save
@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_calib_args(p)
     p.set_defaults(calib_trajectories=8, calib_steps=50, calib_points=8, calib_batch_size=8)
     args = p.parse_args(argv)
+    refuse_bad_outputs(p, {"--out": args.out})
     if args.quick:
         args.model, args.batches, args.steps, args.repeats, args.quality_samples = "tiny-unet", [1], 4, 1, 0
         args.calib_trajectories, args.calib_steps, args.calib_points = 2, 4, 2

@@ -30,6 +30,7 @@ import onnx
 import torch
 
 from pqcad_deploy import quant
+from pqcad_deploy.cli.common import refuse_bad_outputs
 from pqcad_deploy.denoiser import UNetWrapper
 from pqcad_deploy.export import ExportOptions, export, ort_quantize_static
 from pqcad_deploy.export.fault import scale_quantizer
@@ -65,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-batches", type=int, default=8, help="sampler-like feeds of 8 for every tool")
     p.add_argument("--quick", action="store_true", help="two timesteps, batch 1, two calibration feeds")
     args = p.parse_args(argv)
+    refuse_bad_outputs(p, {"--out": args.out})
     if args.quick:
         args.timesteps, args.batch, args.calib_batches = [999, 100], 1, 2
     if args.save_modelopt and "modelopt" not in args.sources:

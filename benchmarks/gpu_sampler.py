@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from pqcad_deploy.cli.common import refuse_bad_outputs
 from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.runtime.backends.torch_backend import TorchRunner
@@ -74,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="CPU smoke run: tiny-unet-cond, fp32 and bf16, 2 steps"
     )
     args = p.parse_args(argv)
+    refuse_bad_outputs(p, {"--out": args.out})
     if args.quick:
         args.models, args.batches, args.modes = ["tiny-unet-cond"], [2], ["fp32", "bf16"]
         args.steps, args.repeats, args.warmup, args.unet_iters = 2, 1, 0, 2

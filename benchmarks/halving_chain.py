@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from pqcad_deploy.cli.common import refuse_bad_outputs
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.images import save_grid
 from pqcad_deploy.io import atomic_json_save
@@ -77,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--reuse", action="store_true", help="use students already in --work instead of training them again")
     add("--quick", action="store_true", help="CPU smoke run: tiny random model, tiny budgets")
     a = p.parse_args(argv)
+    refuse_bad_outputs(p, {"--out": a.out})
     if a.quick:
         a.teacher = "tiny-unet" if a.teacher == str(TEACHER_PATH) else a.teacher
         a.steps, a.rounds, a.train_steps, a.batch_size, a.calib_trajectories = 8, 2, 4, 4, 4

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pqcad_deploy.cli.common import refuse_bad_outputs
 from pqcad_deploy.denoiser import SAMPLE, TIMESTEP
 from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.runtime.backends.interval_backend import IntervalRunner
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # child process mode
     a = p.parse_args(argv)
+    refuse_bad_outputs(p, {"--out": a.out})
     a.manifests = dict(m.split("=", 1) for m in a.manifest)
     first = next(iter(a.manifests))
     a.rows = ["single", *a.manifests, first + OWN]

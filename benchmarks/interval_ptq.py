@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from pqcad_deploy.cli.common import refuse_bad_outputs
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.errors import UsageError
 from pqcad_deploy.io import atomic_json_save, atomic_write, load_safetensors
@@ -87,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--quick", action="store_true", help="tiny random model, a few steps (CPU smoke)")
     a = p.parse_args(argv)
+    refuse_bad_outputs(p, {"--out": a.out})
     if a.quick:
         a.teacher, a.steps, a.trajectories, a.n, a.bits, a.method = "tiny-unet", 6, 4, 4, ["w8a8"], "maxabs"
         a.rows = ["k1", "k3", "k3p", "k2p+r0.34"]

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pqcad_deploy.cli.common import refuse_bad_outputs
 from pqcad_deploy.conditioning import PromptEncoder, generate_for_prompts
 from pqcad_deploy.data import CLASSES, load_fashion_mnist, to_model_range
 from pqcad_deploy.denoiser import TorchDenoiser
@@ -80,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
+    refuse_bad_outputs(p, {"--out": a.out})
     if a.merge is None and a.write_prompts is None and a.student is None and set(a.rows) - {"base-fp", "fp"}:
         p.error("--student is needed for every row but base-fp and fp")
     return a

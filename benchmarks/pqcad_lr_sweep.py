@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from pqcad_deploy.calibset import CalibSet, eps_mse
-from pqcad_deploy.cli.common import add_device, resolve_device
+from pqcad_deploy.cli.common import add_device, refuse_bad_outputs, resolve_device
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.io import atomic_json_save
 from pqcad_deploy.loading import open_model
@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="CPU smoke test: tiny random model, tiny budgets")
     add_device(p)
     a = p.parse_args(argv)
+    refuse_bad_outputs(p, {"--out": a.out})
     if a.quick:
         a.teacher, a.steps, a.batch_size, a.n, a.eval_steps = "tiny-unet", 6, 8, 16, 4
         a.lrs, a.init_ptq, a.work = [1e-5, 1e-3], "maxabs", a.work.with_name(a.work.name + "_quick")

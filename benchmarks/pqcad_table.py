@@ -35,10 +35,16 @@ from typing import Any
 import torch
 
 from pqcad_deploy.calibset import eps_mse
-from pqcad_deploy.cli.common import add_calib_args, add_device, calib_collect_kwargs, resolve_device
+from pqcad_deploy.cli.common import (
+    add_calib_args,
+    add_device,
+    calib_collect_kwargs,
+    refuse_bad_outputs,
+    resolve_device,
+)
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.images import save_grid
-from pqcad_deploy.io import atomic_json_save, read_json_object, safe_torch_load, writable_parent
+from pqcad_deploy.io import atomic_json_save, read_json_object, safe_torch_load
 from pqcad_deploy.loading import open_model
 from pqcad_deploy.metrics import fd_fmnist, fidelity
 from pqcad_deploy.quant import parse_bits
@@ -137,8 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.eval_steps, args.n_samples, args.eval_batch, args.grid = [10, 4], 16, 16, 16
         args.ptq_methods, args.init_ptq, args.deadline_s = ["maxabs", "mse"], "maxabs", 0.0
         args.work = args.work.with_name(args.work.name + "_quick") if args.work == WORK else args.work
-    if args.out is not None:  # refused now, not after the training it would hold
-        writable_parent(args.out, p.error, "choose another --out")
+    refuse_bad_outputs(p, {"--out": args.out}, inputs=args.merge or [])
     if args.switch_probe < 1:
         p.error(f"--switch-probe must be >= 1 (got {args.switch_probe})")
     if args.skip_ptq and not args.n_samples:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from pqcad_deploy.captions import ALL_PAIRS, EMPTY_PROMPT, HELD_OUT_PAIRS
+from pqcad_deploy.cli.common import refuse_bad_outputs
 from pqcad_deploy.conditioning import PromptEncoder, generate_for_prompts
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.images import save_grid, to_uint8
@@ -104,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
+    refuse_bad_outputs(p, {"--out": a.out})
     if a.pqcad_steps < 0 or a.pqcad_batch < 1:  # refused before any training, not after the FP rows
         p.error(f"--pqcad-steps must be >= 0 and --pqcad-batch >= 1 (got {a.pqcad_steps}, {a.pqcad_batch})")
     return a

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pqcad_deploy.io import atomic_json_save, read_json_object, writable_parent
+from pqcad_deploy.cli.common import refuse_bad_outputs
+from pqcad_deploy.io import atomic_json_save, read_json_object
 from pqcad_deploy.plots import save_curves
 from pqcad_deploy.train.pqcad_config import PQCADConfig
 from pqcad_deploy.train.pqcad_momentum import MomentumSwitch
@@ -78,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", type=Path, help="one panel per curve, recorded switches marked")
     p.add_argument("--json", type=Path, help="the replay table as JSON")
     a = p.parse_args(argv)
-    for out in (a.png, a.json):
-        if out is not None:  # refused before any work, not after
-            writable_parent(out, p.error, "choose another path")
+    refuse_bad_outputs(p, {"--png": a.png, "--json": a.json}, inputs=a.curves)
     runs = load_curves(a.curves)
     table: dict[str, Any] = {}
     width = max(len(n) for n in runs) + 2

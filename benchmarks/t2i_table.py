@@ -29,6 +29,7 @@ import torch
 
 from pqcad_deploy.calibset import eps_mse
 from pqcad_deploy.captions import EVAL_SETS, evaluation_prompts
+from pqcad_deploy.cli.common import refuse_bad_outputs
 from pqcad_deploy.conditioning import DEFAULT_GUIDANCE, PromptEncoder, generate_for_prompts
 from pqcad_deploy.denoiser import TorchDenoiser
 from pqcad_deploy.errors import UsageError
@@ -99,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None)
     p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny sizes")
     a = p.parse_args(argv)
+    refuse_bad_outputs(p, {"--out": a.out})
     if a.quick:
         a.num_samples, a.held_out_samples, a.noise_seeds, a.steps, a.batch_size = 16, 8, [0, 1], 4, 16
         a.guidance_sweep, a.sweep_samples, a.calib_trajectories, a.calib_points = [1.0, 3.0], 8, 4, 2

@@ -90,6 +90,19 @@ def check_output_path(
     return out
 
 
+def refuse_bad_outputs(
+    p: argparse.ArgumentParser, outputs: dict[str, str | Path | None], inputs: list[Any] = ()
+) -> None:
+    """``check_output_path`` on a script's output flags at parse time (flag -> path, None skipped), as a usage
+    error: a benchmark must not run for an hour and then fail at its last write."""
+    for flag, path in outputs.items():
+        if path is not None:
+            try:
+                check_output_path(path, inputs=list(inputs), what=flag)
+            except OutputPathError as e:
+                p.error(str(e))
+
+
 # ---------------------------------------------------------------- typed flag values
 def _number(kind: type, lo: float | None, hi: float | None, lo_open: bool = False) -> Callable[[str], Any]:
     def parse(text: str) -> Any:

@@ -191,7 +191,17 @@ def test_merge_refuses_files_that_are_not_tables_with_the_file_named(table, tmp_
     assert not (tmp_path / "m.json").exists()
 
 
-def test_out_in_a_missing_folder_is_refused_before_any_training(table, capsys):
+def test_out_is_checked_before_any_training(table, tmp_path, capsys):
+    """A missing folder is created at parse time; a path under a file, or a merge input as --out, is refused."""
+    table.parse_args(["--quick", "--out", str(tmp_path / "new" / "t.json")])
+    assert (tmp_path / "new").is_dir()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
     with pytest.raises(SystemExit):
-        table.parse_args(["--quick", "--out", "/nonexistent/folder/t.json"])
-    assert "Output folder /nonexistent/folder does not exist" in capsys.readouterr().err
+        table.parse_args(["--quick", "--out", str(blocker / "t.json")])
+    assert "is a file, not a folder" in capsys.readouterr().err
+    run = tmp_path / "run.json"
+    run.write_text("{}")
+    with pytest.raises(SystemExit):
+        table.parse_args(["--merge", str(run), "--out", str(run)])
+    assert "also an input of this command" in capsys.readouterr().err

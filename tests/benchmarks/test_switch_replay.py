@@ -62,7 +62,9 @@ def test_branches_sharing_one_stage_1_are_one_curve(replay, tmp_path):
     assert sorted(replay.load_curves([table])) == ["PQ alone s0 = PQ+CAD s0", "PQ+CAD s1"]
 
 
-def test_outputs_in_a_missing_folder_are_refused_before_reading(replay, capsys):
+def test_an_output_that_cannot_be_written_is_refused_before_reading(replay, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
     with pytest.raises(SystemExit):
-        replay.main([str(CURVES), "--png", "/nonexistent/folder/c.png"])
-    assert "Output folder /nonexistent/folder does not exist" in capsys.readouterr().err
+        replay.main([str(tmp_path / "not-read.json"), "--png", str(blocker / "c.png")])
+    assert "--png" in (err := capsys.readouterr().err) and "is a file, not a folder" in err
