@@ -93,12 +93,13 @@ def check_output_path(
 def refuse_bad_outputs(
     p: argparse.ArgumentParser, outputs: dict[str, str | Path | None], inputs: list[Any] = ()
 ) -> None:
-    """``check_output_path`` on a script's output flags at parse time (flag -> path, None skipped), as a usage
-    error: a benchmark must not run for an hour and then fail at its last write."""
+    """``check_output_path`` on a script's output flags at parse time (flag -> path, None skipped; no two the same
+    file), as a usage error: a benchmark must not run for an hour and then fail at its last write."""
     for flag, path in outputs.items():
         if path is not None:
+            others = [q for f, q in outputs.items() if f != flag]
             try:
-                check_output_path(path, inputs=list(inputs), what=flag)
+                check_output_path(path, inputs=list(inputs), what=flag, outputs=others)
             except OutputPathError as e:
                 p.error(str(e))
 

@@ -68,3 +68,6 @@ def test_an_output_that_cannot_be_written_is_refused_before_reading(replay, tmp_
     with pytest.raises(SystemExit):
         replay.main([str(tmp_path / "not-read.json"), "--png", str(blocker / "c.png")])
     assert "--png" in (err := capsys.readouterr().err) and "is a file, not a folder" in err
+    with pytest.raises(SystemExit):
+        replay.main([str(CURVES), "--png", str(tmp_path / "x"), "--json", str(tmp_path / "x")])
+    assert "also written as another output" in capsys.readouterr().err
