@@ -74,17 +74,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def calib_feeds(espec: ExportSpec, n: int) -> list[dict[str, torch.Tensor]]:
+def sampler_feeds(espec: ExportSpec, n: int) -> list[dict[str, torch.Tensor]]:
     """The ``n`` sampler-like feeds of 8 every tool calibrates on."""
     return [espec.sampler_inputs(8, seed=seed) for seed in range(n)]
 
 
 def calib_loop(espec: ExportSpec, n: int):
-    """forward_loop(UNetWrapper) over :func:`calib_feeds`, for our PTQ and for modelopt alike."""
+    """forward_loop(UNetWrapper) over :func:`sampler_feeds`, for our PTQ and for modelopt alike."""
 
     @torch.no_grad()
     def loop(wrapper: torch.nn.Module) -> None:
-        for f in calib_feeds(espec, n):
+        for f in sampler_feeds(espec, n):
             wrapper(*[f[name] for name in espec.input_names])
 
     return loop
@@ -123,9 +123,8 @@ def run_source(
 ) -> list[dict[str, Any]]:
     rows = []
     kw = {"timesteps": args.timesteps, "batch": args.batch, "threads": args.threads, "max_exclude": 1}
-    healthy = final_error(
-        qdq, fp_onnx, args.timesteps, args.batch, threads=args.threads
-    )  # what faults add to
+    # what each fault adds to
+    healthy = final_error(qdq, fp_onnx, args.timesteps, args.batch, threads=args.threads)
     for layer, which in CASES:
         broken = work / f"{name}_{which}_broken.onnx"
         scale_quantizer(qdq, broken, layer, which)
@@ -168,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             if name == "pqcad":
                 make_pqcad(fp, espec, args.calib_batches, qdq)
             elif name == "quantize_static":
-                feeds = [{k: v.numpy() for k, v in f.items()} for f in calib_feeds(espec, args.calib_batches)]
+                feeds = [
+                    {k: v.numpy() for k, v in f.items()} for f in sampler_feeds(espec, args.calib_batches)
+                ]
                 ort_quantize_static(fp_onnx, qdq, feeds)
             else:
                 make_modelopt(fp, espec, args.calib_batches, qdq)
@@ -191,9 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['source']:<16} {r['broken']:<62} {r['rank'] or '-':>4} {r['error_removed_top']:>10.1%} "
             f"{r['final_rel_l2']:>7.4f} {r['x_healthy']:>9.2f} {r['debug_s']:>6.1f}"
         )
-    env = (
-        environment_info()
-    )  # torch / onnx / onnxruntime versions; modelopt is not one of the project's packages
+    # torch / onnx / onnxruntime versions; modelopt is not one of the project's packages
+    env = environment_info()
     try:
         env["versions"]["nvidia-modelopt"] = importlib.metadata.version("nvidia-modelopt")
     except importlib.metadata.PackageNotFoundError:

@@ -286,7 +286,7 @@ class Bench:
         for bits, path in ptq.items():
             self.add("PTQ", bits, path, method=self.ptq_choice[bits]["best"])
         # pq is trained when a row needs it: its own, or a branch resuming from its end-of-stage-1 checkpoint
-        needs_pq = any(k == "pq" or k not in FROM_SCRATCH for k in a.branches)
+        needs_pq = any(k not in FROM_SCRATCH for k in a.branches)
         for seed in [] if a.ptq_only else a.seeds:
             if needs_pq:
                 pq = self.train(f"pq_s{seed}", self.cfg(seed))  # stage 1 + PQ+CAD stage 2, the default recipe
